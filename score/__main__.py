@@ -1,0 +1,3 @@
+from score.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,119 @@
+"""The ``score`` command: ``score triton`` runs a local Triton, ``score serve`` the scorer.
+
+Each sub-command is a small function over parsed arguments; the exit code is returned, never
+``sys.exit``-ed from deep inside, so the commands are callable from tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _add_triton_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--models",
+        default=None,
+        help="Triton model repository (default: $SCORE_MODEL_REPOSITORY, a 'triton' folder "
+        "under $AZUREML_MODEL_DIR, else ./models/triton)",
+    )
+    parser.add_argument(
+        "--tritonserver",
+        default=None,
+        help="tritonserver binary (default: $TRITONSERVER, PATH, /opt/tritonserver, "
+        "then the nvidia-pytriton wheel)",
+    )
+
+
+def cmd_triton(args: argparse.Namespace) -> int:
+    """Run a local Triton in the foreground until Ctrl-C / SIGTERM."""
+    from score.local import LocalTriton, TritonNotFound, TritonStartError, find_tritonserver
+    from score.local.install import prepare_pytriton
+    from score.repository import find_model_repository
+
+    if args.prepare:
+        install = prepare_pytriton() if not args.tritonserver else None
+        install = install or find_tritonserver(args.tritonserver)
+        print(install.executable)
+        return 0
+    try:
+        repository = find_model_repository(args.models)
+        triton = LocalTriton(
+            repository,
+            host=args.host,
+            http_port=args.http_port,
+            grpc_port=args.grpc_port,
+            metrics_port=args.metrics_port,
+            install=find_tritonserver(args.tritonserver),
+            progress=_say,
+        )
+    except (TritonNotFound, FileNotFoundError, ValueError) as exc:
+        _say(f"error: {exc}")
+        return 2
+    stopping = False
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            triton.start(timeout=args.timeout)
+        except TritonStartError as exc:
+            _say(f"error: {exc}")
+            return 1
+        _say(f"triton: serving; try: curl http://{triton.url}/v2/models/<name>   (Ctrl-C stops)")
+        while not stopping and triton.is_running():
+            time.sleep(0.2)
+        if not stopping:
+            _say(f"error: tritonserver exited unexpectedly:\n{triton.log_tail()}")
+            return 1
+        _say("triton: stopping")
+        return 0
+    finally:
+        triton.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="score", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    triton = commands.add_parser("triton", help="run a local Triton Inference Server")
+    _add_triton_arguments(triton)
+    triton.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    triton.add_argument("--http-port", type=int, default=8000)
+    triton.add_argument("--grpc-port", type=int, default=None, help="default: HTTP port + 1")
+    triton.add_argument("--metrics-port", type=int, default=None, help="default: HTTP port + 2")
+    triton.add_argument(
+        "--timeout", type=float, default=180.0, help="seconds to wait for readiness (180)"
+    )
+    triton.add_argument(
+        "--prepare",
+        action="store_true",
+        help="only print the path of a runnable tritonserver (preparing the wheel's binary)",
+    )
+    triton.set_defaults(func=cmd_triton)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
