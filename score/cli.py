@@ -12,9 +12,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from types import FrameType
-
 
 
 def _say(line: str) -> None:
@@ -88,6 +86,26 @@ def cmd_triton(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the model repository: local Triton if needed, then Gunicorn, supervised."""
+    from score.serve import ServeOptions, Supervisor
+
+    options = ServeOptions(
+        models=args.models,
+        processors=args.processors,
+        entry_script=args.entry_script,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        triton_url=args.triton_url,
+        tritonserver=args.tritonserver,
+        triton_grpc_port=args.triton_grpc_port,
+        triton_metrics_port=args.triton_metrics_port,
+        ready_timeout=args.ready_timeout,
+    )
+    return Supervisor(options, _say).run()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="score", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +125,48 @@ def build_parser() -> argparse.ArgumentParser:
         help="only print the path of a runnable tritonserver (preparing the wheel's binary)",
     )
     triton.set_defaults(func=cmd_triton)
+
+    serve = commands.add_parser(
+        "serve", help="serve /score (and /v2) with Gunicorn, starting a local Triton if needed"
+    )
+    _add_triton_arguments(serve)
+    serve.add_argument(
+        "--processors",
+        default=None,
+        help="processor modules or .py files, comma-separated (default: $SCORE_PROCESSORS, "
+        "else processors.py beside the model repository)",
+    )
+    serve.add_argument(
+        "--entry-script",
+        default=None,
+        help="serve an AzureML entry script (init()/run(raw)) instead of processors",
+    )
+    serve.add_argument(
+        "--host",
+        default=os.environ.get("SCORE_HOST", "127.0.0.1"),
+        help="bind address (default $SCORE_HOST or 127.0.0.1; images use 0.0.0.0)",
+    )
+    serve.add_argument(
+        "--port", type=int, default=int(os.environ.get("SCORE_PORT", "5001")), help="(5001)"
+    )
+    serve.add_argument(
+        "--workers", type=int, default=None, help="Gunicorn workers (default $WORKER_COUNT or 1)"
+    )
+    serve.add_argument(
+        "--triton-url",
+        default=None,
+        help="Triton HTTP host:port (default $TRITON_URL or localhost:8000)",
+    )
+    serve.add_argument(
+        "--triton-grpc-port", type=int, default=None, help="local Triton's gRPC port"
+    )
+    serve.add_argument(
+        "--triton-metrics-port", type=int, default=None, help="local Triton's metrics port"
+    )
+    serve.add_argument(
+        "--ready-timeout", type=float, default=300.0, help="seconds to wait for readiness (300)"
+    )
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

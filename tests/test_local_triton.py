@@ -25,7 +25,10 @@ def write_scale_onnx(path: Path) -> None:
     two = helper.make_tensor("two", TensorProto.FLOAT, [1], [2.0])
     one = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
     graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "two"], ["y"]), helper.make_node("Add", ["x", "one"], ["z"])],
+        [
+            helper.make_node("Mul", ["x", "two"], ["y"]),
+            helper.make_node("Add", ["x", "one"], ["z"]),
+        ],
         "scale",
         [x],
         [y, z],
@@ -77,7 +80,9 @@ def test_broken_model_fails_fast_with_the_log(tmp_path: Path) -> None:
     (repo / "broken" / "1" / "model.py").write_text(
         "raise RuntimeError('this model is broken on purpose')\n"
     )
-    triton = LocalTriton(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    triton = LocalTriton(
+        repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()
+    )
     with pytest.raises(TritonStartError) as info:
         triton.start(timeout=60)
     message = str(info.value)

@@ -69,9 +69,7 @@ class RepositoryModel:
     @property
     def is_onnx(self) -> bool:
         if self.config is None:
-            return any(
-                (v / DEFAULT_ONNX_FILENAME).is_file() for v in self.version_dirs()
-            )
+            return any((v / DEFAULT_ONNX_FILENAME).is_file() for v in self.version_dirs())
         return self.config.platform == ONNX_PLATFORM or self.config.backend == ONNX_BACKEND
 
     def version_dirs(self) -> list[Path]:
@@ -169,8 +167,11 @@ def wrapped_config(model: RepositoryModel) -> Any:
     if model.config is None:
         versions = model.version_dirs()
         onnx_file = next(
-            (v / DEFAULT_ONNX_FILENAME for v in reversed(versions)
-             if (v / DEFAULT_ONNX_FILENAME).is_file()),
+            (
+                v / DEFAULT_ONNX_FILENAME
+                for v in reversed(versions)
+                if (v / DEFAULT_ONNX_FILENAME).is_file()
+            ),
             None,
         )
         if onnx_file is None:

@@ -42,7 +42,9 @@ class TritonStartError(RuntimeError):
     """Triton did not become ready; ``log_tail`` holds the end of its log."""
 
     def __init__(self, message: str, log_tail: str = "") -> None:
-        super().__init__(f"{message}\n--- tritonserver log (tail) ---\n{log_tail}" if log_tail else message)
+        super().__init__(
+            f"{message}\n--- tritonserver log (tail) ---\n{log_tail}" if log_tail else message
+        )
         self.log_tail = log_tail
 
 

@@ -15,19 +15,29 @@ only shape-checked and used to recover the original capitalisation of each word.
 Algorithm (pure string heuristics, no learned weights, no downloaded data):
 
 1. Lower-case; ignore punctuation and a small built-in English stopword list; compare words by a
-   crude stem (strip possessive ``'s``, ``ing``, ``ed``, plural ``s``/``ies``, final ``e``).
+   crude stem (strip possessive ``'s``, ``ing``, ``ed``, plural ``s``/``ies``, final ``e``;
+   a short table maps common irregular verbs, built -> build).
 2. Split the context into sentences at ``.``, ``?`` and ``!`` tokens (not after a single-letter
    or title abbreviation, nor between digits as in ``3 . 5``).
-3. Pick the sentence sharing the most distinct query stems with the question (ties: the one with
-   a candidate of the expected answer type, then the earliest).
-4. Candidates in that sentence are maximal runs of content words that are not query words; a run
-   may continue across ``of``/``of the`` and name particles (``the Bank of England``) and across
-   ``,``/``.`` between digits (``1,200``).
+3. Score each sentence by the distinct query stems it shares with the question, each weighted
+   by 1 / (number of sentences containing it): a stem found in every sentence tells little.
+4. Candidates are maximal runs of content words that are not query words; a run may continue
+   across ``of``/``of the`` and name particles (``the Bank of England``, ``Pierre de
+   Coubertin``) and across ``,``/``.`` between digits (``1,200``).
 5. The question word sets the expected type: who -> capitalised name (bonus after ``by``),
    where -> capitalised place (bonus after ``in``/``at``/...), when / what year -> a year, month,
    weekday or decade, how many/much/long/... -> a number (the run is trimmed to the number,
-   plus its unit for how long/tall/...). The best run has the expected type, then is nearest to
-   the matched query words, then earliest.
+   plus its unit for how long/tall/...). "Which ocean ..." lets a name take in the adjacent noun
+   ("Atlantic Ocean"); "How many nations ..." prefers a number directly before "nations"; other
+   "which" questions prefer capitalised names.
+6. The answer is the candidate of the best-scoring sentence; ties go to the expected type, then
+   to the candidate nearest a matched query word (content words and, doubly, punctuation in
+   between), then flanked by more query words, then following rather than preceding the word
+   (the object in "chlorophyll absorbs sunlight"), then hanging on a later question word, then
+   the earliest. If nothing qualifies, the first content word.
+
+It answers simple factoid questions whose answer sits in one sentence next to the question's
+words; it cannot paraphrase, resolve pronouns or return clauses.
 
 ``tokenize`` is the tokenisation rule clients must use to produce ``context_word``/``query_word``.
 """
@@ -47,7 +57,12 @@ except ImportError:  # plain-Python tests import this file for answer_span/token
 TOKEN_RE = re.compile(r"\w+(?:[-']\w+)*|[^\w\s]")
 CHAR_WIDTH = 16
 
-STOPWORDS = frozenset(
+
+def _wordset(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+STOPWORDS = _wordset(
     """
     a an the and or but nor so yet if then than that this these those there here
     is are was were be been being am do does did done doing have has had having
@@ -56,33 +71,48 @@ STOPWORDS = frozenset(
     of in on at by for with from to into onto over under about after before during between
     through within without against among across along around up down out off upon via
     as also not no only very too just more most much many some any all each both either
-    neither other such own same can could will would shall should may might must
+    neither other such own same few several can could will would shall should may might must
     what which who whom whose where when why how 's
-    """.split()
+    although though while because since until unless whereas however therefore thus
+    almost nearly mostly mainly largely entirely fully quite rather slightly even still
+    later earlier now soon often usually always never sometimes once again
+    """
 )
-WH_WORDS = frozenset({"what", "which", "who", "whom", "whose", "where", "when", "why", "how"})
+WH_WORDS = _wordset("what which who whom whose where when why how")
 SENTENCE_END = frozenset({".", "?", "!"})
-ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "st", "jr", "sr", "prof", "mt", "vs", "etc"})
+ABBREVIATIONS = _wordset("mr mrs ms dr st jr sr prof mt vs etc")
 # Words allowed inside a candidate run when content words stand on both sides.
-NAME_PARTICLES = frozenset({"de", "del", "della", "da", "du", "des", "la", "le", "von", "van"})
-PLACE_PREPOSITIONS = frozenset({"in", "at", "on", "near", "from", "into", "to", "inside"})
-MONTHS = frozenset(
-    "january february march april june july august september october november december".split()
+NAME_PARTICLES = _wordset("de del della da du des la le von van")
+PLACE_PREPOSITIONS = _wordset("in at on near from into to inside")
+MONTHS = _wordset(  # "may" is left out: it is far more often the verb
+    "january february march april june july august september october november december"
 )
-WEEKDAYS = frozenset("monday tuesday wednesday thursday friday saturday sunday".split())
+WEEKDAYS = _wordset("monday tuesday wednesday thursday friday saturday sunday")
 TIME_WORDS = MONTHS | WEEKDAYS | {"century", "centuries", "bc", "ad", "bce", "ce"}
-NUMBER_WORDS = frozenset(
+NUMBER_WORDS = _wordset(
     """
     zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen
     fifteen sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty
     ninety hundred thousand million billion trillion dozen dozens hundreds thousands millions
     half quarter
-    """.split()
+    """
 )
-QUANTITY_HOW = frozenset({"many", "much"})
-MEASURE_HOW = frozenset(
-    {"long", "old", "far", "tall", "high", "large", "big", "deep", "wide", "heavy", "fast"}
-)
+# Common irregular verb forms -> base form (regular ones are handled by _stem's suffix rules).
+IRREGULAR = {
+    "built": "build", "wrote": "write", "written": "write", "began": "begin", "begun": "begin",
+    "made": "make", "took": "take", "taken": "take", "gave": "give", "given": "give",
+    "went": "go", "gone": "go", "came": "come", "saw": "see", "seen": "see", "found": "find",
+    "bought": "buy", "brought": "bring", "taught": "teach", "thought": "think", "won": "win",
+    "led": "lead", "left": "leave", "held": "hold", "grew": "grow", "grown": "grow",
+    "flew": "fly", "flown": "fly", "fell": "fall", "fallen": "fall", "ran": "run", "sang": "sing",
+    "sung": "sing", "spoke": "speak", "spoken": "speak", "drew": "draw", "drawn": "draw",
+    "became": "become", "kept": "keep", "sold": "sell", "told": "tell", "rose": "rise",
+    "risen": "rise", "chose": "choose", "chosen": "choose", "ate": "eat", "eaten": "eat",
+    "lost": "lose", "paid": "pay", "sent": "send", "spent": "spend", "stood": "stand",
+    "struck": "strike", "broke": "break", "broken": "break", "froze": "freeze", "met": "meet",
+}  # fmt: skip
+QUANTITY_HOW = _wordset("many much")
+MEASURE_HOW = _wordset("long old far tall high large big deep wide heavy fast")
 
 OTHER, PERSON, PLACE, TIME, QUANTITY, MEASURE = (
     "other",
@@ -110,17 +140,18 @@ def _stem(word: str) -> str:
         w = w[:-2]
     elif w.endswith("'"):
         w = w[:-1]
+    w = IRREGULAR.get(w, w)
     if w.endswith("ies") and len(w) > 4:
         w = w[:-3] + "y"
     elif w.endswith("ing") and len(w) > 5:
         w = w[:-3]
-    elif w.endswith("ed") and len(w) > 4:
+    elif w.endswith("ed") and len(w) > 3 and w[-3] != "e":  # died -> di, but need -> need
         w = w[:-2]
     elif w.endswith("s") and len(w) > 3 and not w.endswith(("ss", "us", "is")):
         w = w[:-1]
     if len(w) > 3 and w[-1] == w[-2] and w[-1] not in "aeioulsz":  # planned -> plan
         w = w[:-1]
-    if len(w) > 3 and w.endswith("e"):  # name / named / naming -> nam
+    if len(w) > 2 and w.endswith("e"):  # name / named / naming -> nam, die / died -> di
         w = w[:-1]
     return w
 
@@ -244,11 +275,13 @@ def _trim(words: list[str], run: tuple[int, int], pred, keep_tail: bool) -> tupl
 def _type_score(words: list[str], run: tuple[int, int], qtype: str) -> int:
     span = words[run[0] : run[1] + 1]
     prev = words[run[0] - 1].lower() if run[0] > 0 else ""
-    content = [w for w in span if _is_content(w)]
+    content = [w for w in span if _is_content(w) and w.lower() not in NAME_PARTICLES]
     if qtype in (PERSON, PLACE):
+        if any(_is_number(w) or _is_time(w) for w in span):
+            return 0  # "in 1694" is not a place, "by 2030" not a person
         score = 2 if content and all(_is_capitalised(w) for w in content) else 0
         cue = {"by"} if qtype == PERSON else PLACE_PREPOSITIONS
-        return score + (1 if score and prev in cue else 0)
+        return score + (1 if prev in cue else 0)
     if qtype == TIME:
         return 2 if any(_is_time(w) for w in span) else 0
     if qtype in (QUANTITY, MEASURE):
@@ -256,9 +289,67 @@ def _type_score(words: list[str], run: tuple[int, int], qtype: str) -> int:
     return 0
 
 
-def _candidates(words: list[str], lo: int, hi: int, is_cand: list[bool], qtype: str):
-    out = []
+def _head_noun(query_lower: list[str]) -> str:
+    """Stem of the asked-for noun: "Which ocean ..." -> ocean, "How many nations ..." -> nation."""
+    words = [w for w in query_lower if not _is_punct(w)]
+    for i, w in enumerate(words[:-1]):
+        if w in {"which", "what"} and _is_content(words[i + 1]):
+            return _stem(words[i + 1])
+        if w == "how" and words[i + 1] in QUANTITY_HOW and i + 2 < len(words):
+            return _stem(words[i + 2]) if _is_content(words[i + 2]) else ""
+    return ""
+
+
+def _absorb_head(words, stems, run, head, lo, hi) -> tuple[tuple[int, int], bool]:
+    """Let a name take in the asked-for noun next to it: "Atlantic" + "Ocean" -> "Atlantic Ocean".
+
+    Returns (run, absorbed); a name carrying the asked-for noun is the kind of thing asked for.
+    """
+    start, end = run
+    if not head or not _is_capitalised(words[start]):
+        return run, False
+    if end + 1 < hi and stems[end + 1] == head and _is_capitalised(words[end + 1]):
+        return (start, end + 1), True
+    if start - 1 >= lo and stems[start - 1] == head and _is_capitalised(words[start - 1]):
+        return (start - 1, end), True
+    return run, False
+
+
+def _distance(words, run, matched, rank) -> tuple[int, int, int, int]:
+    """How close the run is to the matched query words, as a sort key (smaller is closer).
+
+    (distance, -flanking, side, -rank): distance to the nearest query word counts content words
+    plus, doubly, punctuation in between; flanking is how many query words are at that distance
+    ("collect nectar from flowers"); side is 0 when the run follows such a word (the object in
+    "chlorophyll absorbs sunlight"), 1 when it precedes it; rank is how late that word's stem
+    comes in the question ("What did the Titanic strike?": the answer hangs on the final verb).
+    """
+    if not matched:
+        return 0, 0, 0, 0
+    found = []
+    for k in matched:
+        if run[0] <= k <= run[1]:
+            return 0, 0, 0, 0
+        a, b = (k + 1, run[0]) if k < run[0] else (run[1] + 1, k)
+        between = words[a:b]
+        d = 1 + sum(_is_content(w) for w in between) + 2 * sum(_is_punct(w) for w in between)
+        found.append((d, 0 if k < run[0] else 1, -rank[k]))
+    nearest = min(d for d, _, _ in found)
+    flanking = sum(d == nearest for d, _, _ in found)
+    side, neg_rank = min((s, r) for d, s, r in found if d == nearest)
+    return nearest, -flanking, side, neg_rank
+
+
+def _candidates(words, stems, lo, hi, is_cand, qtype, head):
+    """Yield (span, counts_head): candidate answer spans in [lo, hi) for the question type.
+
+    counts_head is True for a number directly followed by the asked-for noun ("fourteen nations"
+    for "How many nations ...").
+    """
     for run in _runs(words, lo, hi, is_cand):
+        counts_head = bool(
+            qtype == QUANTITY and head and run[1] + 1 < hi and stems[run[1] + 1] == head
+        )
         pieces = _split_by_case(words, run) if qtype in (PERSON, PLACE) else [run]
         for piece in pieces:
             if qtype == TIME:
@@ -267,8 +358,7 @@ def _candidates(words: list[str], lo: int, hi: int, is_cand: list[bool], qtype: 
                 piece = _trim(words, piece, _is_number, keep_tail=False)
             elif qtype == MEASURE:
                 piece = _trim(words, piece, _is_number, keep_tail=True)
-            out.append(piece)
-    return out
+            yield piece, counts_head
 
 
 def answer_span(context_words: list[str], query_words: list[str]) -> tuple[int, int]:
@@ -282,23 +372,35 @@ def answer_span(context_words: list[str], query_words: list[str]) -> tuple[int, 
     if not words or all(not w.strip() for w in words):
         raise ValueError("context_word is empty: the context must contain at least one word")
     query_lower = [str(q).lower() for q in query_words]
-    query_stems = {
-        _stem(q) for q in query_lower if _is_content(q) and q not in WH_WORDS and _stem(q)
-    }
+    query_order = [_stem(q) for q in query_lower if _is_content(q) and q not in WH_WORDS]
+    query_stems = {q for q in query_order if q}
+    query_rank = {q: i for i, q in enumerate(query_order)}  # last occurrence wins
     qtype = _question_type(query_lower)
+
+    head = _head_noun(query_lower)
+    # "Which country ..." asks for one named thing of a kind: prefer capitalised names.
+    prefer_names = qtype == OTHER and "which" in query_lower
 
     stems = [_stem(w) for w in words]
     is_query = [_is_content(w) and s in query_stems for w, s in zip(words, stems, strict=True)]
     is_cand = [_is_content(w) and not q for w, q in zip(words, is_query, strict=True)]
+    rank = [query_rank.get(s, 0) if q else 0 for s, q in zip(stems, is_query, strict=True)]
+    sentences = _sentences(words)
+    matched_stems = [{stems[k] for k in range(lo, hi) if is_query[k]} for lo, hi in sentences]
+    # Sentence frequency of each query stem: a stem found in every sentence tells us little.
+    df = {s: sum(s in m for m in matched_stems) for s in query_stems}
 
     best = None  # (sort key, span)
-    for idx, (lo, hi) in enumerate(_sentences(words)):
-        overlap = len({stems[k] for k in range(lo, hi) if is_query[k]})
+    for idx, (lo, hi) in enumerate(sentences):
+        overlap = round(sum(1.0 / df[s] for s in matched_stems[idx]), 6)
         matched = [k for k in range(lo, hi) if is_query[k]]
-        for run in _candidates(words, lo, hi, is_cand, qtype):
-            dist = min((min(abs(k - run[0]), abs(k - run[1])) for k in matched), default=0)
-            tscore = _type_score(words, run, qtype)
-            key = (-overlap, -tscore, idx, dist, run[0])
+        for run, counts_head in _candidates(words, stems, lo, hi, is_cand, qtype, head):
+            run, absorbed = _absorb_head(words, stems, run, head, lo, hi)
+            closeness = _distance(words, run, matched, rank)
+            tscore = _type_score(words, run, qtype) + 2 * absorbed + counts_head
+            if prefer_names and _is_capitalised(words[run[0]]):
+                tscore += 1
+            key = (-overlap, -tscore, closeness, idx, run[0])
             if best is None or key < best[0]:
                 best = (key, run)
     if best is not None:

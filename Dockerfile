@@ -1,0 +1,68 @@
+# triton-score: the scoring middleware (Flask under Gunicorn, port 5001) in front of the
+# NVIDIA Triton Inference Server that the NGC image ships, laid out like AzureML's
+# "AzureML-Triton" environment. Build from the repository root:
+#
+#     docker build -t triton-score:0.1.0 .
+#
+# 24.10 ships Triton 2.51.0 (Ubuntu 22.04, Python 3.10) with the onnxruntime and python
+# backends: the same Triton version the local test suite runs (nvidia-pytriton 0.7.0).
+FROM nvcr.io/nvidia/tritonserver:24.10-py3
+
+# The NGC image runs as root by default; its non-root user triton-server (uid/gid 1000)
+# is created by the image itself. Python installs below go to the system site-packages.
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+
+WORKDIR /opt/triton-score
+
+# Dependencies layer: only pyproject.toml plus a stub package, so editing the source does not
+# reinstall Flask, Gunicorn, gevent, tritonclient... The image's own tritonserver is used, so
+# the [local] extra (a PyPI tritonserver) is never installed. nltk as in the "My-Triton"
+# AzureML environment, for processors that tokenise text.
+COPY pyproject.toml ./
+RUN mkdir score \
+    && touch score/__init__.py README.md \
+    && python3 -m pip install --no-cache-dir . "nltk==3.9.1" \
+    && python3 -m pip uninstall --yes triton-score
+
+# Source layer: the package itself, without touching the dependencies installed above.
+COPY README.md ./
+COPY score/ ./score/
+RUN python3 -m pip install --no-cache-dir --no-deps . \
+    && score --help > /dev/null
+
+# The model folder where AzureML mounts a registered model ($AZUREML_MODEL_DIR is
+# /var/azureml-app/azureml-models/<model name>/<version>); a registered folder keeps its
+# name, so models/ lands at .../1/models and the Triton repository at .../1/models/triton,
+# with processors.py beside it. `score serve` serves the shallowest folder named `triton`
+# under $AZUREML_MODEL_DIR. An AzureML deployment that attaches a model overrides
+# AZUREML_MODEL_DIR with its own mount; these baked-in models make `docker run` work as is.
+ENV AZUREML_MODEL_DIR=/var/azureml-app/azureml-models/triton-score/1
+COPY models/ ${AZUREML_MODEL_DIR}/models/
+
+# Runtime settings read by `score serve` (override with docker run -e / the deployment's
+# environment_variables). SCORING_TIMEOUT_MS must stay below the AzureML deployment's
+# request_settings.request_timeout_ms (environments/deployment.yml).
+ENV WORKER_COUNT=1 \
+    WORKER_TIMEOUT=300 \
+    SCORING_TIMEOUT_MS=60000
+
+WORKDIR /var/azureml-app
+# triton-server, numerically, so Kubernetes' runAsNonRoot can verify it.
+USER 1000:1000
+
+# 5001: the scoring middleware (/, /score, /v2/health/*, /v2/... forwarded to Triton,
+# /swagger.json, /metrics). 8000/8001/8002: Triton's HTTP/gRPC/metrics ports; `score serve`
+# binds the Triton it starts to 127.0.0.1, so from outside reach Triton through 5001's /v2
+# routes (or point $TRITON_URL at a Triton running elsewhere).
+EXPOSE 5001 8000 8001 8002
+
+# Ready = Gunicorn workers initialised and Triton ready. Python's urllib rather than curl:
+# any non-200 answer or no answer raises, so the exit code is exactly 0 or 1 as Docker wants.
+# start-period leaves time for Triton to load the models before failures count.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=180s --retries=3 \
+    CMD ["python3", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:5001/v2/health/ready', timeout=4)"]
+
+# The NGC entrypoint (/opt/nvidia/nvidia_entrypoint.sh) prints the banner then execs this.
+CMD ["score", "serve", "--host", "0.0.0.0", "--port", "5001"]

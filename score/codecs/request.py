@@ -1,0 +1,92 @@
+"""Decode an HTTP request body into a :class:`Request`, the object preprocessors receive."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from score.errors import BadRequest
+
+_UNSET: Any = object()
+
+
+@dataclass(frozen=True)
+class Request:
+    """One scoring request, as a preprocessor sees it.
+
+    :param body: the raw body bytes.
+    :param content_type: the media type, lower-case, without parameters (``application/json``).
+    :param headers: request headers (case-insensitive lookup through :meth:`header`).
+    :param id: the request id (``x-request-id``), also sent back to the client.
+    :param json: the parsed JSON body, or ``None`` when the body is not JSON.
+    """
+
+    body: bytes
+    content_type: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    id: str = ""
+    json: Any = None
+
+    @property
+    def is_json(self) -> bool:
+        return self.json is not None
+
+    def header(self, name: str, default: str = "") -> str:
+        lower = name.lower()
+        return next((v for k, v in self.headers.items() if k.lower() == lower), default)
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def is_json_media_type(media_type: str) -> bool:
+    return media_type in ("application/json", "text/json") or media_type.endswith("+json")
+
+
+def decode_request(
+    body: bytes,
+    content_type: str = "",
+    headers: Mapping[str, str] | None = None,
+    request_id: str = "",
+) -> Request:
+    """Parse ``body``: JSON when the content type says so, or when there is none and the
+    body parses; raw bytes otherwise (images, audio, ``application/octet-stream``...).
+
+    :raises BadRequest: empty body, or a JSON body that is not UTF-8 or not valid JSON.
+    """
+    if not body:
+        raise BadRequest("the request body is empty; send the model's inputs (see /swagger.json)")
+    media_type = _media_type(content_type)
+    parsed = None
+    if is_json_media_type(media_type):
+        parsed = _parse_json(body, strict=True)
+    elif not media_type or media_type == "text/plain":
+        # AzureML clients often send JSON without a content type (or as text/plain).
+        parsed = _parse_json(body, strict=False)
+    return Request(
+        body=body,
+        content_type=media_type,
+        headers=dict(headers or {}),
+        id=request_id,
+        json=parsed,
+    )
+
+
+def _parse_json(body: bytes, *, strict: bool) -> Any:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if not strict:
+            return None
+        raise BadRequest(f"the JSON body is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        if not strict:
+            return None
+        raise BadRequest(
+            f"the body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from None

@@ -1,0 +1,90 @@
+"""One exception hierarchy for everything a client can be told.
+
+Each error carries the HTTP status it maps to and a message that is safe to show a client:
+no stack trace, no internal addresses. The web layer turns any :class:`ScoringError` into a
+JSON body ``{"error": ..., "code": ...}``; anything else becomes a 500 whose details go only
+to the log. The classes know nothing of Flask, so processors can raise them too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ScoringError(Exception):
+    """Base class: ``status_code`` and a client-safe ``message``."""
+
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.message, "code": self.code}
+        body.update(self.details)
+        return body
+
+
+class BadRequest(ScoringError):
+    """The request cannot be scored as sent (400). Raise it from a processor, too."""
+
+    status_code = 400
+    code = "bad_request"
+
+
+class InvalidInput(BadRequest):
+    """An input tensor does not match the model's metadata (400); names the input."""
+
+    code = "invalid_input"
+
+    def __init__(self, input_name: str, message: str, **details: Any) -> None:
+        super().__init__(
+            f"input {input_name!r}: {message}", details={"input": input_name, **details}
+        )
+
+
+class ModelNotFound(ScoringError):
+    status_code = 404
+    code = "model_not_found"
+
+
+class PayloadTooLarge(ScoringError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(ScoringError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class ProcessorError(ScoringError):
+    """A processor raised something other than :class:`ScoringError` (500, logged)."""
+
+    code = "processor_error"
+
+
+class TritonError(ScoringError):
+    """Triton answered with an error; ``status_code`` is Triton's own."""
+
+    code = "triton_error"
+
+    def __init__(self, message: str, status_code: int = 500) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class TritonUnavailable(ScoringError):
+    """Triton cannot be reached or is not ready (503, with ``Retry-After``)."""
+
+    status_code = 503
+    code = "triton_unavailable"
+    retry_after_s = 5
+
+
+class ScoringTimeout(ScoringError):
+    status_code = 504
+    code = "timeout"

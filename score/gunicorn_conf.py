@@ -1,0 +1,42 @@
+"""Gunicorn settings for the scoring server (the repo's ``gunicorn.conf.py`` imports this).
+
+Why gevent workers: AzureML's server runs sync workers, so at most ``WORKER_COUNT`` requests
+are ever in flight and Triton's dynamic batcher has nothing to batch. A gevent worker keeps
+many requests in flight (``tritonclient.http`` is itself gevent-based: one client per worker
+serves all its greenlets), so concurrent requests reach Triton together and get batched.
+
+Environment (read here because this is Gunicorn's own configuration file):
+
+- ``WORKER_COUNT`` (1, as in AzureML): worker processes;
+- ``WORKER_TIMEOUT`` (300): seconds a silent worker is given before it is restarted;
+- ``SCORE_HOST`` / ``SCORE_PORT`` (127.0.0.1 / 5001): the bind address; images bind 0.0.0.0;
+- ``SCORE_WORKER_CONNECTIONS`` (256): concurrent requests per worker;
+- ``SCORE_GRACEFUL_TIMEOUT`` (30): seconds in-flight requests get to finish on SIGTERM;
+- ``SCORE_ACCESS_LOG`` (unset): set to ``-`` for an access log on stdout.
+"""
+
+import os
+
+wsgi_app = "score.http.app:create_app()"
+bind = f"{os.environ.get('SCORE_HOST', '127.0.0.1')}:{os.environ.get('SCORE_PORT', '5001')}"
+workers = int(os.environ.get("WORKER_COUNT", "1"))
+worker_class = "gevent"
+worker_connections = int(os.environ.get("SCORE_WORKER_CONNECTIONS", "256"))
+timeout = int(os.environ.get("WORKER_TIMEOUT", "300"))
+graceful_timeout = int(os.environ.get("SCORE_GRACEFUL_TIMEOUT", "30"))
+keepalive = 5
+accesslog = os.environ.get("SCORE_ACCESS_LOG") or None
+errorlog = "-"
+loglevel = "info"
+proc_name = "triton-score"
+# Gunicorn >= 24 opens a control socket at a fixed path under $HOME: two servers on one
+# machine (tests, several deployments) would fight over it, and nothing here uses it.
+control_socket_disable = True
+
+
+def child_exit(server, worker):  # noqa: ANN001, ANN201 - gunicorn hook signature
+    """Drop a dead worker's live gauges from the shared Prometheus files."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

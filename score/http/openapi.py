@@ -1,0 +1,175 @@
+"""Build the OpenAPI 3 document (``/swagger.json``) from the served models and processors.
+
+Models served by the default codec get a request schema derived from their metadata (one
+nested array per input, of the right depth and element type). A processor documents its own
+request by setting ``request_schema`` (a JSON schema) and optionally ``request_example``, and
+its response with ``response_schema``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from score import __version__
+from score.errors import ScoringError
+from score.metadata import ModelInfo, TensorSpec
+
+_ELEMENT = {"BOOL": "boolean", "BYTES": "string"}
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error", "code"],
+    "properties": {
+        "error": {"type": "string"},
+        "code": {"type": "string"},
+        "request_id": {"type": "string"},
+        "input": {"type": "string"},
+    },
+}
+
+
+def _element(spec: TensorSpec) -> dict[str, Any]:
+    if spec.datatype in _ELEMENT:
+        return {"type": _ELEMENT[spec.datatype]}
+    if spec.datatype.startswith(("INT", "UINT")):
+        return {"type": "integer"}
+    return {"type": "number"}
+
+
+def tensor_schema(spec: TensorSpec) -> dict[str, Any]:
+    schema = _element(spec)
+    for dim in reversed(spec.shape):
+        schema = {"type": "array", "items": schema}
+        if dim >= 0:
+            schema["minItems"] = schema["maxItems"] = dim
+    schema["description"] = f"{spec.datatype}, shape {spec.describe_shape()}"
+    return schema
+
+
+def default_request_schema(model: ModelInfo) -> dict[str, Any]:
+    required = [i.name for i in model.inputs if not i.optional]
+    return {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "inputs": {
+                "type": "object",
+                "required": required,
+                "properties": {i.name: tensor_schema(i) for i in model.inputs},
+                "additionalProperties": False,
+            },
+            "outputs": {
+                "type": "array",
+                "items": {
+                    "oneOf": [
+                        {"type": "string", "enum": [o.name for o in model.outputs]},
+                        {
+                            "type": "object",
+                            "required": ["name"],
+                            "properties": {
+                                "name": {"type": "string"},
+                                "class_count": {"type": "integer", "minimum": 0},
+                            },
+                        },
+                    ]
+                },
+            },
+        },
+    }
+
+
+def default_response_schema(model: ModelInfo) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {
+            "model_name": {"type": "string"},
+            "model_version": {"type": "string"},
+            "outputs": {
+                "type": "object",
+                "properties": {o.name: tensor_schema(o) for o in model.outputs},
+            },
+        },
+    }
+
+
+def _operation(model: ModelInfo, implementation: Any, summary: str) -> dict[str, Any]:
+    request_schema = getattr(implementation, "request_schema", None) or (
+        default_request_schema(model)
+        if getattr(implementation, "preprocess", None) is None
+        else {"description": "defined by the model's processor"}
+    )
+    response_schema = getattr(implementation, "response_schema", None) or (
+        default_response_schema(model)
+        if getattr(implementation, "postprocess", None) is None
+        else {"description": "defined by the model's processor"}
+    )
+    media: dict[str, Any] = {"schema": request_schema}
+    example = getattr(implementation, "request_example", None)
+    if example is not None:
+        media["example"] = example
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    return {
+        "summary": summary,
+        "operationId": f"score_{model.name}".replace("-", "_"),
+        "requestBody": {"required": True, "content": {"application/json": media}},
+        "responses": {
+            "200": {
+                "description": "scored",
+                "content": {"application/json": {"schema": response_schema}},
+            },
+            "400": {"description": "invalid request (names the input)", "content": error},
+            "404": {"description": "unknown model", "content": error},
+            "500": {"description": "processor failure (see log)", "content": error},
+            "503": {"description": "Triton unavailable; retry", "content": error},
+            "504": {"description": "scoring timed out", "content": error},
+        },
+    }
+
+
+def build_openapi(rt: Any) -> dict[str, Any]:
+    paths: dict[str, Any] = {
+        "/": {"get": {"summary": "Liveness", "responses": {"200": {"description": "Healthy"}}}},
+        "/v2/health/ready": {
+            "get": {
+                "summary": "Readiness: models loaded and Triton ready",
+                "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+            }
+        },
+    }
+    scorer = rt.scorer
+    if scorer is not None:
+        try:
+            models = scorer.ensure_loaded()
+        except ScoringError:
+            models = {}
+        for name, model in models.items():
+            implementation = scorer.processors.for_model(name).implementation
+            paths[f"/score/{name}"] = {
+                "post": _operation(model, implementation, f"Score with model {name}")
+            }
+        try:
+            default = scorer.model(None)
+        except ScoringError:
+            default = None
+        if default is not None:
+            operation = _operation(
+                default,
+                scorer.processors.for_model(default.name).implementation,
+                f"Score with the default model ({default.name})",
+            )
+            operation["operationId"] = "score"
+            paths["/score"] = {"post": operation}
+    else:
+        paths["/score"] = {
+            "post": {
+                "summary": "Score with the AzureML entry script's run()",
+                "requestBody": {"content": {"application/json": {"schema": {}}}},
+                "responses": {"200": {"description": "what run() returned"}},
+            }
+        }
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "triton-score", "version": __version__},
+        "paths": paths,
+        "components": {"schemas": {"Error": ERROR_SCHEMA}},
+    }

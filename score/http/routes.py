@@ -1,0 +1,201 @@
+"""Routes: health, scoring, ``/v2`` forwarding, OpenAPI and metrics, all on one port.
+
+==========================  ======================================================
+``GET /``                   liveness: 200 ``Healthy`` while the worker runs
+``GET /v2/health/live``     liveness, Triton style
+``GET /v2/health/ready``    200 only when the models are loaded and Triton is ready
+``POST /score``             score on the default model (the only one, or SCORE_MODEL)
+``POST /score/<model>``     score on a named model
+``/v2/...``                 forwarded to Triton unchanged (metadata, infer, stats...)
+``GET /swagger.json``       OpenAPI 3 document built from the models and processors
+``GET /metrics``            Prometheus metrics of all workers
+==========================  ======================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from contextlib import AbstractContextManager, nullcontext
+
+from flask import Blueprint, Response, g, request
+from werkzeug.exceptions import HTTPException
+
+from score.codecs.request import decode_request
+from score.codecs.response import encode_json, encode_response
+from score.errors import ScoringError, ScoringTimeout, TritonError, TritonUnavailable
+from score.http.app import error_response, runtime
+
+log = logging.getLogger("score")
+blueprint = Blueprint("score", __name__)
+
+#: Request-id headers AzureML's inference server accepts and echoes.
+REQUEST_ID = "x-request-id"
+MS_REQUEST_ID = "x-ms-request-id"
+MS_CLIENT_REQUEST_ID = "x-ms-client-request-id"
+
+
+def assign_request_id() -> None:
+    incoming = request.headers.get(REQUEST_ID) or request.headers.get(MS_REQUEST_ID)
+    # Keep a client's id only if it is a sane token: it is echoed into headers and logs.
+    if incoming and len(incoming) <= 128 and incoming.isprintable():
+        g.request_id = incoming
+    else:
+        g.request_id = str(uuid.uuid4())
+
+
+def echo_request_id(response: Response) -> Response:
+    response.headers[REQUEST_ID] = g.get("request_id", "")
+    response.headers[MS_REQUEST_ID] = g.get("request_id", "")
+    client_id = request.headers.get(MS_CLIENT_REQUEST_ID)
+    if client_id and len(client_id) <= 128 and client_id.isprintable():
+        response.headers[MS_CLIENT_REQUEST_ID] = client_id
+    return response
+
+
+def _json(body: object, status: int = 200) -> Response:
+    return Response(encode_json(body), status=status, mimetype="application/json")
+
+
+def http_error(exc: HTTPException) -> Response:
+    """Flask's own errors (404 route, 405 method, 413 body too large) as JSON."""
+    body = {"error": exc.description or exc.name, "code": exc.name.lower().replace(" ", "_")}
+    body["request_id"] = g.get("request_id", "")
+    return _json(body, exc.code or 500)
+
+
+def unexpected_error(exc: Exception) -> Response:
+    if isinstance(exc, HTTPException):
+        return http_error(exc)
+    request_id = g.get("request_id", "")
+    log.exception("unhandled error (request %s)", request_id)
+    return _json(
+        {
+            "error": f"internal server error; see the server log for request id {request_id}",
+            "code": "internal_error",
+            "request_id": request_id,
+        },
+        500,
+    )
+
+
+def _deadline(timeout_ms: int) -> AbstractContextManager[object]:
+    """A gevent timeout for the whole request, when running under gevent workers."""
+    try:
+        from gevent import Timeout  # noqa: PLC0415
+        from gevent.monkey import is_module_patched  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        return nullcontext()
+    if timeout_ms <= 0 or not is_module_patched("socket"):
+        return nullcontext()
+    return Timeout(
+        timeout_ms / 1000,
+        ScoringTimeout(f"scoring took longer than SCORING_TIMEOUT_MS={timeout_ms}"),
+    )
+
+
+# -- health ------------------------------------------------------------------------------
+@blueprint.get("/")
+def liveness() -> Response:
+    return Response("Healthy", mimetype="text/plain")
+
+
+@blueprint.get("/v2/health/live")
+def live() -> Response:
+    return _json({"live": True})
+
+
+@blueprint.get("/v2/health/ready")
+def ready() -> Response:
+    rt = runtime()
+    if rt.is_ready():
+        return _json({"ready": True})
+    response = _json({"ready": False, "error": "Triton is not ready or models are not loaded"}, 503)
+    response.headers["Retry-After"] = str(TritonUnavailable.retry_after_s)
+    return response
+
+
+# -- scoring -----------------------------------------------------------------------------
+def _model_label(model: str | None) -> str:
+    scorer = runtime().scorer
+    if scorer is None:
+        return "entry_script"
+    if model:
+        return model if model in scorer.models else "unknown"
+    try:
+        return scorer.model(None).name if scorer.loaded else "default"
+    except ScoringError:
+        return "default"
+
+
+@blueprint.post("/score")
+@blueprint.post("/score/<model>")
+def score(model: str | None = None) -> Response:
+    rt = runtime()
+    metrics = rt.metrics
+    started = time.perf_counter()
+    metrics.in_flight.inc()
+    status = 500
+    try:
+        with _deadline(rt.settings.scoring_timeout_ms):
+            decoded = decode_request(
+                request.get_data(cache=False),
+                request.content_type or "",
+                dict(request.headers),
+                g.request_id,
+            )
+            if rt.entry_script is not None:
+                result = rt.entry_script.run(decoded)
+            else:
+                assert rt.scorer is not None
+                result = rt.scorer.score(decoded, model)
+            body, content_type = encode_response(result)
+        status = 200
+        return Response(body, status=200, mimetype=content_type)
+    except ScoringError as exc:
+        status = exc.status_code
+        if isinstance(exc, TritonUnavailable | ScoringTimeout | TritonError):
+            kind = {TritonUnavailable: "unavailable", ScoringTimeout: "timeout"}.get(
+                type(exc), "error"
+            )
+            metrics.triton_errors.labels(_model_label(model), kind).inc()
+        return error_response(exc)
+    finally:
+        label = _model_label(model)
+        metrics.in_flight.dec()
+        metrics.requests.labels(label, str(status)).inc()
+        metrics.duration.labels(label).observe(time.perf_counter() - started)
+
+
+# -- Triton passthrough ------------------------------------------------------------------
+@blueprint.route("/v2", methods=["GET", "POST"])
+@blueprint.route("/v2/<path:path>", methods=["GET", "POST"])
+def forward(path: str = "") -> Response:
+    rt = runtime()
+    target = "/v2/" + path if path else "/v2"
+    if request.query_string:
+        target += "?" + request.query_string.decode("latin-1")
+    try:
+        with _deadline(rt.settings.scoring_timeout_ms):
+            status, body, headers = rt.forwarder.forward(
+                request.method, target, request.get_data(cache=False), dict(request.headers)
+            )
+    except ScoringError as exc:
+        return error_response(exc)
+    return Response(body, status=status, headers=headers)
+
+
+# -- documents ---------------------------------------------------------------------------
+@blueprint.get("/swagger.json")
+def swagger() -> Response:
+    from score.http.openapi import build_openapi  # noqa: PLC0415
+
+    rt = runtime()
+    return _json(build_openapi(rt))
+
+
+@blueprint.get("/metrics")
+def metrics() -> Response:
+    body, content_type = runtime().metrics.render()
+    return Response(body, mimetype=content_type.split(";")[0], content_type=content_type)

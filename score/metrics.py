@@ -1,0 +1,86 @@
+"""Prometheus metrics for whoever reads ``/metrics`` at 3 a.m.
+
+Every metric lives in a registry owned by the app (no module-level globals), so several apps
+can coexist in one process (tests). Under Gunicorn, ``score serve`` sets
+``PROMETHEUS_MULTIPROC_DIR`` before any worker imports ``prometheus_client``; ``/metrics``
+then aggregates every worker's files with a fresh ``MultiProcessCollector`` per scrape, and
+the in-flight gauge sums live workers only.
+
+Names:
+
+- ``score_requests_total{model,code}``: scoring requests by HTTP status code;
+- ``score_request_duration_seconds{model}``: end-to-end latency inside the server;
+- ``score_stage_duration_seconds{model,stage}``: ``preprocess`` (incl. validation),
+  ``infer`` (the Triton round trip) and ``postprocess``;
+- ``score_requests_in_flight``: requests being scored now;
+- ``score_triton_errors_total{model,kind}``: failures attributed to Triton
+  (``unavailable``, ``timeout``, ``error``) — Triton's own failure counter misses
+  requests it rejected with a 4xx.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+#: Latency buckets from 1 ms to 30 s: CPU models answer in ms, big GPU models in seconds.
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    """The runtime's metrics, registered in a registry of their own."""
+
+    def __init__(self, multiproc_dir: str = "") -> None:
+        self.multiproc_dir = multiproc_dir
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "score_requests",
+            "Scoring requests by model and HTTP status code.",
+            ["model", "code"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "score_request_duration_seconds",
+            "Time to answer a scoring request, inside the server.",
+            ["model"],
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self.stage = Histogram(
+            "score_stage_duration_seconds",
+            "Time spent per pipeline stage (preprocess, infer, postprocess).",
+            ["model", "stage"],
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "score_requests_in_flight",
+            "Scoring requests being processed now.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.triton_errors = Counter(
+            "score_triton_errors",
+            "Scoring requests that failed because of Triton (unavailable, timeout, error).",
+            ["model", "kind"],
+            registry=self.registry,
+        )
+
+    def observe_stage(self, stage: str, model: str, seconds: float) -> None:
+        self.stage.labels(model, stage).observe(seconds)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text: all workers' metrics under Gunicorn, else this process's."""
+        if self.multiproc_dir:
+            from prometheus_client import multiprocess  # noqa: PLC0415
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=self.multiproc_dir)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

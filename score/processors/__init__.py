@@ -1,0 +1,190 @@
+"""Processors: the per-model pre- and post-processing data scientists write.
+
+A processor is a class with up to three methods, registered for one or more models with the
+:func:`processor` decorator::
+
+    import numpy as np
+    from score import Request, ModelInfo, processor
+
+    @processor("digits_onnx")
+    class Digits:
+        outputs = {"probabilities": 3}           # ask Triton for the top 3 classes
+
+        def preprocess(self, request: Request, model: ModelInfo) -> dict[str, np.ndarray]:
+            pixels = np.asarray(request.json["image"], dtype=np.float32)
+            return {"image": pixels.reshape(1, 8, 8)}
+
+        def postprocess(self, outputs, request, model):
+            return {"top3": [s.decode() for s in outputs["probabilities"][0]]}
+
+Rules (each checked when the module is loaded, not on the first request):
+
+- ``preprocess(request, model)`` returns ``{input name: array}``; the arrays are validated
+  against the model's metadata before Triton sees them. Missing: the default codec.
+- ``postprocess(outputs, request, model)`` gets ``{output name: array}`` and returns what the
+  client receives (anything JSON-able, numpy included, or ``bytes``). Missing: the default
+  codec's JSON.
+- ``outputs`` (attribute, or method ``outputs(request, model)``) maps the outputs to request
+  to their ``class_count`` (0 = the raw tensor); ``None`` means every output, raw.
+- ``load(model)`` runs once per worker at start-up (read vocabularies, label maps...).
+- Raise :class:`score.errors.BadRequest` for a bad request; anything else is a 500 whose
+  traceback goes to the log, never to the client.
+
+Where processors come from: :mod:`score.processors.loading`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+from score.codecs import tensors
+from score.codecs.request import Request
+from score.metadata import ModelInfo
+
+T = TypeVar("T")
+MODELS_ATTRIBUTE = "__score_models__"
+_METHODS = {"preprocess": 2, "postprocess": 3, "load": 1}
+
+
+class ProcessorDefinitionError(TypeError):
+    """A processor class is not written the way this module describes."""
+
+
+def processor(*models: str) -> Callable[[T], T]:
+    """Mark a class as the processor of ``models`` (model names as Triton knows them).
+
+    The decorator only labels the class; :class:`ProcessorRegistry` collects labelled classes
+    when it loads a module, so importing a module has no side effect on any server.
+    """
+    if not models or not all(isinstance(m, str) and m for m in models):
+        raise ProcessorDefinitionError("@processor needs at least one model name")
+
+    def mark(cls: T) -> T:
+        if not inspect.isclass(cls):
+            raise ProcessorDefinitionError("@processor decorates a class")
+        check_processor_class(cls)
+        setattr(cls, MODELS_ATTRIBUTE, tuple(models))
+        return cls
+
+    return mark
+
+
+def check_processor_class(cls: type) -> None:
+    """Reject a class whose methods cannot be called the documented way."""
+    if not any(callable(getattr(cls, name, None)) for name in ("preprocess", "postprocess")):
+        raise ProcessorDefinitionError(
+            f"{cls.__qualname__} defines neither preprocess() nor postprocess()"
+        )
+    for name, arity in _METHODS.items():
+        method = getattr(cls, name, None)
+        if method is None:
+            continue
+        try:
+            inspect.signature(method).bind(None, *range(arity))
+        except TypeError:
+            raise ProcessorDefinitionError(
+                f"{cls.__qualname__}.{name}() must accept {arity} argument(s) after self: "
+                f"see score.processors"
+            ) from None
+    try:
+        inspect.signature(cls).bind()
+    except TypeError:
+        raise ProcessorDefinitionError(
+            f"{cls.__qualname__} must be constructible without arguments"
+        ) from None
+
+
+class Processor:
+    """A loaded processor for one model, with the default codec filling the gaps."""
+
+    def __init__(self, implementation: Any | None, source: str = "default codec") -> None:
+        self.implementation = implementation
+        self.source = source
+
+    @property
+    def name(self) -> str:
+        if self.implementation is None:
+            return "default codec"
+        return type(self.implementation).__qualname__
+
+    def load(self, model: ModelInfo) -> None:
+        hook = getattr(self.implementation, "load", None)
+        if hook is not None:
+            hook(model)
+
+    def preprocess(self, request: Request, model: ModelInfo) -> Mapping[str, Any]:
+        hook = getattr(self.implementation, "preprocess", None)
+        if hook is None:
+            return tensors.decode_inputs(request, model)
+        return hook(request, model)
+
+    def outputs(self, request: Request, model: ModelInfo) -> Mapping[str, int] | None:
+        if self.implementation is None or not hasattr(self.implementation, "outputs"):
+            return tensors.decode_outputs(request)
+        chosen = self.implementation.outputs
+        return chosen(request, model) if callable(chosen) else chosen
+
+    def postprocess(self, outputs: Mapping[str, Any], request: Request, model: ModelInfo) -> Any:
+        hook = getattr(self.implementation, "postprocess", None)
+        if hook is None:
+            return tensors.encode_outputs(outputs, model)
+        return hook(outputs, request, model)
+
+
+class ProcessorRegistry:
+    """Model name -> :class:`Processor`; frozen once the server starts serving.
+
+    Registering two processors for one model is an error (naming both), not a silent
+    override.
+    """
+
+    def __init__(self) -> None:
+        self._classes: dict[str, tuple[type, str]] = {}
+        self._instances: dict[str, Processor] = {}
+        self._frozen = False
+
+    def register(self, cls: type, source: str = "", models: Iterable[str] | None = None) -> None:
+        if self._frozen:
+            raise RuntimeError("processors cannot be registered after the server started")
+        check_processor_class(cls)
+        names = tuple(models) if models is not None else getattr(cls, MODELS_ATTRIBUTE, ())
+        if not names:
+            raise ProcessorDefinitionError(
+                f"{cls.__qualname__} names no model: use @processor(...)"
+            )
+        for model in names:
+            if model in self._classes and self._classes[model][0] is not cls:
+                other, where = self._classes[model]
+                raise ProcessorDefinitionError(
+                    f"two processors for model {model!r}: {other.__qualname__} ({where}) "
+                    f"and {cls.__qualname__} ({source})"
+                )
+            self._classes[model] = (cls, source)
+
+    def register_module(self, module: Any, source: str = "") -> int:
+        """Register every ``@processor`` class defined in ``module``; returns how many."""
+        count = 0
+        for value in vars(module).values():
+            if inspect.isclass(value) and getattr(value, MODELS_ATTRIBUTE, None):
+                if value.__module__ != module.__name__:
+                    continue  # imported from elsewhere; registered where it is defined
+                self.register(value, source or module.__name__)
+                count += 1
+        return count
+
+    def models(self) -> list[str]:
+        return sorted(self._classes)
+
+    def freeze(self) -> None:
+        self._frozen = True
+
+    def for_model(self, model: str) -> Processor:
+        """The processor of ``model`` (one instance per worker), or the default codec."""
+        found = self._instances.get(model)
+        if found is None:
+            entry = self._classes.get(model)
+            found = Processor(entry[0](), entry[1]) if entry else Processor(None)
+            self._instances[model] = found
+        return found

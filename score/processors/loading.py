@@ -1,0 +1,118 @@
+"""Find and import processor modules.
+
+Sources, all loaded once at start-up (never per request):
+
+1. specs in ``SCORE_PROCESSORS`` / ``--processors`` (comma-separated): a module name
+   (``my_pkg.processors``), a ``.py`` file path, or ``module:Class`` for one class;
+2. ``processors.py`` beside the model repository (``models/processors.py`` for
+   ``models/triton``), when no spec is given — the convention of the template;
+3. the ``triton_score.processors`` entry-point group of installed packages, so a package
+   can ship processors with ``[project.entry-points."triton_score.processors"]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import importlib.util
+import sys
+from collections.abc import Iterable
+from importlib.metadata import entry_points
+from pathlib import Path
+from types import ModuleType
+
+from score.processors import ProcessorDefinitionError, ProcessorRegistry
+
+ENTRY_POINT_GROUP = "triton_score.processors"
+CONVENTIONAL_FILE = "processors.py"
+
+
+class ProcessorLoadError(RuntimeError):
+    """A processor spec could not be imported; the message names the spec."""
+
+
+def import_file(path: Path) -> ModuleType:
+    """Import a ``.py`` file under a stable, unique module name."""
+    path = path.resolve()
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
+    name = f"score_user_{path.stem}_{digest}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ProcessorLoadError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    # Let the file import its siblings (helpers next to processors.py), as a script would.
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(str(path.parent))
+    return module
+
+
+def load_spec(registry: ProcessorRegistry, spec: str) -> int:
+    """Load one spec into ``registry``; returns the number of processor classes found."""
+    target, _, attribute = spec.partition(":")
+    try:
+        if target.endswith(".py") or "/" in target:
+            path = Path(target)
+            if not path.is_file():
+                raise ProcessorLoadError(f"processor file {target!r} does not exist")
+            module = import_file(path)
+        else:
+            module = importlib.import_module(target)
+    except ProcessorLoadError:
+        raise
+    except ProcessorDefinitionError as exc:
+        raise ProcessorLoadError(f"processor {spec!r}: {exc}") from exc
+    except Exception as exc:
+        raise ProcessorLoadError(
+            f"processor {spec!r} failed to import: {type(exc).__name__}: {exc}"
+        ) from exc
+    if attribute:
+        cls = getattr(module, attribute, None)
+        if cls is None:
+            raise ProcessorLoadError(f"processor {spec!r}: {target} has no {attribute!r}")
+        registry.register(cls, spec)
+        return 1
+    count = registry.register_module(module, spec)
+    if count == 0:
+        raise ProcessorLoadError(f"processor {spec!r} defines no @processor class")
+    return count
+
+
+def load_processors(
+    specs: Iterable[str] = (),
+    *,
+    model_repository: str | Path | None = None,
+    use_entry_points: bool = True,
+) -> ProcessorRegistry:
+    """Build a registry from specs, the conventional file and entry points."""
+    registry = ProcessorRegistry()
+    specs = list(specs)
+    if not specs and model_repository:
+        conventional = Path(model_repository).parent / CONVENTIONAL_FILE
+        if conventional.is_file():
+            specs.append(str(conventional))
+    for spec in specs:
+        load_spec(registry, spec)
+    if use_entry_points:
+        for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                loaded = entry_point.load()
+            except Exception as exc:
+                raise ProcessorLoadError(
+                    f"entry point {entry_point.name!r} ({entry_point.value}) failed: {exc}"
+                ) from exc
+            if isinstance(loaded, ModuleType):
+                registry.register_module(loaded, f"entry point {entry_point.name}")
+            else:
+                registry.register(loaded, f"entry point {entry_point.name}")
+    return registry

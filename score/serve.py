@@ -1,0 +1,220 @@
+"""``score serve``: Triton (when needed) plus Gunicorn, supervised together.
+
+1. If nothing answers at ``TRITON_URL`` and a ``tritonserver`` binary is available, start a
+   local Triton on the model repository (see :mod:`score.local`).
+2. Start Gunicorn with :mod:`score.gunicorn_conf` (``WORKER_COUNT`` gevent workers, each
+   building its own Triton client after the fork).
+3. Wait until ``/v2/health/ready`` answers, print where to send requests.
+4. Supervise: if either process dies, stop the other and exit non-zero. SIGTERM/SIGINT
+   drain Gunicorn (in-flight requests finish, up to ``SCORE_GRACEFUL_TIMEOUT``), then stop
+   Triton, and exit 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from score.local import LocalTriton, TritonNotFound, TritonStartError, find_tritonserver
+from score.repository import find_model_repository
+
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
+
+
+@dataclass
+class ServeOptions:
+    models: str | None = None
+    processors: str | None = None
+    entry_script: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 5001
+    workers: int | None = None
+    triton_url: str | None = None
+    tritonserver: str | None = None
+    triton_grpc_port: int | None = None
+    triton_metrics_port: int | None = None
+    ready_timeout: float = 300.0
+
+
+def _http_status(url: str, timeout: float = 1.0) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (urllib.error.URLError, OSError):
+        return 0
+
+
+def _split_url(url: str) -> tuple[str, int]:
+    host, _, port = url.removeprefix("http://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"TRITON_URL must look like host:port, got {url!r}")
+    return host, int(port)
+
+
+def _model_names(triton_url: str) -> list[str]:
+    request = urllib.request.Request(
+        f"http://{triton_url}/v2/repository/index", data=b"{}", method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            index = json.loads(response.read())
+        return sorted(m["name"] for m in index if m.get("state") == "READY")
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+class Supervisor:
+    """Runs and watches the two processes; :meth:`run` returns the exit code."""
+
+    def __init__(self, options: ServeOptions, say: Callable[[str], None]) -> None:
+        self.options = options
+        self.say = say
+        self.triton: LocalTriton | None = None
+        self.gunicorn: subprocess.Popen[bytes] | None = None
+        self.stopping = False
+        self._metrics_dir: str | None = None
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+
+    def run(self) -> int:
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return self._run()
+        finally:
+            self.shutdown()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _run(self) -> int:
+        opts = self.options
+        try:
+            repository = find_model_repository(opts.models).resolve()
+            triton_url = opts.triton_url or os.environ.get("TRITON_URL") or "localhost:8000"
+            triton_url = triton_url.removeprefix("http://")
+            host, port = _split_url(triton_url)
+        except (FileNotFoundError, ValueError) as exc:
+            self.say(f"error: {exc}")
+            return 2
+        if _http_status(f"http://{triton_url}/v2/health/live") == 200:
+            self.say(f"score: using the Triton already running at {triton_url}")
+        else:
+            if host not in LOCAL_HOSTS:
+                self.say(f"error: nothing answers at TRITON_URL={triton_url} (not a local address)")
+                return 1
+            try:
+                install = find_tritonserver(opts.tritonserver)
+            except TritonNotFound as exc:
+                self.say(f"error: nothing answers at TRITON_URL={triton_url}, and {exc}")
+                return 1
+            self.triton = LocalTriton(
+                repository,
+                host="127.0.0.1",
+                http_port=port,
+                grpc_port=opts.triton_grpc_port,
+                metrics_port=opts.triton_metrics_port,
+                install=install,
+                progress=self.say,
+            )
+            try:
+                self.triton.start()
+            except TritonStartError as exc:
+                self.say(f"error: {exc}")
+                return 1
+            triton_url = self.triton.url
+        if self.stopping:
+            return 0
+        self._start_gunicorn(repository, triton_url)
+        return self._supervise(triton_url)
+
+    def _start_gunicorn(self, repository: Path, triton_url: str) -> None:
+        opts = self.options
+        env = dict(os.environ)
+        # Prometheus chooses per-process or shared values at import time: the directory must
+        # exist (and be empty) before any worker imports prometheus_client.
+        self._metrics_dir = tempfile.mkdtemp(prefix="triton-score-metrics-")
+        env.update(
+            TRITON_URL=triton_url,
+            SCORE_MODEL_REPOSITORY=str(repository),
+            SCORE_HOST=opts.host,
+            SCORE_PORT=str(opts.port),
+            PROMETHEUS_MULTIPROC_DIR=self._metrics_dir,
+        )
+        if opts.workers is not None:
+            env["WORKER_COUNT"] = str(opts.workers)
+        if opts.processors:
+            env["SCORE_PROCESSORS"] = opts.processors
+        if opts.entry_script:
+            env["AZUREML_ENTRY_SCRIPT"] = str(Path(opts.entry_script).resolve())
+        self.gunicorn = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--config", "python:score.gunicorn_conf"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # signals are ours to forward, in order
+        )
+        self.say(
+            f"score: gunicorn (pid {self.gunicorn.pid}) starting "
+            f"{env.get('WORKER_COUNT', '1')} worker(s) on http://{opts.host}:{opts.port}"
+        )
+
+    def _supervise(self, triton_url: str) -> int:
+        assert self.gunicorn is not None
+        opts = self.options
+        base = f"http://{'127.0.0.1' if opts.host in ('0.0.0.0', '') else opts.host}:{opts.port}"
+        announced = False
+        started = time.monotonic()
+        while not self.stopping:
+            code = self.gunicorn.poll()
+            if code is not None:
+                self.say(f"error: gunicorn exited with code {code}")
+                return code or 1
+            if self.triton is not None and not self.triton.is_running():
+                self.say(f"error: tritonserver exited unexpectedly:\n{self.triton.log_tail()}")
+                return 1
+            if not announced:
+                if _http_status(f"{base}/v2/health/ready") == 200:
+                    announced = True
+                    names = _model_names(triton_url)
+                    self.say(f"score: ready in {time.monotonic() - started:.1f} s at {base}")
+                    for name in names:
+                        self.say(f"  POST {base}/score/{name}")
+                    self.say(f"  docs: {base}/swagger.json   metrics: {base}/metrics")
+                elif time.monotonic() - started > opts.ready_timeout:
+                    self.say(f"error: not ready after {opts.ready_timeout:.0f} s")
+                    return 1
+            time.sleep(0.2)
+        self.say("score: stopping (draining in-flight requests)")
+        return 0
+
+    def shutdown(self) -> None:
+        if self.gunicorn is not None and self.gunicorn.poll() is None:
+            try:
+                self.gunicorn.send_signal(signal.SIGTERM)  # graceful: workers finish requests
+                self.gunicorn.wait(
+                    timeout=float(os.environ.get("SCORE_GRACEFUL_TIMEOUT", "30")) + 10
+                )
+            except subprocess.TimeoutExpired:
+                os.killpg(self.gunicorn.pid, signal.SIGKILL)
+                self.gunicorn.wait()
+        if self.gunicorn is not None:
+            with contextlib.suppress(ProcessLookupError):  # workers left by a killed master
+                os.killpg(self.gunicorn.pid, signal.SIGKILL)
+        if self.triton is not None:
+            self.triton.stop()
+        if self._metrics_dir:
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)

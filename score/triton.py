@@ -1,0 +1,168 @@
+"""The one place the runtime talks to Triton: a ``tritonclient.http`` client per worker.
+
+Why a wrapper: every Triton failure must reach the client with its meaning intact — Triton's
+4xx stay 4xx, an unreachable server is a 503 the client may retry, a stalled one a 504 — and
+tensors always travel with the binary tensor extension (JSON numbers are slow and cannot
+carry FP16).
+
+``tritonclient.http`` is built on gevent: one client serves many greenlets of one worker
+process (its connection pool holds ``concurrency`` connections), but it must be created
+after the worker forks and never shared across threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from score.errors import ModelNotFound, ScoringTimeout, TritonError, TritonUnavailable
+from score.metadata import ModelInfo
+
+log = logging.getLogger(__name__)
+
+#: Output name -> ``class_count`` (0 asks for the raw tensor).
+OutputRequest = Mapping[str, int]
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    name = type(exc).__name__.lower()
+    return isinstance(exc, TimeoutError) or "timeout" in name
+
+
+@contextmanager
+def translate_errors(what: str) -> Iterator[None]:
+    """Turn tritonclient and socket failures into :mod:`score.errors` exceptions."""
+    try:
+        yield
+    except InferenceServerException as exc:
+        status = exc.status()
+        message = exc.message() or str(exc)
+        try:
+            code = int(status) if status is not None else 0
+        except ValueError:
+            code = 0
+        if code == 0:
+            # tritonclient raises without an HTTP status for transport-level problems.
+            if _is_timeout(exc) or "timed out" in message.lower():
+                raise ScoringTimeout(f"Triton did not answer {what} in time") from exc
+            raise TritonUnavailable(f"Triton is unreachable ({what})") from exc
+        if code == 404:
+            raise ModelNotFound(message) from exc
+        if code == 503:
+            raise TritonUnavailable(message) from exc
+        raise TritonError(message, status_code=code if 400 <= code < 600 else 502) from exc
+    except Exception as exc:
+        # Socket errors, connection refused/reset, gevent timeouts: the server is not there.
+        if _is_timeout(exc):
+            raise ScoringTimeout(f"Triton did not answer {what} in time") from exc
+        if isinstance(exc, OSError) or "connection" in type(exc).__name__.lower():
+            raise TritonUnavailable(
+                f"Triton is unreachable ({what}): {type(exc).__name__}"
+            ) from exc
+        raise
+
+
+class TritonGateway:
+    """Model metadata, health and inference against one Triton server.
+
+    :param url: ``host:port`` of Triton's HTTP endpoint.
+    :param concurrency: connections kept open to Triton (requests in flight per worker).
+    :param timeout_s: network timeout for inference calls.
+    """
+
+    def __init__(self, url: str, *, concurrency: int = 64, timeout_s: float = 60.0) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self._client = httpclient.InferenceServerClient(
+            url,
+            concurrency=concurrency,
+            connection_timeout=min(timeout_s, 10.0),
+            network_timeout=timeout_s,
+        )
+        # Health checks must answer fast even while inference calls wait for a busy server.
+        self._health = httpclient.InferenceServerClient(
+            url, concurrency=2, connection_timeout=1.0, network_timeout=2.0
+        )
+
+    def close(self) -> None:
+        self._client.close()
+        self._health.close()
+
+    # -- health and metadata -----------------------------------------------------------------
+    def is_ready(self) -> bool:
+        """Is Triton up and ready? Never raises; answers within ~2 s."""
+        try:
+            return bool(self._health.is_server_ready())
+        except Exception:  # noqa: BLE001 - any failure means "not ready"
+            return False
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Poll readiness for up to ``timeout_s`` seconds, logging while waiting."""
+        deadline = time.monotonic() + timeout_s
+        announced = False
+        while True:
+            if self.is_ready():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            if not announced:
+                log.info("waiting up to %.0f s for Triton at %s to be ready", timeout_s, self.url)
+                announced = True
+            time.sleep(0.5)
+
+    def ready_model_names(self) -> list[str]:
+        with translate_errors("the repository index"):
+            index = self._health.get_model_repository_index()
+        return sorted({m["name"] for m in index if m.get("state") == "READY"})
+
+    def model_info(self, name: str) -> ModelInfo:
+        with translate_errors(f"metadata of model {name!r}"):
+            metadata = self._client.get_model_metadata(name)
+            config = self._client.get_model_config(name)
+        return ModelInfo.from_triton(metadata, config)
+
+    def load_models(self, names: Sequence[str] = ()) -> dict[str, ModelInfo]:
+        """Metadata and config of ``names`` (default: every model Triton has ready)."""
+        wanted = list(names) or self.ready_model_names()
+        return {name: self.model_info(name) for name in wanted}
+
+    # -- inference -------------------------------------------------------------------------
+    def infer(
+        self,
+        model: ModelInfo,
+        inputs: Mapping[str, np.ndarray],
+        outputs: OutputRequest | None = None,
+        *,
+        request_id: str = "",
+    ) -> dict[str, np.ndarray]:
+        """Run one inference; inputs must already be validated against ``model``.
+
+        :param outputs: which outputs to return and their ``class_count``; ``None`` = all, raw.
+        :return: output name -> numpy array (BYTES outputs are object arrays of ``bytes``).
+        """
+        infer_inputs = []
+        for name, array in inputs.items():
+            spec = model.input(name)
+            datatype = spec.datatype if spec is not None else "BYTES"
+            infer_input = httpclient.InferInput(name, list(array.shape), datatype)
+            infer_input.set_data_from_numpy(array, binary_data=True)
+            infer_inputs.append(infer_input)
+        wanted = dict(outputs) if outputs is not None else {o.name: 0 for o in model.outputs}
+        requested = [
+            httpclient.InferRequestedOutput(name, binary_data=True, class_count=count)
+            for name, count in wanted.items()
+        ]
+        with translate_errors(f"inference on model {model.name!r}"):
+            result = self._client.infer(
+                model.name,
+                infer_inputs,
+                outputs=requested,
+                request_id=request_id,
+            )
+        return {name: result.as_numpy(name) for name in wanted}

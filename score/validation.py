@@ -1,0 +1,147 @@
+"""Check inputs against the model's metadata *before* anything reaches Triton.
+
+Triton answers malformed tensors with a 500 (or, for some requests, crashes): so names,
+datatypes, shapes, the batch dimension and ``max_batch_size`` are checked here, and a bad
+request gets a 400 that names the input and says what was expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from score.errors import BadRequest, InvalidInput
+from score.metadata import ModelInfo, TensorSpec
+
+_NUMERIC_KINDS = {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers"}
+
+
+def expected_shape(model: ModelInfo, spec: TensorSpec) -> str:
+    text = spec.describe_shape()
+    if model.batching:
+        return f"{text} (first dimension is the batch, 1 to {model.max_batch_size})"
+    return text
+
+
+def _check_dtype(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+    target = spec.numpy_dtype
+    if target is None:
+        raise InvalidInput(spec.name, f"datatype {spec.datatype} cannot be sent by this server")
+    if spec.is_bytes:
+        if array.dtype.kind in "OSU":
+            return array if array.dtype == np.object_ else array.astype(np.object_)
+        raise InvalidInput(spec.name, f"expected strings (BYTES), got {array.dtype.name} values")
+    if array.dtype == target:
+        return array
+    kind = array.dtype.kind
+    target_kind = np.dtype(target).kind
+    ok = (
+        (target_kind == "f" and kind in "iuf")
+        or (target_kind in "iu" and kind in "iu")
+        or (target_kind == "b" and kind == "b")
+    )
+    if not ok:
+        got = _NUMERIC_KINDS.get(kind, f"{array.dtype.name} values")
+        raise InvalidInput(spec.name, f"expected {spec.datatype} data, got {got}")
+    if target_kind in "iu" and array.size:
+        info = np.iinfo(target)
+        if array.min() < info.min or array.max() > info.max:
+            raise InvalidInput(
+                spec.name, f"values out of range for {spec.datatype} ({info.min}..{info.max})"
+            )
+    return array.astype(target)
+
+
+def _check_shape(model: ModelInfo, spec: TensorSpec, array: np.ndarray) -> None:
+    shape = array.shape
+    if len(shape) != len(spec.shape):
+        raise InvalidInput(
+            spec.name,
+            f"expected shape {expected_shape(model, spec)}, got {list(shape)} "
+            f"({len(shape)} dimensions instead of {len(spec.shape)})",
+            expected=list(spec.shape),
+            got=list(shape),
+        )
+    for axis, (want, got) in enumerate(zip(spec.shape, shape, strict=True)):
+        if want >= 0 and want != got:
+            raise InvalidInput(
+                spec.name,
+                f"expected shape {expected_shape(model, spec)}, got {list(shape)} "
+                f"(dimension {axis} must be {want})",
+                expected=list(spec.shape),
+                got=list(shape),
+            )
+    if model.batching:
+        batch = shape[0]
+        if batch < 1 or batch > model.max_batch_size:
+            raise InvalidInput(
+                spec.name,
+                f"batch size {batch} is outside 1..{model.max_batch_size} "
+                f"(the model's max_batch_size)",
+                expected=list(spec.shape),
+                got=list(shape),
+            )
+
+
+def validate_inputs(model: ModelInfo, inputs: Mapping[str, object]) -> dict[str, np.ndarray]:
+    """Return the inputs as arrays of the model's datatypes, or raise a 400 naming the input.
+
+    Safe conversions are applied (``float64`` to ``FP32``, ``int64`` to ``INT32`` within
+    range, ``str`` to ``BYTES``); lossy ones (floats to integers) are refused.
+    """
+    if not isinstance(inputs, Mapping):
+        raise BadRequest("inputs must be a mapping of input name to array")
+    known = {spec.name for spec in model.inputs}
+    for name in inputs:
+        if name not in known:
+            raise InvalidInput(
+                str(name),
+                f"model {model.name!r} has no such input; its inputs are {sorted(known)}",
+            )
+    checked: dict[str, np.ndarray] = {}
+    batch_sizes: dict[str, int] = {}
+    for spec in model.inputs:
+        if spec.name not in inputs:
+            if spec.optional:
+                continue
+            raise InvalidInput(
+                spec.name,
+                f"is required (datatype {spec.datatype}, shape {expected_shape(model, spec)})",
+            )
+        value = inputs[spec.name]
+        array = value if isinstance(value, np.ndarray) else np.asarray(value)
+        array = _check_dtype(spec, array)
+        _check_shape(model, spec, array)
+        checked[spec.name] = array
+        if model.batching:
+            batch_sizes[spec.name] = array.shape[0]
+    if len(set(batch_sizes.values())) > 1:
+        raise BadRequest(f"inputs disagree on the batch size: {batch_sizes}")
+    return checked
+
+
+def validate_outputs(model: ModelInfo, outputs: Mapping[str, int] | None) -> dict[str, int] | None:
+    """Check requested output names and ``class_count`` values.
+
+    ``class_count`` on a BYTES output is refused here: Triton 2.51 dies on it (SIGFPE).
+    """
+    if outputs is None:
+        return None
+    checked = {}
+    for name, count in outputs.items():
+        spec = model.output(name)
+        if spec is None:
+            raise BadRequest(
+                f"model {model.name!r} has no output {name!r}; "
+                f"its outputs are {[o.name for o in model.outputs]}"
+            )
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise BadRequest(f"output {name!r}: class_count must be a non-negative integer")
+        if count and spec.is_bytes:
+            raise BadRequest(
+                f"output {name!r} is BYTES: the classification extension (class_count) "
+                "works on numeric outputs only"
+            )
+        checked[name] = count
+    return checked
