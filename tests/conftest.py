@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from score.local import LocalTriton
 
@@ -39,5 +47,72 @@ def triton() -> Iterator[LocalTriton]:
     server = start_triton(EXAMPLES)
     try:
         yield server
+    finally:
+        server.stop()
+
+
+class ScoreServer:
+    """A real ``score serve`` (Gunicorn + gevent workers) subprocess on 127.0.0.1."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.NamedTemporaryFile(prefix="score-serve-", suffix=".log", delete=False)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "score", "serve", "--port", str(self.port), *args],
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 120) -> ScoreServer:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"score serve exited early:\n{self.output()}")
+            try:
+                if requests.get(f"{self.url}/v2/health/ready", timeout=2).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"score serve not ready after {timeout} s:\n{self.output()}")
+
+    def stop(self) -> int | None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # nothing of the group may survive
+        Path(self.log.name).unlink(missing_ok=True)
+        return self.process.returncode
+
+
+@pytest.fixture(scope="session")
+def score_server(triton: LocalTriton) -> Iterator[ScoreServer]:
+    """``score serve`` with the example processors, in front of the session's Triton."""
+    server = ScoreServer("--triton-url", triton.url, "--workers", "2")
+    try:
+        yield server.wait_ready()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def plain_server(triton: LocalTriton) -> Iterator[ScoreServer]:
+    """``score serve`` with no processors: every model goes through the default codec."""
+    server = ScoreServer("--triton-url", triton.url, "--processors", "none")
+    try:
+        yield server.wait_ready()
     finally:
         server.stop()

