@@ -57,18 +57,19 @@ class ScoreServer:
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tempfile.NamedTemporaryFile(prefix="score-serve-", suffix=".log", delete=False)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "score", "serve", "--port", str(self.port), *args],
-            cwd=ROOT,
-            env={**os.environ, **(env or {})},
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        fd, self.log_path = tempfile.mkstemp(prefix="score-serve-", suffix=".log")
+        with os.fdopen(fd, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "score", "serve", "--port", str(self.port), *args],
+                cwd=ROOT,
+                env={**os.environ, **(env or {})},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def output(self) -> str:
-        return Path(self.log.name).read_text(errors="replace")
+        return Path(self.log_path).read_text(errors="replace")
 
     def wait_ready(self, timeout: float = 120) -> ScoreServer:
         deadline = time.monotonic() + timeout
@@ -94,7 +95,7 @@ class ScoreServer:
                 self.process.wait()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)  # nothing of the group may survive
-        Path(self.log.name).unlink(missing_ok=True)
+        Path(self.log_path).unlink(missing_ok=True)
         return self.process.returncode
 
 
