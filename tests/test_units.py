@@ -1,0 +1,186 @@
+"""Unit tests of the pieces that need no server: settings, validation, codecs, processors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from score.codecs.request import decode_request
+from score.codecs.tensors import decode_inputs, decode_outputs
+from score.errors import BadRequest, InvalidInput
+from score.metadata import ModelInfo, TensorSpec
+from score.processors import ProcessorDefinitionError, ProcessorRegistry, processor
+from score.processors.loading import ProcessorLoadError, load_processors
+from score.repository import find_model_repository
+from score.settings import Settings
+from score.validation import validate_inputs, validate_outputs
+
+MODEL = ModelInfo(
+    name="m",
+    version="1",
+    platform="",
+    backend="python",
+    max_batch_size=4,
+    inputs=(
+        TensorSpec("x", "FP32", (-1, 3)),
+        TensorSpec("n", "INT32", (-1, 1), optional=True),
+    ),
+    outputs=(TensorSpec("y", "FP32", (-1, 3)), TensorSpec("s", "BYTES", (-1, 1))),
+)
+
+
+# -- settings ----------------------------------------------------------------------------
+def test_settings_from_env() -> None:
+    settings = Settings.from_env(
+        {
+            "TRITON_URL": "http://triton:9000",
+            "SCORE_PROCESSORS": "a.py, b.mod;c:Cls",
+            "SCORING_TIMEOUT_MS": "1500",
+            "SCORE_MODEL": "m",
+        }
+    )
+    assert settings.triton_url == "triton:9000"
+    assert settings.processors == ("a.py", "b.mod", "c:Cls")
+    assert settings.scoring_timeout_ms == 1500
+    assert settings.default_model == "m"
+    assert Settings.from_env({}).triton_url == "localhost:8000"
+
+
+def test_settings_reject_bad_numbers_and_unknown_overrides() -> None:
+    with pytest.raises(ValueError, match="SCORING_TIMEOUT_MS"):
+        Settings.from_env({"SCORING_TIMEOUT_MS": "soon"})
+    with pytest.raises(TypeError, match="unknown setting"):
+        Settings.from_env({}, nonsense=1)
+
+
+# -- validation --------------------------------------------------------------------------
+def test_validation_casts_safe_types() -> None:
+    checked = validate_inputs(MODEL, {"x": np.ones((2, 3), dtype=np.float64), "n": [[1], [2]]})
+    assert checked["x"].dtype == np.float32
+    assert checked["n"].dtype == np.int32
+
+
+@pytest.mark.parametrize(
+    "inputs, fragment",
+    [
+        ({"x": np.ones((2, 3)), "n": np.full((2, 1), 0.5)}, "expected INT32 data, got numbers"),
+        ({"x": np.ones((2, 3)), "n": np.full((2, 1), 2**40)}, "out of range"),
+        ({"x": np.ones((5, 3))}, "batch size 5 is outside 1..4"),
+        ({"x": np.ones((0, 3))}, "batch size 0"),
+        ({"x": np.ones((2, 3)), "n": np.ones((3, 1), dtype=np.int32)}, "disagree on the batch"),
+        ({"x": np.array([["a", "b", "c"]])}, "expected FP32 data"),
+        ({"z": 1}, "no such input"),
+    ],
+)
+def test_validation_errors(inputs: dict, fragment: str) -> None:
+    with pytest.raises(BadRequest, match=fragment):
+        validate_inputs(MODEL, inputs)
+
+
+def test_class_count_on_bytes_output_is_refused_before_triton() -> None:
+    # Triton 2.51 dies (SIGFPE) when asked for classification on a BYTES output.
+    with pytest.raises(BadRequest, match="BYTES"):
+        validate_outputs(MODEL, {"s": 2})
+    assert validate_outputs(MODEL, {"y": 2, "s": 0}) == {"y": 2, "s": 0}
+    with pytest.raises(BadRequest, match="non-negative"):
+        validate_outputs(MODEL, {"y": -1})
+
+
+# -- codecs ------------------------------------------------------------------------------
+def test_decode_request_json_and_bytes() -> None:
+    assert decode_request(b'{"a": 1}', "application/json; charset=utf-8").json == {"a": 1}
+    assert decode_request(b'{"a": 1}', "").json == {"a": 1}  # AzureML clients omit it
+    raw = decode_request(b"\x89PNG", "image/png")
+    assert raw.json is None and raw.body == b"\x89PNG" and raw.content_type == "image/png"
+    with pytest.raises(BadRequest, match="empty"):
+        decode_request(b"", "application/json")
+
+
+def test_default_codec_bytes_inputs_and_outputs_spec() -> None:
+    model = ModelInfo("t", "1", "", "", 0, (TensorSpec("w", "BYTES", (-1, 1)),), ())
+    request = decode_request(b'{"inputs": {"w": [["hi"], ["there"]]}}', "application/json")
+    arrays = decode_inputs(request, model)
+    assert arrays["w"].dtype == np.object_ and arrays["w"][1, 0] == b"there"
+    with pytest.raises(InvalidInput, match="expected strings"):
+        decode_inputs(decode_request(b'{"inputs": {"w": [[1]]}}', "application/json"), model)
+    wanted = decode_request(
+        b'{"inputs": {}, "outputs": ["a", {"name": "b", "class_count": 2}]}', "application/json"
+    )
+    assert decode_outputs(wanted) == {"a": 0, "b": 2}
+
+
+# -- processors --------------------------------------------------------------------------
+def test_processor_decorator_checks_signatures() -> None:
+    with pytest.raises(ProcessorDefinitionError, match="neither"):
+        processor("m")(type("Empty", (), {}))
+    with pytest.raises(ProcessorDefinitionError, match="must accept 2"):
+
+        @processor("m")
+        class WrongArity:
+            def preprocess(self, request):  # missing the model argument
+                return {}
+
+    with pytest.raises(ProcessorDefinitionError, match="at least one model"):
+        processor()
+
+
+def test_registry_rejects_two_processors_for_one_model() -> None:
+    @processor("m")
+    class A:
+        def preprocess(self, request, model):
+            return {}
+
+    @processor("m")
+    class B:
+        def postprocess(self, outputs, request, model):
+            return {}
+
+    registry = ProcessorRegistry()
+    registry.register(A, "a.py")
+    with pytest.raises(ProcessorDefinitionError, match="two processors for model 'm'"):
+        registry.register(B, "b.py")
+    assert registry.for_model("m").name.endswith("A")
+    assert registry.for_model("other").name == "default codec"
+    registry.freeze()
+    with pytest.raises(RuntimeError, match="after the server started"):
+        registry.register(B, "b.py")
+
+
+def test_loading_errors_name_the_spec(tmp_path: Path) -> None:
+    with pytest.raises(ProcessorLoadError, match="does not exist"):
+        load_processors([str(tmp_path / "missing.py")], use_entry_points=False)
+    broken = tmp_path / "broken.py"
+    broken.write_text("import not_a_module_anywhere\n")
+    with pytest.raises(ProcessorLoadError, match="failed to import: ModuleNotFoundError"):
+        load_processors([str(broken)], use_entry_points=False)
+    empty = tmp_path / "empty.py"
+    empty.write_text("X = 1\n")
+    with pytest.raises(ProcessorLoadError, match="defines no @processor class"):
+        load_processors([str(empty)], use_entry_points=False)
+
+
+def test_conventional_processors_file_beside_the_repository(tmp_path: Path) -> None:
+    (tmp_path / "triton").mkdir()
+    (tmp_path / "processors.py").write_text(
+        "from score import processor\n\n@processor('m')\nclass P:\n"
+        "    def preprocess(self, request, model):\n        return {}\n"
+    )
+    registry = load_processors([], model_repository=tmp_path / "triton", use_entry_points=False)
+    assert registry.models() == ["m"]
+    none = load_processors(["none"], model_repository=tmp_path / "triton")
+    assert none.models() == []
+
+
+# -- repository discovery ----------------------------------------------------------------
+def test_repository_found_under_azureml_model_dir(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("SCORE_MODEL_REPOSITORY", raising=False)
+    deep = tmp_path / "azureml-models" / "my-model" / "1" / "models" / "triton"
+    deep.mkdir(parents=True)
+    monkeypatch.setenv("AZUREML_MODEL_DIR", str(tmp_path / "azureml-models"))
+    monkeypatch.chdir(tmp_path)
+    assert find_model_repository() == deep
+    monkeypatch.setenv("AZUREML_MODEL_DIR", str(tmp_path / "nothing"))
+    with pytest.raises(FileNotFoundError, match="AZUREML_MODEL_DIR"):
+        find_model_repository()
