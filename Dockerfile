@@ -11,6 +11,7 @@ FROM nvcr.io/nvidia/tritonserver:24.10-py3
 # The NGC image runs as root by default; its non-root user triton-server (uid/gid 1000)
 # is created by the image itself. Python installs below go to the system site-packages.
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 
@@ -23,11 +24,12 @@ WORKDIR /opt/triton-score
 COPY pyproject.toml ./
 RUN mkdir score \
     && touch score/__init__.py README.md \
-    && python3 -m pip install --no-cache-dir . "nltk==3.9.1" \
+    && python3 -m pip install --no-cache-dir . "nltk==3.10.4" \
     && python3 -m pip uninstall --yes triton-score
 
-# Source layer: the package itself, without touching the dependencies installed above.
-COPY README.md ./
+# Source layer: the package itself, without touching the dependencies installed above. The
+# empty README.md made above stays: it is only the package's long description, and leaving
+# the real one out keeps README edits from rebuilding this layer.
 COPY score/ ./score/
 RUN python3 -m pip install --no-cache-dir --no-deps . \
     && score --help > /dev/null
