@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+from collections.abc import Mapping
 from typing import Any
 
 from score.errors import ScoringError
@@ -52,24 +54,37 @@ def init() -> None:
     _scorer.init()
 
 
-def run(raw_data: str | bytes) -> Any:
+def run(raw_data: str | bytes, request_headers: Mapping[str, str] | None = None) -> Any:
     """Score ``raw_data`` (the request body) on the default model.
 
-    AzureML's server answers 200 with whatever ``run`` returns, so a request error comes back
-    as the same JSON body ``score serve`` sends (``{"error": ..., "code": ...}``), and the
-    status code is also in ``status_code``.
+    AzureML's server passes ``request_headers`` because this signature asks for them: the
+    content type and ``x-request-id`` reach the processors. A request error is the same JSON
+    body ``score serve`` sends (``{"error", "code", "request_id"}`` plus ``status_code``);
+    under AzureML's server it goes out with that status code (as an ``AMLResponse``), since
+    that server answers 200 to anything else ``run`` returns.
     """
     if _scorer is None:
         raise RuntimeError("init() has not been called")
+    headers = dict(request_headers or {})
     try:
-        return _scorer.run(raw_data)
+        return _scorer.run(raw_data, headers)
     except ScoringError as exc:
         log.warning("request failed: %s", exc.message)
-        return {**exc.to_dict(), "status_code": exc.status_code}
+        body = {**exc.to_dict(), "status_code": exc.status_code}
+        request_id = _header(headers, "x-request-id")
+        if request_id:
+            body.setdefault("request_id", request_id)
+        if "azureml_inference_server_http" in sys.modules:  # served by azmlinfsrv
+            from azureml_inference_server_http.api.aml_response import AMLResponse
+
+            return AMLResponse(body, exc.status_code, json_str=True)
+        return body
+
+
+def _header(headers: Mapping[str, str], name: str) -> str:
+    return next((v for k, v in headers.items() if k.lower() == name), "")
 
 
 if __name__ == "__main__":  # a quick manual check: python -m score.entry '<json>'
-    import sys
-
     init()
     print(json.dumps(run(sys.argv[1]), default=str))

@@ -145,9 +145,17 @@ class Scorer:
         return result
 
     def run(self, raw: str | bytes, headers: Mapping[str, str] | None = None) -> Any:
-        """AzureML's ``run(raw_data)``: score ``raw`` on the default model."""
+        """AzureML's ``run(raw_data)``: score ``raw`` on the default model.
+
+        ``headers`` (when the server passes them) supply the content type and request id.
+        """
         body = raw.encode("utf-8") if isinstance(raw, str) else raw
-        return self.score(decode_request(body, "", headers))
+        lower = {k.lower(): v for k, v in (headers or {}).items()}
+        return self.score(
+            decode_request(
+                body, lower.get("content-type", ""), headers, lower.get("x-request-id", "")
+            )
+        )
 
     @staticmethod
     def _call(processor: Processor, stage: str, function: Callable[..., Any], *args: Any) -> Any:

@@ -29,17 +29,22 @@ def test_liveness_and_readiness(score_server: ScoreServer) -> None:
     assert ready.status_code == 200 and ready.json() == {"ready": True}
 
 
-def test_request_ids_are_echoed_or_generated(score_server: ScoreServer) -> None:
-    mine = requests.get(
+def test_request_ids_behave_as_in_azureml(score_server: ScoreServer) -> None:
+    both = requests.get(
         score_server.url + "/",
         headers={"x-request-id": "abc-123", "x-ms-client-request-id": "client-9"},
         timeout=5,
     )
-    assert mine.headers["x-request-id"] == "abc-123"
+    assert both.headers["x-request-id"] == "abc-123"
+    assert both.headers["x-ms-request-id"] == "client-9"  # the client's own id, as AzureML
+    assert both.headers["x-ms-client-request-id"] == "client-9"
+    mine = requests.get(score_server.url + "/", headers={"x-request-id": "abc-123"}, timeout=5)
     assert mine.headers["x-ms-request-id"] == "abc-123"
-    assert mine.headers["x-ms-client-request-id"] == "client-9"
+    assert "x-ms-client-request-id" not in mine.headers
     generated = requests.get(score_server.url + "/", timeout=5).headers["x-request-id"]
     assert len(generated) == 36 and generated != "abc-123"
+    too_long = requests.get(score_server.url + "/", headers={"x-request-id": "r" * 101}, timeout=5)
+    assert too_long.status_code == 431 and "x-request-id" in too_long.json()["error"]
 
 
 # -- scoring through the example processors ----------------------------------------------

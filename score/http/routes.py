@@ -36,20 +36,44 @@ MS_REQUEST_ID = "x-ms-request-id"
 MS_CLIENT_REQUEST_ID = "x-ms-client-request-id"
 
 
-def assign_request_id() -> None:
-    incoming = request.headers.get(REQUEST_ID) or request.headers.get(MS_REQUEST_ID)
-    # Keep a client's id only if it is a sane token: it is echoed into headers and logs.
-    if incoming and len(incoming) <= 128 and incoming.isprintable():
-        g.request_id = incoming
-    else:
-        g.request_id = str(uuid.uuid4())
+#: AzureML's server refuses longer ids with 431; so do we.
+MAX_ID_LENGTH = 100
+
+
+def assign_request_id() -> Response | None:
+    """Take ids as AzureML's server does.
+
+    ``x-request-id`` is the client's or a new UUID; ``x-ms-client-request-id`` (or the
+    deprecated ``x-ms-request-id``) is the client's own id, echoed back and reported as
+    ``x-ms-request-id``.
+    """
+    g.request_id = str(uuid.uuid4())
+    g.client_request_id = ""
+    incoming = {
+        name: request.headers.get(name, "")
+        for name in (REQUEST_ID, MS_CLIENT_REQUEST_ID, MS_REQUEST_ID)
+    }
+    for name, value in incoming.items():
+        if len(value) > MAX_ID_LENGTH or not value.isprintable():
+            return _json(
+                {
+                    "error": f"{name} must be printable and at most {MAX_ID_LENGTH} characters",
+                    "code": "bad_request_id",
+                    "request_id": g.request_id,
+                },
+                431,
+            )
+    if incoming[REQUEST_ID]:
+        g.request_id = incoming[REQUEST_ID]
+    g.client_request_id = incoming[MS_CLIENT_REQUEST_ID] or incoming[MS_REQUEST_ID]
+    return None
 
 
 def echo_request_id(response: Response) -> Response:
     response.headers[REQUEST_ID] = g.get("request_id", "")
-    response.headers[MS_REQUEST_ID] = g.get("request_id", "")
-    client_id = request.headers.get(MS_CLIENT_REQUEST_ID)
-    if client_id and len(client_id) <= 128 and client_id.isprintable():
+    client_id = g.get("client_request_id", "")
+    response.headers[MS_REQUEST_ID] = client_id or g.get("request_id", "")
+    if client_id:
         response.headers[MS_CLIENT_REQUEST_ID] = client_id
     return response
 
@@ -147,6 +171,9 @@ def score(model: str | None = None) -> Response:
             )
             if rt.entry_script is not None:
                 result = rt.entry_script.run(decoded)
+                if isinstance(result, Response):  # AMLResponse and friends: sent as they are
+                    status = result.status_code
+                    return result
             else:
                 assert rt.scorer is not None
                 result = rt.scorer.score(decoded, model)
