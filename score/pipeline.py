@@ -66,7 +66,7 @@ class Scorer:
             models = self.gateway.load_models(self.settings.models)
             missing = [m for m in self.processors.models() if m not in models]
             if missing:
-                log.warning("processors registered for models Triton does not serve: %s", missing)
+                log.info("processors for models Triton does not serve (unused): %s", missing)
             for model in models.values():
                 processor = self.processors.for_model(model.name)
                 processor.load(model)

@@ -184,3 +184,23 @@ def test_repository_found_under_azureml_model_dir(tmp_path: Path, monkeypatch) -
     monkeypatch.setenv("AZUREML_MODEL_DIR", str(tmp_path / "nothing"))
     with pytest.raises(FileNotFoundError, match="AZUREML_MODEL_DIR"):
         find_model_repository()
+
+
+# -- finding tritonserver ----------------------------------------------------------------
+def test_a_missing_tritonserver_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
+    from score.local import TritonNotFound, find_tritonserver
+
+    with pytest.raises(TritonNotFound, match="--tritonserver is .* not an executable file"):
+        find_tritonserver(tmp_path / "nope")
+    monkeypatch.setenv("TRITONSERVER", str(tmp_path))
+    with pytest.raises(TritonNotFound, match=r"\$TRITONSERVER"):
+        find_tritonserver()
+
+
+def test_cli_reports_a_missing_binary_without_a_traceback(tmp_path: Path, capsys) -> None:
+    from score.cli import main
+
+    code = main(["triton", "--models", str(tmp_path), "--tritonserver", str(tmp_path / "x")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --tritonserver is") and "Traceback" not in err
