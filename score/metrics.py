@@ -11,7 +11,10 @@ Names:
 - ``score_requests_total{model,code}``: scoring requests by HTTP status code;
 - ``score_request_duration_seconds{model}``: end-to-end latency inside the server;
 - ``score_stage_duration_seconds{model,stage}``: ``preprocess`` (incl. validation),
-  ``infer`` (the Triton round trip) and ``postprocess``;
+  ``infer`` and ``postprocess``. ``infer`` is the Triton round trip *as the worker sees it*:
+  when a worker's CPU is saturated it includes the wait for the worker to resume the request
+  after Triton answered. Compare with Triton's own ``nv_inference_request_duration_us``
+  before blaming Triton: a large gap means add workers, not GPUs;
 - ``score_requests_in_flight``: requests being scored now;
 - ``score_triton_errors_total{model,kind}``: failures attributed to Triton
   (``unavailable``, ``timeout``, ``error``) — Triton's own failure counter misses

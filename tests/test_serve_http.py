@@ -283,3 +283,11 @@ def _sample(text: str, name: str) -> float:
         if line.startswith(name):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name} not in /metrics:\n{text}")
+
+
+def test_json_sent_as_curl_d_default_content_type_is_understood(plain_server: ScoreServer) -> None:
+    images, _ = held_out_digits()
+    body = json.dumps({"inputs": {"image": images[:1].tolist()}})
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    response = post(plain_server, "/score/digits_onnx", body, headers=form)
+    assert response.status_code == 200, response.text

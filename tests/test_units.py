@@ -92,6 +92,8 @@ def test_class_count_on_bytes_output_is_refused_before_triton() -> None:
 def test_decode_request_json_and_bytes() -> None:
     assert decode_request(b'{"a": 1}', "application/json; charset=utf-8").json == {"a": 1}
     assert decode_request(b'{"a": 1}', "").json == {"a": 1}  # AzureML clients omit it
+    # curl -d and urllib send application/x-www-form-urlencoded unless told otherwise
+    assert decode_request(b'{"a": 1}', "application/x-www-form-urlencoded").json == {"a": 1}
     raw = decode_request(b"\x89PNG", "image/png")
     assert raw.json is None and raw.body == b"\x89PNG" and raw.content_type == "image/png"
     with pytest.raises(BadRequest, match="empty"):

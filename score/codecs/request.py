@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from score.errors import BadRequest
 
-_UNSET: Any = object()
+_SNIFFED_MEDIA_TYPES = {"", "text/plain", "application/x-www-form-urlencoded"}
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,9 @@ def decode_request(
     parsed = None
     if is_json_media_type(media_type):
         parsed = _parse_json(body, strict=True)
-    elif not media_type or media_type == "text/plain":
-        # AzureML clients often send JSON without a content type (or as text/plain).
+    elif media_type in _SNIFFED_MEDIA_TYPES:
+        # AzureML clients often send JSON without a content type, as text/plain, or as
+        # curl's and urllib's default for -d / data=, application/x-www-form-urlencoded.
         parsed = _parse_json(body, strict=False)
     return Request(
         body=body,
@@ -77,16 +79,14 @@ def decode_request(
 
 def _parse_json(body: bytes, *, strict: bool) -> Any:
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
+        return orjson.loads(body)  # ~2x faster than json on large tensors
+    except orjson.JSONDecodeError as exc:
         if not strict:
             return None
-        raise BadRequest(f"the JSON body is not valid UTF-8 (byte {exc.start})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        if not strict:
-            return None
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            raise BadRequest(f"the JSON body is not valid UTF-8 (byte {bad.start})") from None
         raise BadRequest(
             f"the body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
         ) from None
