@@ -6,8 +6,8 @@ One run starts its own Triton (``score.local.LocalTriton`` on free ports, servin
 count (``--triton-url`` pointing at that Triton, so every cell hits the same server) and
 measures ``POST /score/<model>``; it prints a markdown table and stops everything it started.
 
-    /work/venv/bin/python benchmarks/bench_score.py
-    /work/venv/bin/python benchmarks/bench_score.py --duration 5 --concurrency 1,4,16 --wrk
+    .venv/bin/python benchmarks/bench_score.py
+    .venv/bin/python benchmarks/bench_score.py --duration 5 --concurrency 1,4,16 --wrk
 
 Load generator: this process, on gevent greenlets (no monkey patching), one persistent
 HTTP connection per greenlet: a ``tritonclient.http`` client each for the direct path (binary
