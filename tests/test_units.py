@@ -206,3 +206,22 @@ def test_cli_reports_a_missing_binary_without_a_traceback(tmp_path: Path, capsys
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --tritonserver is") and "Traceback" not in err
+
+
+def test_processors_from_an_installed_package_entry_point(tmp_path: Path, monkeypatch) -> None:
+    """A package ships processors via [project.entry-points."triton_score.processors"]."""
+    package = tmp_path / "acme_processors"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "from score import processor\n\n@processor('acme_model')\nclass Acme:\n"
+        "    def postprocess(self, outputs, request, model):\n        return {}\n"
+    )
+    dist = tmp_path / "acme_processors-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-processors\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[triton_score.processors]\nacme = acme_processors\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = load_processors([])
+    assert registry.models() == ["acme_model"]
+    assert registry.for_model("acme_model").source == "entry point acme"
+    assert load_processors([], use_entry_points=False).models() == []
