@@ -17,6 +17,18 @@ from score.metadata import ModelInfo, TensorSpec
 _NUMERIC_KINDS = {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers"}
 
 
+def input_spec(model: ModelInfo, name: str) -> TensorSpec:
+    """The spec of input ``name``, or the 400 that names the inputs the model does have."""
+    spec = model.input(name)
+    if spec is None:
+        raise InvalidInput(
+            str(name),
+            f"model {model.name!r} has no such input; its inputs are "
+            f"{[i.name for i in model.inputs]}",
+        )
+    return spec
+
+
 def expected_shape(model: ModelInfo, spec: TensorSpec) -> str:
     text = spec.describe_shape()
     if model.batching:
@@ -55,33 +67,28 @@ def _check_dtype(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
 
 def _check_shape(model: ModelInfo, spec: TensorSpec, array: np.ndarray) -> None:
     shape = array.shape
-    if len(shape) != len(spec.shape):
-        raise InvalidInput(
+
+    def mismatch(reason: str) -> InvalidInput:
+        return InvalidInput(
             spec.name,
-            f"expected shape {expected_shape(model, spec)}, got {list(shape)} "
-            f"({len(shape)} dimensions instead of {len(spec.shape)})",
+            f"expected shape {expected_shape(model, spec)}, got {list(shape)} ({reason})",
             expected=list(spec.shape),
             got=list(shape),
         )
+
+    if len(shape) != len(spec.shape):
+        raise mismatch(f"{len(shape)} dimensions instead of {len(spec.shape)}")
     for axis, (want, got) in enumerate(zip(spec.shape, shape, strict=True)):
         if want >= 0 and want != got:
-            raise InvalidInput(
-                spec.name,
-                f"expected shape {expected_shape(model, spec)}, got {list(shape)} "
-                f"(dimension {axis} must be {want})",
-                expected=list(spec.shape),
-                got=list(shape),
-            )
-    if model.batching:
-        batch = shape[0]
-        if batch < 1 or batch > model.max_batch_size:
-            raise InvalidInput(
-                spec.name,
-                f"batch size {batch} is outside 1..{model.max_batch_size} "
-                f"(the model's max_batch_size)",
-                expected=list(spec.shape),
-                got=list(shape),
-            )
+            raise mismatch(f"dimension {axis} must be {want}")
+    if model.batching and not 1 <= shape[0] <= model.max_batch_size:
+        raise InvalidInput(
+            spec.name,
+            f"batch size {shape[0]} is outside 1..{model.max_batch_size} "
+            "(the model's max_batch_size)",
+            expected=list(spec.shape),
+            got=list(shape),
+        )
 
 
 def validate_inputs(model: ModelInfo, inputs: Mapping[str, object]) -> dict[str, np.ndarray]:
@@ -92,13 +99,8 @@ def validate_inputs(model: ModelInfo, inputs: Mapping[str, object]) -> dict[str,
     """
     if not isinstance(inputs, Mapping):
         raise BadRequest("inputs must be a mapping of input name to array")
-    known = {spec.name for spec in model.inputs}
     for name in inputs:
-        if name not in known:
-            raise InvalidInput(
-                str(name),
-                f"model {model.name!r} has no such input; its inputs are {sorted(known)}",
-            )
+        input_spec(model, name)
     checked: dict[str, np.ndarray] = {}
     batch_sizes: dict[str, int] = {}
     for spec in model.inputs:

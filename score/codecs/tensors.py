@@ -24,6 +24,7 @@ import numpy as np
 from score.codecs.request import Request
 from score.errors import BadRequest, InvalidInput
 from score.metadata import ModelInfo, TensorSpec
+from score.validation import input_spec
 
 
 def _to_array(spec: TensorSpec, value: Any) -> np.ndarray:
@@ -64,13 +65,7 @@ def _v2_input(model: ModelInfo, entry: Any) -> tuple[str, np.ndarray]:
     if not isinstance(entry, Mapping) or "name" not in entry or "data" not in entry:
         raise BadRequest('each entry of "inputs" needs "name" and "data" (and "shape")')
     name = str(entry["name"])
-    spec = model.input(name)
-    if spec is None:
-        raise InvalidInput(
-            name,
-            f"model {model.name!r} has no such input; its inputs are "
-            f"{[i.name for i in model.inputs]}",
-        )
+    spec = input_spec(model, name)
     if "datatype" in entry and entry["datatype"] != spec.datatype:
         raise InvalidInput(name, f"datatype must be {spec.datatype}, got {entry['datatype']!r}")
     array = _to_array(spec, entry["data"])
@@ -98,14 +93,7 @@ def decode_inputs(request: Request, model: ModelInfo) -> dict[str, np.ndarray]:
     if isinstance(inputs, Mapping):
         arrays = {}
         for name, value in inputs.items():
-            spec = model.input(name)
-            if spec is None:
-                raise InvalidInput(
-                    name,
-                    f"model {model.name!r} has no such input; its inputs are "
-                    f"{[i.name for i in model.inputs]}",
-                )
-            arrays[name] = _to_array(spec, value)
+            arrays[name] = _to_array(input_spec(model, name), value)
         return arrays
     if isinstance(inputs, list):
         return dict(_v2_input(model, entry) for entry in inputs)
