@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from score.codecs.request import Request, decode_request
-from score.errors import BadRequest, ModelNotFound, ProcessorError, ScoringError, TritonUnavailable
+from score.errors import BadRequest, ModelNotFound, ProcessorError, ScoringError
 from score.metadata import ModelInfo
 from score.processors import Processor, ProcessorRegistry
 from score.settings import Settings
@@ -100,10 +100,7 @@ class Scorer:
     # -- scoring ---------------------------------------------------------------------------
     def model(self, name: str | None) -> ModelInfo:
         """The model ``name``, or the default model when ``name`` is empty."""
-        try:
-            models = self.ensure_loaded()
-        except TritonUnavailable:
-            raise
+        models = self.ensure_loaded()
         if name:
             if name not in models:
                 raise ModelNotFound(f"unknown model {name!r}; served models: {sorted(models)}")

@@ -225,3 +225,26 @@ def test_processors_from_an_installed_package_entry_point(tmp_path: Path, monkey
     assert registry.models() == ["acme_model"]
     assert registry.for_model("acme_model").source == "entry point acme"
     assert load_processors([], use_entry_points=False).models() == []
+
+
+def test_a_processors_request_format_is_its_own() -> None:
+    """Only the default codec reads "outputs" from the request body."""
+
+    @processor("m")
+    class Pre:
+        def preprocess(self, request, model):
+            return {}
+
+    @processor("m")
+    class Post:
+        def postprocess(self, outputs, request, model):
+            return {}
+
+    request = decode_request(b'{"outputs": "mine, not Triton\'s"}', "application/json")
+    registry = ProcessorRegistry()
+    registry.register(Pre, "pre.py")
+    assert registry.for_model("m").outputs(request, MODEL) is None
+    other = ProcessorRegistry()
+    other.register(Post, "post.py")  # default codec decodes: the body's "outputs" is read
+    with pytest.raises(BadRequest, match='"outputs" must be a list'):
+        other.for_model("m").outputs(request, MODEL)

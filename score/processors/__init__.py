@@ -121,10 +121,13 @@ class Processor:
         return hook(request, model)
 
     def outputs(self, request: Request, model: ModelInfo) -> Mapping[str, int] | None:
-        if self.implementation is None or not hasattr(self.implementation, "outputs"):
+        chosen = getattr(self.implementation, "outputs", None)
+        if chosen is not None:
+            return chosen(request, model) if callable(chosen) else chosen
+        if getattr(self.implementation, "preprocess", None) is None:
+            # The default codec decodes the request, so the request may name its outputs.
             return tensors.decode_outputs(request)
-        chosen = self.implementation.outputs
-        return chosen(request, model) if callable(chosen) else chosen
+        return None  # a processor's request format is its own: every output, raw
 
     def postprocess(self, outputs: Mapping[str, Any], request: Request, model: ModelInfo) -> Any:
         hook = getattr(self.implementation, "postprocess", None)
