@@ -248,3 +248,34 @@ def test_a_processors_request_format_is_its_own() -> None:
     other.register(Post, "post.py")  # default codec decodes: the body's "outputs" is read
     with pytest.raises(BadRequest, match='"outputs" must be a list'):
         other.for_model("m").outputs(request, MODEL)
+
+
+# -- Triton errors keep their meaning ----------------------------------------------------
+@pytest.mark.parametrize(
+    "raised, expected_status, expected_code",
+    [
+        ("400", 400, "triton_error"),
+        ("404", 404, "model_not_found"),
+        ("429", 429, "triton_error"),
+        ("500", 500, "triton_error"),
+        ("503", 503, "triton_unavailable"),
+        (None, 503, "triton_unavailable"),
+        (ConnectionRefusedError(), 503, "triton_unavailable"),
+        (TimeoutError(), 504, "timeout"),
+    ],
+)
+def test_triton_failures_are_translated(raised, expected_status: int, expected_code: str) -> None:
+    from tritonclient.utils import InferenceServerException
+
+    from score.errors import ScoringError
+    from score.triton import translate_errors
+
+    error = (
+        raised
+        if isinstance(raised, BaseException)
+        else InferenceServerException("triton said no", status=raised)
+    )
+    with pytest.raises(ScoringError) as info, translate_errors("a test"):
+        raise error
+    assert info.value.status_code == expected_status
+    assert info.value.code == expected_code
