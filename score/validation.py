@@ -62,7 +62,14 @@ def _check_dtype(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
             raise InvalidInput(
                 spec.name, f"values out of range for {spec.datatype} ({info.min}..{info.max})"
             )
-    return array.astype(target)
+    converted = array.astype(target)
+    if target_kind == "f" and array.size:
+        # 1e39 is a fine float64 but inf in FP32: refuse the overflow, keep genuine infs.
+        overflowed = np.isinf(converted) & ~np.isinf(array)
+        if overflowed.any():
+            limit = float(np.finfo(target).max)
+            raise InvalidInput(spec.name, f"values out of range for {spec.datatype} (±{limit:.4g})")
+    return converted
 
 
 def _check_shape(model: ModelInfo, spec: TensorSpec, array: np.ndarray) -> None:
@@ -123,6 +130,14 @@ def validate_inputs(model: ModelInfo, inputs: Mapping[str, object]) -> dict[str,
     return checked
 
 
+def _class_total(model: ModelInfo, spec: TensorSpec) -> int | None:
+    """How many classes one instance of ``spec`` holds, when its shape says so."""
+    dims = spec.shape[1:] if model.batching else spec.shape
+    if any(d < 0 for d in dims):
+        return None
+    return int(np.prod(dims, dtype=np.int64)) if dims else 1
+
+
 def validate_outputs(model: ModelInfo, outputs: Mapping[str, int] | None) -> dict[str, int] | None:
     """Check requested output names and ``class_count`` values.
 
@@ -144,6 +159,11 @@ def validate_outputs(model: ModelInfo, outputs: Mapping[str, int] | None) -> dic
             raise BadRequest(
                 f"output {name!r} is BYTES: the classification extension (class_count) "
                 "works on numeric outputs only"
+            )
+        classes = _class_total(model, spec)
+        if count and classes is not None and count > classes:
+            raise BadRequest(
+                f"output {name!r}: class_count {count} is more than its {classes} classes"
             )
         checked[name] = count
     return checked

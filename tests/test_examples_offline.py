@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -271,8 +272,10 @@ class _FakePbUtils:
             return self.array
 
     class TritonError:
-        def __init__(self, message):
-            self.message = message
+        INTERNAL, INVALID_ARG = 13, 3  # the python backend's codes
+
+        def __init__(self, message, code=INTERNAL):
+            self.message, self.code = message, code
 
     class InferenceResponse:
         def __init__(self, output_tensors=None, error=None):
@@ -310,6 +313,17 @@ def test_execute_returns_outputs_and_per_request_errors(qa, monkeypatch):
     s, e = int(outputs["start_pos"][0]), int(outputs["end_pos"][0])
     assert context[s : e + 1] == ["Mediterranean", "Sea"]
     assert second.output_tensors == [] and "empty" in second.error.message
+    assert second.error.code == _FakePbUtils.TritonError.INVALID_ARG  # a 400, not a 500
+
+
+def test_answer_span_is_fast_on_long_sentences(qa):
+    """One long sentence used to cost cubic time: 4 KB of text took ~50 s."""
+    words = qa.tokenize("xray yolk " * 1000)  # 2,000 words, no sentence break
+    started = time.perf_counter()
+    start, end = qa.answer_span(words, qa.tokenize("xray?"))
+    elapsed = time.perf_counter() - started
+    assert 0 <= start <= end < len(words)
+    assert elapsed < 5, f"answer_span took {elapsed:.1f} s on 2,000 words"
 
 
 def test_qa_config_matches_bidaf9_interface():

@@ -259,8 +259,8 @@ def test_openapi_default_codec_schema_follows_metadata(plain_server: ScoreServer
     image = op["requestBody"]["content"]["application/json"]["schema"]["properties"]["inputs"][
         "properties"
     ]["image"]
-    # batch dimension, then 8 x 8 numbers
-    assert image["type"] == "array" and "minItems" not in image
+    # batch dimension (1..max_batch_size), then 8 x 8 numbers
+    assert image["type"] == "array" and (image["minItems"], image["maxItems"]) == (1, 16)
     assert image["items"]["minItems"] == 8 and image["items"]["items"]["minItems"] == 8
     assert image["items"]["items"]["items"]["type"] == "number"
 

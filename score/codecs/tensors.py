@@ -16,6 +16,7 @@ outputs (including classification results ``"score:index:label"``) are strings.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +26,9 @@ from score.codecs.request import Request
 from score.errors import BadRequest, InvalidInput
 from score.metadata import ModelInfo, TensorSpec
 from score.validation import input_spec
+
+#: numpy's limit on array dimensions (32 before numpy 2, 64 after): stay under both.
+MAX_DIMENSIONS = 32
 
 
 def _to_array(spec: TensorSpec, value: Any) -> np.ndarray:
@@ -71,13 +75,21 @@ def _v2_input(model: ModelInfo, entry: Any) -> tuple[str, np.ndarray]:
     array = _to_array(spec, entry["data"])
     if "shape" in entry:
         shape = entry["shape"]
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
             raise InvalidInput(name, '"shape" must be a list of non-negative integers')
-        if int(np.prod(shape)) != array.size:
+        if len(shape) > MAX_DIMENSIONS:
+            raise InvalidInput(name, f'"shape" has more than {MAX_DIMENSIONS} dimensions')
+        needed = math.prod(shape)  # Python ints: no overflow, unlike np.prod
+        if needed != array.size:
             raise InvalidInput(
-                name, f"shape {shape} needs {int(np.prod(shape))} elements, data has {array.size}"
+                name, f"shape {shape} needs {needed} elements, data has {array.size}"
             )
-        array = array.reshape(shape)
+        try:
+            array = array.reshape(shape)
+        except ValueError as exc:  # e.g. a zero-size shape numpy cannot build
+            raise InvalidInput(name, f"cannot use shape {shape}: {exc}") from None
     return name, array
 
 

@@ -28,22 +28,40 @@ ERROR_SCHEMA = {
 }
 
 
-def _element(spec: TensorSpec) -> dict[str, Any]:
+def _element(spec: TensorSpec, *, output: bool) -> dict[str, Any]:
     if spec.datatype in _ELEMENT:
         return {"type": _ELEMENT[spec.datatype]}
     if spec.datatype.startswith(("INT", "UINT")):
         return {"type": "integer"}
+    if output:
+        # A model may compute NaN or inf, which JSON cannot carry: they arrive as null.
+        return {"type": "number", "nullable": True}
     return {"type": "number"}
 
 
-def tensor_schema(spec: TensorSpec) -> dict[str, Any]:
-    schema = _element(spec)
-    for dim in reversed(spec.shape):
+def tensor_schema(model: ModelInfo, spec: TensorSpec, *, output: bool = False) -> dict[str, Any]:
+    schema = _element(spec, output=output)
+    for axis, dim in reversed(list(enumerate(spec.shape))):
         schema = {"type": "array", "items": schema}
         if dim >= 0:
             schema["minItems"] = schema["maxItems"] = dim
+        elif axis == 0 and model.batching:
+            schema["minItems"], schema["maxItems"] = 1, model.max_batch_size
     schema["description"] = f"{spec.datatype}, shape {spec.describe_shape()}"
     return schema
+
+
+def output_schema(model: ModelInfo, spec: TensorSpec) -> dict[str, Any]:
+    """The tensor, or with ``class_count`` the classification result: per instance, a list
+    of ``"score:index:label"`` strings."""
+    tensor = tensor_schema(model, spec, output=True)
+    if spec.is_bytes:
+        return tensor
+    classification: dict[str, Any] = {"type": "array", "items": {"type": "string"}}
+    if model.batching:
+        classification = {"type": "array", "items": classification}
+    classification["description"] = 'with class_count: "score:index:label" per class'
+    return {"anyOf": [tensor, classification]}
 
 
 def default_request_schema(model: ModelInfo) -> dict[str, Any]:
@@ -55,7 +73,7 @@ def default_request_schema(model: ModelInfo) -> dict[str, Any]:
             "inputs": {
                 "type": "object",
                 "required": required,
-                "properties": {i.name: tensor_schema(i) for i in model.inputs},
+                "properties": {i.name: tensor_schema(model, i) for i in model.inputs},
                 "additionalProperties": False,
             },
             "outputs": {
@@ -86,7 +104,7 @@ def default_response_schema(model: ModelInfo) -> dict[str, Any]:
             "model_version": {"type": "string"},
             "outputs": {
                 "type": "object",
-                "properties": {o.name: tensor_schema(o) for o in model.outputs},
+                "properties": {o.name: output_schema(model, o) for o in model.outputs},
             },
         },
     }

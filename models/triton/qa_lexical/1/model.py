@@ -315,7 +315,15 @@ def _absorb_head(words, stems, run, head, lo, hi) -> tuple[tuple[int, int], bool
     return run, False
 
 
-def _distance(words, run, matched, rank) -> tuple[int, int, int, int]:
+def _prefix_counts(flags: list[bool]) -> list[int]:
+    """counts[i] = how many of flags[:i] are true, so any slice is counted in O(1)."""
+    counts = [0]
+    for flag in flags:
+        counts.append(counts[-1] + flag)
+    return counts
+
+
+def _distance(run, matched, rank, content, punct) -> tuple[int, int, int, int]:
     """How close the run is to the matched query words, as a sort key (smaller is closer).
 
     (distance, -flanking, side, -rank): distance to the nearest query word counts content words
@@ -331,8 +339,8 @@ def _distance(words, run, matched, rank) -> tuple[int, int, int, int]:
         if run[0] <= k <= run[1]:
             return 0, 0, 0, 0
         a, b = (k + 1, run[0]) if k < run[0] else (run[1] + 1, k)
-        between = words[a:b]
-        d = 1 + sum(_is_content(w) for w in between) + 2 * sum(_is_punct(w) for w in between)
+        # Prefix sums keep this O(1): a long sentence must not cost cubic time (a DoS).
+        d = 1 + (content[b] - content[a]) + 2 * (punct[b] - punct[a])
         found.append((d, 0 if k < run[0] else 1, -rank[k]))
     nearest = min(d for d, _, _ in found)
     flanking = sum(d == nearest for d, _, _ in found)
@@ -385,6 +393,8 @@ def answer_span(context_words: list[str], query_words: list[str]) -> tuple[int, 
     is_query = [_is_content(w) and s in query_stems for w, s in zip(words, stems, strict=True)]
     is_cand = [_is_content(w) and not q for w, q in zip(words, is_query, strict=True)]
     rank = [query_rank.get(s, 0) if q else 0 for s, q in zip(stems, is_query, strict=True)]
+    content = _prefix_counts([_is_content(w) for w in words])
+    punct = _prefix_counts([_is_punct(w) for w in words])
     sentences = _sentences(words)
     matched_stems = [{stems[k] for k in range(lo, hi) if is_query[k]} for lo, hi in sentences]
     # Sentence frequency of each query stem: a stem found in every sentence tells us little.
@@ -396,7 +406,7 @@ def answer_span(context_words: list[str], query_words: list[str]) -> tuple[int, 
         matched = [k for k in range(lo, hi) if is_query[k]]
         for run, counts_head in _candidates(words, stems, lo, hi, is_cand, qtype, head):
             run, absorbed = _absorb_head(words, stems, run, head, lo, hi)
-            closeness = _distance(words, run, matched, rank)
+            closeness = _distance(run, matched, rank, content, punct)
             tscore = _type_score(words, run, qtype) + 2 * absorbed + counts_head
             if prefer_names and _is_capitalised(words[run[0]]):
                 tscore += 1
@@ -497,7 +507,13 @@ class TritonPythonModel:
                 responses.append(
                     pb_utils.InferenceResponse(
                         output_tensors=[],
-                        error=pb_utils.TritonError(f"qa_lexical: {exc}"),
+                        # Bad input is the client's fault: INVALID_ARG makes Triton answer 400.
+                        error=pb_utils.TritonError(
+                            f"qa_lexical: {exc}",
+                            pb_utils.TritonError.INVALID_ARG
+                            if isinstance(exc, ValueError)
+                            else pb_utils.TritonError.INTERNAL,
+                        ),
                     )
                 )
         return responses
