@@ -291,3 +291,31 @@ def test_json_sent_as_curl_d_default_content_type_is_understood(plain_server: Sc
     form = {"content-type": "application/x-www-form-urlencoded"}
     response = post(plain_server, "/score/digits_onnx", body, headers=form)
     assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("POST", "/v2/repository/models/digits_onnx/unload"),
+        ("POST", "/v2/repository/models/digits_onnx/load"),
+        ("POST", "/v2/logging"),
+        ("POST", "/v2/trace/setting"),
+        ("POST", "/v2/systemsharedmemory/region/x/register"),
+        ("GET", "/v2/cudasharedmemory/status"),
+    ],
+)
+def test_triton_control_apis_are_not_forwarded(
+    plain_server: ScoreServer, method: str, path: str
+) -> None:
+    response = requests.request(method, plain_server.url + path, data=b"{}", timeout=5)
+    assert response.status_code == 403, response.text
+    assert response.json()["code"] == "not_forwarded"
+    # and the model is still there
+    assert requests.get(plain_server.url + "/v2/models/digits_onnx/ready", timeout=5).ok
+
+
+def test_read_only_triton_routes_are_forwarded(plain_server: ScoreServer) -> None:
+    for path in ("/v2", "/v2/models/digits_onnx/config", "/v2/models/digits_onnx/versions/1/stats"):
+        assert requests.get(plain_server.url + path, timeout=5).status_code == 200, path
+    index = requests.post(plain_server.url + "/v2/repository/index", data=b"{}", timeout=5)
+    assert {m["name"] for m in index.json()} >= {"digits_onnx", "qa_lexical"}

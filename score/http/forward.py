@@ -1,5 +1,8 @@
 """Forward ``/v2/...`` to Triton, so one port serves both (as an AzureML endpoint does).
 
+Only inference and read-only introspection pass (see :data:`FORWARDED`); Triton's control
+APIs answer 403 here.
+
 Clients written for Triton (``tritonclient``, ``perf_analyzer``, curl against
 ``/v2/models/<m>/versions/<v>/infer``) work against the scoring port unchanged, binary
 tensor extension included: bodies and the ``Inference-Header-Content-Length`` header pass
@@ -8,11 +11,27 @@ through untouched.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from geventhttpclient import HTTPClient
 
-from score.errors import ScoringTimeout, TritonUnavailable
+from score.errors import ScoringError, ScoringTimeout, TritonUnavailable
+
+_MODEL = r"/v2/models/[^/]+(?:/versions/[^/]+)?"
+#: What the scoring port passes on: inference and read-only introspection. Triton's control
+#: APIs (model load/unload, logging and trace settings, shared-memory registration) stay
+#: reachable only on Triton's own port, never through a public endpoint.
+FORWARDED: dict[str, re.Pattern[str]] = {
+    "GET": re.compile(rf"^/v2$|^/v2/models/stats$|^{_MODEL}(?:/ready|/config|/stats)?$"),
+    "POST": re.compile(rf"^{_MODEL}/infer$|^/v2/repository/index$"),
+}
+
+
+class NotForwarded(ScoringError):
+    status_code = 403
+    code = "not_forwarded"
+
 
 # Hop-by-hop headers (RFC 9110 7.6.1) and those the WSGI server sets itself.
 _DROP = {
@@ -45,10 +64,23 @@ class TritonForwarder:
     def close(self) -> None:
         self._client.close()
 
+    @staticmethod
+    def allowed(method: str, path: str) -> bool:
+        pattern = FORWARDED.get(method.upper())
+        return bool(pattern and pattern.match(path.split("?", 1)[0]))
+
     def forward(
         self, method: str, path: str, body: bytes, headers: Mapping[str, str]
     ) -> tuple[int, bytes, list[tuple[str, str]]]:
-        """Send one request to Triton; returns status, body and end-to-end headers."""
+        """Send one request to Triton; returns status, body and end-to-end headers.
+
+        :raises NotForwarded: for Triton's control APIs (403).
+        """
+        if not self.allowed(method, path):
+            raise NotForwarded(
+                f"{method} {path.split('?', 1)[0]} is not forwarded to Triton through the "
+                "scoring port: only inference and read-only model information are"
+            )
         send = {k: v for k, v in headers.items() if k.lower() not in _DROP}
         try:
             response = self._client.request(method, path, body=body, headers=send)
