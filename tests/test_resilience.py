@@ -120,6 +120,9 @@ def test_triton_down_is_a_prompt_503_and_scoring_resumes_when_it_is_back(sleepy)
     assert score.json()["code"] == "triton_unavailable"
     assert score.headers["Retry-After"].isdigit()
     assert elapsed < 5, f"answering while Triton is down took {elapsed:.1f} s"
+    metrics = requests.get(server.url + "/metrics", timeout=5).text
+    assert 'score_triton_errors_total{kind="unavailable",model="sleepy"}' in metrics
+    assert 'score_requests_total{code="503",model="sleepy"}' in metrics
 
     # Triton comes back on the same port: scoring resumes, workers are not restarted.
     back = LocalTriton(

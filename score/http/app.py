@@ -23,6 +23,7 @@ from werkzeug.exceptions import HTTPException
 from score.codecs.response import encode_json
 from score.entry_script import EntryScript
 from score.errors import ScoringError, TritonUnavailable
+from score.http.forward import TritonForwarder
 from score.metrics import Metrics
 from score.pipeline import Scorer
 from score.processors.loading import load_processors
@@ -40,19 +41,9 @@ class Runtime:
     settings: Settings
     gateway: TritonGateway
     metrics: Metrics
+    forwarder: TritonForwarder
     scorer: Scorer | None = None
     entry_script: EntryScript | None = None
-    _forwarder: object | None = None
-
-    @property
-    def forwarder(self):  # noqa: ANN201 - TritonForwarder, imported lazily
-        if self._forwarder is None:
-            from score.http.forward import TritonForwarder  # noqa: PLC0415
-
-            self._forwarder = TritonForwarder(
-                self.settings.triton_url, timeout_s=self.settings.scoring_timeout_ms / 1000
-            )
-        return self._forwarder
 
     def is_ready(self) -> bool:
         if self.scorer is not None:
@@ -106,7 +97,8 @@ def create_app(settings: Settings | None = None, *, init: bool = True) -> Flask:
         timeout_s=settings.scoring_timeout_ms / 1000,
     )
     metrics = Metrics(settings.prometheus_multiproc_dir)
-    rt = Runtime(settings=settings, gateway=gateway, metrics=metrics)
+    forwarder = TritonForwarder(settings.triton_url, timeout_s=settings.scoring_timeout_ms / 1000)
+    rt = Runtime(settings=settings, gateway=gateway, metrics=metrics, forwarder=forwarder)
     if settings.entry_script:
         rt.entry_script = EntryScript(settings.entry_script)
         log.info("serving AzureML entry script %s", settings.entry_script)

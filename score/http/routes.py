@@ -30,6 +30,13 @@ from score.http.app import error_response, runtime
 log = logging.getLogger("score")
 blueprint = Blueprint("score", __name__)
 
+#: Failures counted in score_triton_errors_total, by kind.
+TRITON_FAILURES = {
+    TritonUnavailable: "unavailable",
+    ScoringTimeout: "timeout",
+    TritonError: "error",
+}
+
 #: Request-id headers AzureML's inference server accepts and echoes.
 REQUEST_ID = "x-request-id"
 MS_REQUEST_ID = "x-ms-request-id"
@@ -161,6 +168,7 @@ def score(model: str | None = None) -> Response:
     started = time.perf_counter()
     metrics.in_flight.inc()
     status = 500
+    triton_failure = ""
     try:
         with _deadline(rt.settings.scoring_timeout_ms):
             decoded = decode_request(
@@ -182,17 +190,15 @@ def score(model: str | None = None) -> Response:
         return Response(body, status=200, mimetype=content_type)
     except ScoringError as exc:
         status = exc.status_code
-        if isinstance(exc, TritonUnavailable | ScoringTimeout | TritonError):
-            kind = {TritonUnavailable: "unavailable", ScoringTimeout: "timeout"}.get(
-                type(exc), "error"
-            )
-            metrics.triton_errors.labels(_model_label(model), kind).inc()
+        triton_failure = TRITON_FAILURES.get(type(exc), "")
         return error_response(exc)
     finally:
         label = _model_label(model)
         metrics.in_flight.dec()
         metrics.requests.labels(label, str(status)).inc()
         metrics.duration.labels(label).observe(time.perf_counter() - started)
+        if triton_failure:
+            metrics.triton_errors.labels(label, triton_failure).inc()
 
 
 # -- Triton passthrough ------------------------------------------------------------------
