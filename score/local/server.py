@@ -145,7 +145,8 @@ class LocalTriton:
             f"--http-port={self.http_port}",
             f"--grpc-port={self.grpc_port}",
             f"--metrics-port={self.metrics_port}",
-            "--allow-gpu-metrics=false",
+            # GPU metrics only where there is a GPU: elsewhere they only add DCGM warnings.
+            f"--allow-gpu-metrics={'true' if has_nvidia_gpu() else 'false'}",
             f"--exit-timeout-secs={self.exit_timeout}",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             *self.extra_args,
@@ -284,6 +285,11 @@ class LocalTriton:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def has_nvidia_gpu() -> bool:
+    """Is an NVIDIA driver device present (what ``docker run --gpus`` exposes)?"""
+    return Path("/dev/nvidiactl").exists()
 
 
 def _group_alive(pgid: int) -> bool:
