@@ -51,16 +51,6 @@ class ModelNotFound(ScoringError):
     code = "model_not_found"
 
 
-class PayloadTooLarge(ScoringError):
-    status_code = 413
-    code = "payload_too_large"
-
-
-class UnsupportedMediaType(ScoringError):
-    status_code = 415
-    code = "unsupported_media_type"
-
-
 class ProcessorError(ScoringError):
     """A processor raised something other than :class:`ScoringError` (500, logged)."""
 

@@ -51,6 +51,21 @@ def triton() -> Iterator[LocalTriton]:
         server.stop()
 
 
+def stop_process_group(process: subprocess.Popen[bytes], grace: float) -> int | None:
+    """SIGTERM a server started with ``start_new_session`` (it drains), SIGKILL it after
+    ``grace`` seconds, then SIGKILL whatever of its process group is left (workers)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # nothing of the group may survive
+    return process.returncode
+
+
 class ScoreServer:
     """A real ``score serve`` (Gunicorn + gevent workers) subprocess on 127.0.0.1."""
 
@@ -86,17 +101,9 @@ class ScoreServer:
         raise RuntimeError(f"score serve not ready after {timeout} s:\n{self.output()}")
 
     def stop(self) -> int | None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)  # nothing of the group may survive
+        code = stop_process_group(self.process, grace=60)
         Path(self.log_path).unlink(missing_ok=True)
-        return self.process.returncode
+        return code
 
 
 @pytest.fixture(scope="session")

@@ -26,9 +26,7 @@ A missing azmlinfsrv is a failure with the install hint, not a skip: CI installs
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -41,7 +39,7 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
-from conftest import free_port
+from conftest import free_port, stop_process_group
 
 from score.local import LocalTriton
 
@@ -137,17 +135,9 @@ class Azmlinfsrv:
         raise RuntimeError(f"azmlinfsrv not healthy after {timeout} s:\n{self.output()}")
 
     def stop(self) -> int | None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)  # no worker of the group may survive
+        code = stop_process_group(self.process, grace=30)
         self.log.close()
-        return self.process.returncode
+        return code
 
 
 def start(cwd: Path, runtime_dir: Path, triton: LocalTriton, **env: str) -> Iterator[Azmlinfsrv]:

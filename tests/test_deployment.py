@@ -39,6 +39,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from sklearn.datasets import load_digits
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -57,16 +58,7 @@ KUBERNETES_VERSIONS = ["1.30.0"]
 #: Managed online endpoints cap request_settings.request_timeout_ms at 3 minutes.
 AZUREML_MAX_REQUEST_TIMEOUT_MS = 180_000
 #: sklearn's digits[0] (a "0"), 8x8 in 0..16, the input digits_onnx takes.
-DIGIT_ZERO = [
-    [0, 0, 5, 13, 9, 1, 0, 0],
-    [0, 0, 13, 15, 10, 15, 5, 0],
-    [0, 3, 15, 2, 0, 11, 8, 0],
-    [0, 4, 12, 0, 0, 8, 8, 0],
-    [0, 5, 8, 0, 0, 9, 8, 0],
-    [0, 4, 11, 0, 1, 12, 7, 0],
-    [0, 2, 14, 5, 10, 12, 0, 0],
-    [0, 0, 6, 13, 10, 0, 0, 0],
-]
+DIGIT_ZERO = [[int(v) for v in row] for row in load_digits().images[0]]
 
 
 def require(module: str, package: str) -> ModuleType:
