@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark: direct Triton (``tritonclient.http``) vs the scoring middleware (``POST /score``).
 
-One run starts its own Triton (``score.local.LocalTriton`` on free ports, serving
+One run starts its own Triton (``triton_score.local.LocalTriton`` on free ports, serving
 ``models/triton``), measures the direct path, then starts ``score serve`` once per worker
 count (``--triton-url`` pointing at that Triton, so every cell hits the same server) and
 measures ``POST /score/<model>``; it prints a markdown table and stops everything it started.
@@ -46,13 +46,13 @@ import numpy as np
 import tritonclient.http as httpclient
 from geventhttpclient import HTTPClient
 
-from score.local import LocalTriton
+from triton_score.local import LocalTriton
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODELS = ROOT / "models" / "triton"
-#: ``score`` console script of this interpreter's environment, else ``python -m score``.
+#: ``score`` console script of this interpreter's environment, else ``python -m triton_score``.
 _SCORE_SCRIPT = Path(sys.executable).with_name("score")
-SCORE_CMD = [str(_SCORE_SCRIPT)] if _SCORE_SCRIPT.is_file() else [sys.executable, "-m", "score"]
+SCORE_CMD = [str(_SCORE_SCRIPT)] if _SCORE_SCRIPT.is_file() else [sys.executable, "-m", "triton_score"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NETWORK_TIMEOUT_S = 10.0
 #: A cell during which other processes used more CPU than this (cores) is flagged.

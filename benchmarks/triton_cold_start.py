@@ -14,7 +14,7 @@ import statistics
 import time
 from pathlib import Path
 
-from score.local import LocalTriton, find_tritonserver
+from triton_score.local import LocalTriton, find_tritonserver
 
 ROOT = Path(__file__).resolve().parent.parent
 

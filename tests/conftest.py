@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from score.local import LocalTriton
+from triton_score.local import LocalTriton
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "models" / "triton"
@@ -75,7 +75,7 @@ class ScoreServer:
         fd, self.log_path = tempfile.mkstemp(prefix="score-serve-", suffix=".log")
         with os.fdopen(fd, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "score", "serve", "--port", str(self.port), *args],
+                [sys.executable, "-m", "triton_score", "serve", "--port", str(self.port), *args],
                 cwd=ROOT,
                 env={**os.environ, **(env or {})},
                 stdout=log,

@@ -41,7 +41,7 @@ import pytest
 import requests
 from conftest import free_port, stop_process_group
 
-from score.local import LocalTriton
+from triton_score.local import LocalTriton
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTRY_SCRIPT = ROOT / "score" / "entry.py"

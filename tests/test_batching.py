@@ -14,7 +14,7 @@ import requests
 from conftest import ScoreServer
 from helpers import held_out_digits
 
-from score.local import LocalTriton
+from triton_score.local import LocalTriton
 
 
 def stats(triton: LocalTriton, model: str) -> tuple[int, int]:

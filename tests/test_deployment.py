@@ -530,7 +530,7 @@ def test_concurrency_fits_the_gevent_workers(
     deployment: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     variables = deployment.environment_variables
-    module = importlib.import_module("score.gunicorn_conf")
+    module = importlib.import_module("triton_score.gunicorn_conf")
     try:
         with monkeypatch.context() as patch:  # gunicorn_conf reads the environment at import
             for name, value in variables.items():
@@ -652,8 +652,8 @@ def probe_paths(environment: Any) -> dict[str, str]:
 def test_probe_paths_are_served_by_the_app(environment: Any) -> None:
     """Without Triton: liveness answers 200 (or AzureML would restart a container whose Triton
     is still loading), readiness answers 503 (not 404: the route exists, and not ready)."""
-    from score.http.app import create_app
-    from score.settings import Settings
+    from triton_score.http.app import create_app
+    from triton_score.settings import Settings
 
     with socket.socket() as sock:  # a port where nothing listens
         sock.bind(("127.0.0.1", 0))

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, held_out_digits
 
-from score.http.app import create_app
-from score.local import LocalTriton
-from score.settings import Settings
+from triton_score.http.app import create_app
+from triton_score.local import LocalTriton
+from triton_score.settings import Settings
 
 
 def python_blocks(markdown: Path) -> list[str]:

@@ -1,4 +1,4 @@
-"""AzureML entry scripts: a seed-style script served unmodified, and our own score.entry."""
+"""AzureML entry scripts: a seed-style script served unmodified, and our own triton_score.entry."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import requests
 from conftest import ScoreServer
 from helpers import held_out_digits
 
-from score.local import LocalTriton
+from triton_score.local import LocalTriton
 
 SEED = Path(__file__).parent / "fixtures" / "seed_score.py"
 
@@ -52,7 +52,7 @@ def test_seed_style_entry_script_runs_unmodified() -> None:
 
 
 def test_score_entry_module_init_and_run(triton: LocalTriton, monkeypatch) -> None:
-    import score.entry as entry
+    import triton_score.entry as entry
 
     monkeypatch.setenv("TRITON_URL", triton.url)
     monkeypatch.setenv("SCORE_MODEL", "digits_onnx")

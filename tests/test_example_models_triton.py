@@ -7,7 +7,7 @@ import pytest
 import tritonclient.http as httpclient
 from helpers import ROOT, held_out_digits, load_file, qa_cases
 
-from score.local import LocalTriton
+from triton_score.local import LocalTriton
 
 LABELS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 

@@ -10,8 +10,8 @@ import pytest
 import tritonclient.http as httpclient
 from conftest import free_port, start_triton
 
-from score.local import LocalTriton, TritonStartError, find_tritonserver
-from score.local.onnx_wrapper import DEFAULT_MAX_BATCH_SIZE
+from triton_score.local import LocalTriton, TritonStartError, find_tritonserver
+from triton_score.local.onnx_wrapper import DEFAULT_MAX_BATCH_SIZE
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402

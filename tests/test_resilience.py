@@ -14,7 +14,7 @@ import pytest
 import requests
 from conftest import ScoreServer, free_port, start_triton
 
-from score.local import LocalTriton
+from triton_score.local import LocalTriton
 
 SLEEPY_CONFIG = """
 name: "sleepy"
@@ -193,7 +193,7 @@ def test_serve_exits_non_zero_with_a_clear_message_on_a_broken_processor(
 ) -> None:
     broken = tmp_path / "broken_processors.py"
     broken.write_text(
-        "from score import processor\n\n@processor('digits_onnx')\nclass X:\n    pass\n"
+        "from triton_score import processor\n\n@processor('digits_onnx')\nclass X:\n    pass\n"
     )
     server = ScoreServer("--triton-url", triton.url, "--processors", str(broken))
     try:

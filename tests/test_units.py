@@ -7,15 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from score.codecs.request import decode_request
-from score.codecs.tensors import decode_inputs, decode_outputs
-from score.errors import BadRequest, InvalidInput
-from score.metadata import ModelInfo, TensorSpec
-from score.processors import ProcessorDefinitionError, ProcessorRegistry, processor
-from score.processors.loading import ProcessorLoadError, load_processors
-from score.repository import find_model_repository
-from score.settings import Settings
-from score.validation import validate_inputs, validate_outputs
+from triton_score.codecs.request import decode_request
+from triton_score.codecs.tensors import decode_inputs, decode_outputs
+from triton_score.errors import BadRequest, InvalidInput
+from triton_score.metadata import ModelInfo, TensorSpec
+from triton_score.processors import ProcessorDefinitionError, ProcessorRegistry, processor
+from triton_score.processors.loading import ProcessorLoadError, load_processors
+from triton_score.repository import find_model_repository
+from triton_score.settings import Settings
+from triton_score.validation import validate_inputs, validate_outputs
 
 MODEL = ModelInfo(
     name="m",
@@ -166,7 +166,7 @@ def test_loading_errors_name_the_spec(tmp_path: Path) -> None:
 def test_conventional_processors_file_beside_the_repository(tmp_path: Path) -> None:
     (tmp_path / "triton").mkdir()
     (tmp_path / "processors.py").write_text(
-        "from score import processor\n\n@processor('m')\nclass P:\n"
+        "from triton_score import processor\n\n@processor('m')\nclass P:\n"
         "    def preprocess(self, request, model):\n        return {}\n"
     )
     registry = load_processors([], model_repository=tmp_path / "triton", use_entry_points=False)
@@ -190,7 +190,7 @@ def test_repository_found_under_azureml_model_dir(tmp_path: Path, monkeypatch) -
 
 # -- finding tritonserver ----------------------------------------------------------------
 def test_a_missing_tritonserver_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
-    from score.local import TritonNotFound, find_tritonserver
+    from triton_score.local import TritonNotFound, find_tritonserver
 
     with pytest.raises(TritonNotFound, match="--tritonserver is .* not an executable file"):
         find_tritonserver(tmp_path / "nope")
@@ -200,7 +200,7 @@ def test_a_missing_tritonserver_is_a_clear_error(tmp_path: Path, monkeypatch) ->
 
 
 def test_cli_reports_a_missing_binary_without_a_traceback(tmp_path: Path, capsys) -> None:
-    from score.cli import main
+    from triton_score.cli import main
 
     code = main(["triton", "--models", str(tmp_path), "--tritonserver", str(tmp_path / "x")])
     assert code == 2
@@ -213,7 +213,7 @@ def test_processors_from_an_installed_package_entry_point(tmp_path: Path, monkey
     package = tmp_path / "acme_processors"
     package.mkdir()
     (package / "__init__.py").write_text(
-        "from score import processor\n\n@processor('acme_model')\nclass Acme:\n"
+        "from triton_score import processor\n\n@processor('acme_model')\nclass Acme:\n"
         "    def postprocess(self, outputs, request, model):\n        return {}\n"
     )
     dist = tmp_path / "acme_processors-1.0.dist-info"
@@ -267,8 +267,8 @@ def test_a_processors_request_format_is_its_own() -> None:
 def test_triton_failures_are_translated(raised, expected_status: int, expected_code: str) -> None:
     from tritonclient.utils import InferenceServerException
 
-    from score.errors import ScoringError
-    from score.triton import translate_errors
+    from triton_score.errors import ScoringError
+    from triton_score.triton import translate_errors
 
     error = (
         raised

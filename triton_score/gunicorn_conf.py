@@ -17,7 +17,7 @@ Environment (read here because this is Gunicorn's own configuration file):
 
 import os
 
-wsgi_app = "score.http.app:create_app()"
+wsgi_app = "triton_score.http.app:create_app()"
 bind = f"{os.environ.get('SCORE_HOST', '127.0.0.1')}:{os.environ.get('SCORE_PORT', '5001')}"
 workers = int(os.environ.get("WORKER_COUNT", "1"))
 worker_class = "gevent"

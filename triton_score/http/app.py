@@ -1,7 +1,7 @@
 """The Flask app factory.
 
 ``create_app()`` builds one app per Gunicorn worker (Gunicorn runs
-``score.http.app:create_app()`` after forking, so each worker gets its own Triton client)::
+``triton_score.http.app:create_app()`` after forking, so each worker gets its own Triton client)::
 
     settings (env)  ->  processors loaded  ->  Triton gateway  ->  Scorer.init()
                                                                    (wait for Triton,
@@ -20,15 +20,15 @@ from dataclasses import dataclass
 from flask import Flask, Response, current_app, g
 from werkzeug.exceptions import HTTPException
 
-from score.codecs.response import encode_json
-from score.entry_script import EntryScript
-from score.errors import ScoringError, TritonUnavailable
-from score.http.forward import TritonForwarder
-from score.metrics import Metrics
-from score.pipeline import Scorer
-from score.processors.loading import load_processors
-from score.settings import Settings
-from score.triton import TritonGateway
+from triton_score.codecs.response import encode_json
+from triton_score.entry_script import EntryScript
+from triton_score.errors import ScoringError, TritonUnavailable
+from triton_score.http.forward import TritonForwarder
+from triton_score.metrics import Metrics
+from triton_score.pipeline import Scorer
+from triton_score.processors.loading import load_processors
+from triton_score.settings import Settings
+from triton_score.triton import TritonGateway
 
 log = logging.getLogger("score")
 EXTENSION = "score"
@@ -111,7 +111,7 @@ def create_app(settings: Settings | None = None, *, init: bool = True) -> Flask:
             rt.scorer.init()
     app.extensions[EXTENSION] = rt
 
-    from score.http import routes  # noqa: PLC0415 - routes import this module
+    from triton_score.http import routes  # noqa: PLC0415 - routes import this module
 
     app.register_blueprint(routes.blueprint)
     app.before_request(routes.assign_request_id)

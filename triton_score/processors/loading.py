@@ -23,7 +23,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
 
-from score.processors import ProcessorDefinitionError, ProcessorRegistry
+from triton_score.processors import ProcessorDefinitionError, ProcessorRegistry
 
 ENTRY_POINT_GROUP = "triton_score.processors"
 CONVENTIONAL_FILE = "processors.py"

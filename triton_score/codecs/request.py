@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from score.errors import BadRequest
+from triton_score.errors import BadRequest
 
 _SNIFFED_MEDIA_TYPES = {"", "text/plain", "application/x-www-form-urlencoded"}
 

@@ -21,8 +21,8 @@ import numpy as np
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from score.errors import ModelNotFound, ScoringTimeout, TritonError, TritonUnavailable
-from score.metadata import ModelInfo
+from triton_score.errors import ModelNotFound, ScoringTimeout, TritonError, TritonUnavailable
+from triton_score.metadata import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def _is_timeout(exc: BaseException) -> bool:
 
 @contextmanager
 def translate_errors(what: str) -> Iterator[None]:
-    """Turn tritonclient and socket failures into :mod:`score.errors` exceptions."""
+    """Turn tritonclient and socket failures into :mod:`triton_score.errors` exceptions."""
     try:
         yield
     except InferenceServerException as exc:

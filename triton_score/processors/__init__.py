@@ -4,7 +4,7 @@ A processor is a class with up to three methods, registered for one or more mode
 :func:`processor` decorator::
 
     import numpy as np
-    from score import Request, ModelInfo, processor
+    from triton_score import Request, ModelInfo, processor
 
     @processor("digits_onnx")
     class Digits:
@@ -27,10 +27,10 @@ Rules (each checked when the module is loaded, not on the first request):
 - ``outputs`` (attribute, or method ``outputs(request, model)``) maps the outputs to request
   to their ``class_count`` (0 = the raw tensor); ``None`` means every output, raw.
 - ``load(model)`` runs once per worker at start-up (read vocabularies, label maps...).
-- Raise :class:`score.errors.BadRequest` for a bad request; anything else is a 500 whose
+- Raise :class:`triton_score.errors.BadRequest` for a bad request; anything else is a 500 whose
   traceback goes to the log, never to the client.
 
-Where processors come from: :mod:`score.processors.loading`.
+Where processors come from: :mod:`triton_score.processors.loading`.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ import inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-from score.codecs import tensors
-from score.codecs.request import Request
-from score.metadata import ModelInfo
+from triton_score.codecs import tensors
+from triton_score.codecs.request import Request
+from triton_score.metadata import ModelInfo
 
 T = TypeVar("T")
 MODELS_ATTRIBUTE = "__score_models__"
@@ -86,7 +86,7 @@ def check_processor_class(cls: type) -> None:
         except TypeError:
             raise ProcessorDefinitionError(
                 f"{cls.__qualname__}.{name}() must accept {arity} argument(s) after self: "
-                f"see score.processors"
+                f"see triton_score.processors"
             ) from None
     try:
         inspect.signature(cls).bind()

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from score import BadRequest, ModelInfo, Request, processor
+from triton_score import BadRequest, ModelInfo, Request, processor
 
 # -- digits_onnx -----------------------------------------------------------------------------
 

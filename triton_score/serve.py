@@ -1,8 +1,8 @@
 """``score serve``: Triton (when needed) plus Gunicorn, supervised together.
 
 1. If nothing answers at ``TRITON_URL`` and a ``tritonserver`` binary is available, start a
-   local Triton on the model repository (see :mod:`score.local`).
-2. Start Gunicorn with :mod:`score.gunicorn_conf` (``WORKER_COUNT`` gevent workers, each
+   local Triton on the model repository (see :mod:`triton_score.local`).
+2. Start Gunicorn with :mod:`triton_score.gunicorn_conf` (``WORKER_COUNT`` gevent workers, each
    building its own Triton client after the fork).
 3. Wait until ``/v2/health/ready`` answers, print where to send requests.
 4. Supervise: if either process dies, stop the other and exit non-zero. SIGTERM/SIGINT
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from score.local import LocalTriton, TritonNotFound, TritonStartError, find_tritonserver
-from score.repository import find_model_repository
+from triton_score.local import LocalTriton, TritonNotFound, TritonStartError, find_tritonserver
+from triton_score.repository import find_model_repository
 
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
@@ -162,7 +162,7 @@ class Supervisor:
         if opts.entry_script:
             env["AZUREML_ENTRY_SCRIPT"] = str(Path(opts.entry_script).resolve())
         self.gunicorn = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--config", "python:score.gunicorn_conf"],
+            [sys.executable, "-m", "gunicorn", "--config", "python:triton_score.gunicorn_conf"],
             env=env,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # signals are ours to forward, in order

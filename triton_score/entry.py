@@ -6,7 +6,7 @@ finds, with the processors it finds, exactly as ``score serve`` does — setting
 same environment variables (``TRITON_URL``, ``SCORE_MODEL``, ``SCORE_PROCESSORS``,
 ``AZUREML_MODEL_DIR``...).
 
-The AzureML contract is two module-level functions, so the one :class:`~score.pipeline.Scorer`
+The AzureML contract is two module-level functions, so the one :class:`~triton_score.pipeline.Scorer`
 must live at module level; it is created by ``init()`` and nowhere else.
 """
 
@@ -18,14 +18,14 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from score.errors import ScoringError
-from score.pipeline import Scorer
-from score.processors.loading import load_processors
-from score.repository import find_model_repository
-from score.settings import Settings
-from score.triton import TritonGateway
+from triton_score.errors import ScoringError
+from triton_score.pipeline import Scorer
+from triton_score.processors.loading import load_processors
+from triton_score.repository import find_model_repository
+from triton_score.settings import Settings
+from triton_score.triton import TritonGateway
 
-log = logging.getLogger("score.entry")
+log = logging.getLogger("triton_score.entry")
 _scorer: Scorer | None = None
 
 
@@ -85,6 +85,6 @@ def _header(headers: Mapping[str, str], name: str) -> str:
     return next((v for k, v in headers.items() if k.lower() == name), "")
 
 
-if __name__ == "__main__":  # a quick manual check: python -m score.entry '<json>'
+if __name__ == "__main__":  # a quick manual check: python -m triton_score.entry '<json>'
     init()
     print(json.dumps(run(sys.argv[1]), default=str))

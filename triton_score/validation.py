@@ -11,8 +11,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from score.errors import BadRequest, InvalidInput
-from score.metadata import ModelInfo, TensorSpec
+from triton_score.errors import BadRequest, InvalidInput
+from triton_score.metadata import ModelInfo, TensorSpec
 
 _NUMERIC_KINDS = {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers"}
 

@@ -36,9 +36,9 @@ def _add_triton_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_triton(args: argparse.Namespace) -> int:
     """Run a local Triton in the foreground until Ctrl-C / SIGTERM."""
-    from score.local import LocalTriton, TritonNotFound, TritonStartError, find_tritonserver
-    from score.local.install import prepare_pytriton
-    from score.repository import find_model_repository
+    from triton_score.local import LocalTriton, TritonNotFound, TritonStartError, find_tritonserver
+    from triton_score.local.install import prepare_pytriton
+    from triton_score.repository import find_model_repository
 
     if args.prepare:
         install = prepare_pytriton() if not args.tritonserver else None
@@ -88,7 +88,7 @@ def cmd_triton(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the model repository: local Triton if needed, then Gunicorn, supervised."""
-    from score.serve import ServeOptions, Supervisor
+    from triton_score.serve import ServeOptions, Supervisor
 
     options = ServeOptions(
         models=args.models,

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from score.local.install import TritonInstall, find_tritonserver
+from triton_score.local.install import TritonInstall, find_tritonserver
 
 SHM_DIR = Path("/dev/shm")
 LOG_TAIL_LINES = 40
@@ -189,7 +189,7 @@ class LocalTriton:
             wrap = not self.install.has_backend("onnxruntime")
         if not wrap:
             return self.model_repository.resolve()
-        from score.local.onnx_wrapper import prepare_repository  # noqa: PLC0415
+        from triton_score.local.onnx_wrapper import prepare_repository  # noqa: PLC0415
 
         repository, self.wrapped_models = prepare_repository(self.model_repository, self._scratch)
         if self.wrapped_models:

@@ -22,10 +22,10 @@ from contextlib import AbstractContextManager, nullcontext
 from flask import Blueprint, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from score.codecs.request import decode_request
-from score.codecs.response import encode_json, encode_response
-from score.errors import ScoringError, ScoringTimeout, TritonError, TritonUnavailable
-from score.http.app import error_response, runtime
+from triton_score.codecs.request import decode_request
+from triton_score.codecs.response import encode_json, encode_response
+from triton_score.errors import ScoringError, ScoringTimeout, TritonError, TritonUnavailable
+from triton_score.http.app import error_response, runtime
 
 log = logging.getLogger("score")
 blueprint = Blueprint("score", __name__)
@@ -222,7 +222,7 @@ def forward(path: str = "") -> Response:
 # -- documents ---------------------------------------------------------------------------
 @blueprint.get("/swagger.json")
 def swagger() -> Response:
-    from score.http.openapi import build_openapi  # noqa: PLC0415
+    from triton_score.http.openapi import build_openapi  # noqa: PLC0415
 
     rt = runtime()
     return _json(build_openapi(rt))

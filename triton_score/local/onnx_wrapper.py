@@ -3,7 +3,7 @@
 The ``tritonserver`` from PyPI (``nvidia-pytriton``) bundles only the python backend, while
 real deployments serve ``.onnx`` files with Triton's onnxruntime backend. So that the same
 model repository serves locally, :func:`prepare_repository` builds a *scratch* repository in
-which every ONNX model is replaced by a python-backend model (:mod:`score.local.onnx_model`)
+which every ONNX model is replaced by a python-backend model (:mod:`triton_score.local.onnx_model`)
 that runs the very same ``.onnx`` file with the ``onnxruntime`` package on CPU.
 
 What clients see is kept: model name, input/output names, datatypes, dims, ``max_batch_size``,

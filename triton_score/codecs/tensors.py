@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from score.codecs.request import Request
-from score.errors import BadRequest, InvalidInput
-from score.metadata import ModelInfo, TensorSpec
-from score.validation import input_spec
+from triton_score.codecs.request import Request
+from triton_score.errors import BadRequest, InvalidInput
+from triton_score.metadata import ModelInfo, TensorSpec
+from triton_score.validation import input_spec
 
 #: numpy's limit on array dimensions (32 before numpy 2, 64 after): stay under both.
 MAX_DIMENSIONS = 32

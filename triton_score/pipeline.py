@@ -1,9 +1,9 @@
 """The scoring pipeline: decode -> preprocess -> validate -> infer -> postprocess -> encode.
 
 :class:`Scorer` owns one worker's view of the world: the Triton gateway, each model's
-:class:`~score.metadata.ModelInfo` (read once, cached) and the processors. The web layer
-hands it a decoded :class:`~score.codecs.Request`; it returns what the client gets, or
-raises a :class:`~score.errors.ScoringError`.
+:class:`~triton_score.metadata.ModelInfo` (read once, cached) and the processors. The web layer
+hands it a decoded :class:`~triton_score.codecs.Request`; it returns what the client gets, or
+raises a :class:`~triton_score.errors.ScoringError`.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from score.codecs.request import Request, decode_request
-from score.errors import BadRequest, ModelNotFound, ProcessorError, ScoringError
-from score.metadata import ModelInfo
-from score.processors import Processor, ProcessorRegistry
-from score.settings import Settings
-from score.triton import TritonGateway
-from score.validation import validate_inputs, validate_outputs
+from triton_score.codecs.request import Request, decode_request
+from triton_score.errors import BadRequest, ModelNotFound, ProcessorError, ScoringError
+from triton_score.metadata import ModelInfo
+from triton_score.processors import Processor, ProcessorRegistry
+from triton_score.settings import Settings
+from triton_score.triton import TritonGateway
+from triton_score.validation import validate_inputs, validate_outputs
 
 log = logging.getLogger(__name__)
 

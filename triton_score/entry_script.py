@@ -12,9 +12,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from score.codecs.request import Request
-from score.errors import BadRequest, ProcessorError, ScoringError
-from score.processors.loading import ProcessorLoadError, import_file
+from triton_score.codecs.request import Request
+from triton_score.errors import BadRequest, ProcessorError, ScoringError
+from triton_score.processors.loading import ProcessorLoadError, import_file
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 from geventhttpclient import HTTPClient
 
-from score.errors import ScoringError, ScoringTimeout, TritonUnavailable
+from triton_score.errors import ScoringError, ScoringTimeout, TritonUnavailable
 
 _MODEL = r"/v2/models/[^/]+(?:/versions/[^/]+)?"
 #: What the scoring port passes on: inference and read-only introspection. Triton's control

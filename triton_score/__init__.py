@@ -3,25 +3,25 @@
 The public API, small on purpose:
 
 - :func:`processor` — mark a class as a model's pre/post-processor (see
-  :mod:`score.processors`, and ``docs/processors.md``);
+  :mod:`triton_score.processors`, and ``docs/processors.md``);
 - :class:`Request`, :class:`ModelInfo`, :class:`TensorSpec` — what processors receive;
 - :class:`BadRequest` — raise it for a request that cannot be scored (400);
 - :func:`create_app` — the Flask app factory Gunicorn runs;
-- :mod:`score.entry` — ``init()``/``run()`` for use as an AzureML entry script.
+- :mod:`triton_score.entry` — ``init()``/``run()`` for use as an AzureML entry script.
 """
 
 __version__ = "0.1.0"
 
-from score.codecs.request import Request  # noqa: E402
-from score.errors import BadRequest, ScoringError  # noqa: E402
-from score.metadata import ModelInfo, TensorSpec  # noqa: E402
-from score.processors import processor  # noqa: E402
+from triton_score.codecs.request import Request  # noqa: E402
+from triton_score.errors import BadRequest, ScoringError  # noqa: E402
+from triton_score.metadata import ModelInfo, TensorSpec  # noqa: E402
+from triton_score.processors import processor  # noqa: E402
 
 
 def create_app(*args, **kwargs):  # type: ignore[no-untyped-def]
-    """See :func:`score.http.app.create_app` (imported lazily: Flask is not needed to write
+    """See :func:`triton_score.http.app.create_app` (imported lazily: Flask is not needed to write
     or unit-test a processor)."""
-    from score.http.app import create_app as factory
+    from triton_score.http.app import create_app as factory
 
     return factory(*args, **kwargs)
 

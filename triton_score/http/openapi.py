@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from score import __version__
-from score.errors import ScoringError
-from score.metadata import ModelInfo, TensorSpec
+from triton_score import __version__
+from triton_score.errors import ScoringError
+from triton_score.metadata import ModelInfo, TensorSpec
 
 _ELEMENT = {"BOOL": "boolean", "BYTES": "string"}
 

@@ -1,3 +1,0 @@
-from score.cli import main
-
-raise SystemExit(main())

@@ -1,0 +1,3 @@
+from triton_score.cli import main
+
+raise SystemExit(main())
