@@ -52,7 +52,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODELS = ROOT / "models" / "triton"
 #: ``score`` console script of this interpreter's environment, else ``python -m triton_score``.
 _SCORE_SCRIPT = Path(sys.executable).with_name("score")
-SCORE_CMD = [str(_SCORE_SCRIPT)] if _SCORE_SCRIPT.is_file() else [sys.executable, "-m", "triton_score"]
+SCORE_CMD = (
+    [str(_SCORE_SCRIPT)] if _SCORE_SCRIPT.is_file() else [sys.executable, "-m", "triton_score"]
+)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NETWORK_TIMEOUT_S = 10.0
 #: A cell during which other processes used more CPU than this (cores) is flagged.

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,16 +14,10 @@ import pytest
 import requests
 
 from triton_score.local import LocalTriton
+from triton_score.local.processes import free_port, stop_process_group
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "models" / "triton"
-
-
-def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_triton(repository: Path, **kwargs: object) -> LocalTriton:
@@ -51,32 +42,17 @@ def triton() -> Iterator[LocalTriton]:
         server.stop()
 
 
-def stop_process_group(process: subprocess.Popen[bytes], grace: float) -> int | None:
-    """SIGTERM a server started with ``start_new_session`` (it drains), SIGKILL it after
-    ``grace`` seconds, then SIGKILL whatever of its process group is left (workers)."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)  # nothing of the group may survive
-    return process.returncode
-
-
 class ScoreServer:
     """A real ``score serve`` (Gunicorn + gevent workers) subprocess on 127.0.0.1."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         fd, self.log_path = tempfile.mkstemp(prefix="score-serve-", suffix=".log")
         with os.fdopen(fd, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "triton_score", "serve", "--port", str(self.port), *args],
-                cwd=ROOT,
+                cwd=cwd,
                 env={**os.environ, **(env or {})},
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -23,7 +23,7 @@ def client(triton: LocalTriton):
     )
     app = create_app(settings)
     yield app.test_client()
-    app.extensions["score"].gateway.close()
+    app.extensions["triton_score"].gateway.close()
 
 
 def image() -> list:
@@ -64,6 +64,21 @@ def test_processor_output_is_validated_before_triton(client) -> None:
     assert response.status_code == 400
     assert response.json["input"] == "image"
     assert "expected FP32" in response.json["error"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "returned"), [("not-a-mapping", "list"), ("coroutine", "coroutine")]
+)
+def test_a_processor_returning_the_wrong_type_is_its_500_not_a_400(
+    client, mode: str, returned: str
+) -> None:
+    response = client.post("/score", json={"mode": mode, "image": [image()]})
+    assert response.status_code == 500, response.json
+    assert response.json["code"] == "processor_error"
+    assert "processor Faulty is broken" in response.json["error"]
+    assert f"preprocess() returned {returned}" in response.json["error"]
+    # ...and the worker goes on serving.
+    assert client.post("/score", json={"image": [image()]}).status_code == 200
 
 
 def test_body_over_the_limit_is_a_413(triton: LocalTriton) -> None:

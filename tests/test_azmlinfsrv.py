@@ -1,4 +1,4 @@
-"""``score/entry.py`` served by Microsoft's own AzureML inference server, ``azmlinfsrv``.
+"""The template's ``score/score.py`` served by AzureML's own inference server, ``azmlinfsrv``.
 
 ``azureml-inference-server-http`` is the server AzureML runs an entry script in (managed
 online endpoints, its inference images, local deployments). These tests run it for real —
@@ -8,8 +8,8 @@ Triton, and score through its ``/score`` route:
 - ``plain``: no processors (``SCORE_PROCESSORS=none``), so the default codec answers
   ``{"inputs": {...}}`` with the model's tensors; started outside the repository, so
   azmlinfsrv runs with its stock Gunicorn settings (sync workers).
-- ``with_processors``: ``models/processors.py`` found beside ``SCORE_MODEL_REPOSITORY``;
-  started from the repository root, where Gunicorn also reads the repository's
+- ``with_processors``: ``score/processors.py`` found in the code directory (the entry
+  script's folder); started from the repository root, where Gunicorn also reads the repository's
   ``gunicorn.conf.py`` (gevent workers) — what happens when the code folder is the cwd.
 
 azmlinfsrv has no host option or variable: it always passes ``-b 0.0.0.0:PORT`` to Gunicorn
@@ -44,7 +44,7 @@ from conftest import free_port, stop_process_group
 from triton_score.local import LocalTriton
 
 ROOT = Path(__file__).resolve().parent.parent
-ENTRY_SCRIPT = ROOT / "score" / "entry.py"
+ENTRY_SCRIPT = ROOT / "score" / "score.py"
 MODEL_REPOSITORY = ROOT / "models" / "triton"
 MAX_BATCH = 16  # digits_onnx's max_batch_size
 
@@ -94,9 +94,11 @@ def require_azmlinfsrv() -> str:
 
 
 class Azmlinfsrv:
-    """``azmlinfsrv --entry_script score/entry.py`` as a subprocess on 127.0.0.1."""
+    """``azmlinfsrv --entry_script score/score.py`` as a subprocess on 127.0.0.1."""
 
-    def __init__(self, cwd: Path, runtime_dir: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, cwd: Path, runtime_dir: Path, env: dict[str, str], script: Path = ENTRY_SCRIPT
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = runtime_dir / "azmlinfsrv.log"  # kept with pytest's tmp folders
@@ -106,7 +108,7 @@ class Azmlinfsrv:
         # one per server, in a folder of its own.
         environ["XDG_RUNTIME_DIR"] = str(runtime_dir)
         self.process = subprocess.Popen(
-            [sys.executable, "-c", LAUNCHER, "--entry_script", str(ENTRY_SCRIPT)]
+            [sys.executable, "-c", LAUNCHER, "--entry_script", str(script)]
             + ["--port", str(self.port)],
             cwd=cwd,
             env={**environ, **env},
@@ -140,7 +142,9 @@ class Azmlinfsrv:
         return code
 
 
-def start(cwd: Path, runtime_dir: Path, triton: LocalTriton, **env: str) -> Iterator[Azmlinfsrv]:
+def start(
+    cwd: Path, runtime_dir: Path, triton: LocalTriton, script: Path = ENTRY_SCRIPT, **env: str
+) -> Iterator[Azmlinfsrv]:
     require_azmlinfsrv()
     server = Azmlinfsrv(
         cwd,
@@ -151,6 +155,7 @@ def start(cwd: Path, runtime_dir: Path, triton: LocalTriton, **env: str) -> Iter
             "SCORE_MODEL_REPOSITORY": str(MODEL_REPOSITORY),
             **env,
         },
+        script,
     )
     try:
         yield server.wait_healthy()
@@ -308,3 +313,37 @@ def test_processors_under_azmlinfsrv(with_processors: Azmlinfsrv) -> None:
     again = score(with_processors, {"image": images[0].tolist()})
     assert again.status_code == 200, again.text
     assert again.json()["predictions"][0]["digit"] == labels[0]
+
+
+#: A user's own score.py that imports the runtime: under azmlinfsrv, the working directory
+#: (and this file's folder) come first on sys.path, so a package named ``score`` would be
+#: this very file. ``triton_score`` is not.
+WRAPPING_SCRIPT = """\
+import triton_score
+import triton_score.entry as runtime
+
+
+def init():
+    runtime.init()
+
+
+def run(raw_data, request_headers):
+    answer = runtime.run(raw_data, request_headers)
+    return {"wrapped_by": "score.py", "runtime": triton_score.__name__, "answer": answer}
+"""
+
+
+def test_a_score_py_that_imports_triton_score(
+    triton: LocalTriton, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    folder = tmp_path_factory.mktemp("user-code")
+    script = folder / "score.py"
+    script.write_text(WRAPPING_SCRIPT)
+    images, labels = digits()
+    for server in start(folder, folder, triton, script, SCORE_PROCESSORS="none"):
+        response = score(server, {"inputs": {"image": images[:1].tolist()}})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["wrapped_by"] == "score.py" and body["runtime"] == "triton_score", body
+        (probabilities,) = body["answer"]["outputs"]["probabilities"]
+        assert int(np.argmax(probabilities)) == labels[0]

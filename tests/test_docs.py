@@ -38,7 +38,7 @@ def test_processors_page_example_runs_against_triton(triton: LocalTriton, docs_e
         assert 0 < body["confidence"] <= 1 and body["runner_up"] != body["digit"]
     bad = client.post("/score/digits_onnx", json={"pixels": [1, 2, 3]})
     assert bad.status_code == 400 and bad.json["error"] == "expected 64 pixels, got 3"
-    app.extensions["score"].gateway.close()
+    app.extensions["triton_score"].gateway.close()
 
 
 def test_processors_page_curl_example_answers_what_the_page_says(
@@ -54,4 +54,4 @@ def test_processors_page_curl_example_answers_what_the_page_says(
     )
     assert response.status_code == 200, response.text
     assert response.json["digit"] == int(claimed.group(1))
-    app.extensions["score"].gateway.close()
+    app.extensions["triton_score"].gateway.close()

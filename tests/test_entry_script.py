@@ -57,11 +57,11 @@ def test_score_entry_module_init_and_run(triton: LocalTriton, monkeypatch) -> No
     monkeypatch.setenv("TRITON_URL", triton.url)
     monkeypatch.setenv("SCORE_MODEL", "digits_onnx")
     monkeypatch.setenv("SCORE_MODEL_REPOSITORY", str(triton.model_repository))
-    monkeypatch.setattr(entry, "_scorer", None)
+    monkeypatch.setattr(entry, "_runtime", None)
     entry.init()
     images, labels = held_out_digits()
     result = entry.run(json.dumps({"image": images[0].tolist()}))
     assert result["predictions"][0]["digit"] == labels[0]  # the example processor ran
     error = entry.run("{}")
     assert error["status_code"] == 400 and "image" in error["error"]
-    entry._scorer.gateway.close()
+    entry._runtime.close()

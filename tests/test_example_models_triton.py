@@ -82,7 +82,7 @@ def test_qa_model_has_bidaf9_interface(client) -> None:
 
 @pytest.mark.parametrize("case", qa_cases(), ids=lambda c: c["question"][:40])
 def test_qa_model_answers_fixed_questions(client, case: dict[str, str]) -> None:
-    processors = load_file(ROOT / "models" / "processors.py", "example_processors")
+    processors = load_file(ROOT / "score" / "processors.py", "example_processors")
     context_tokens = processors.tokenize(case["context"])
     inputs = []
     for prefix, text in (("context", case["context"]), ("query", case["question"])):

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from conftest import free_port, start_triton
+from conftest import start_triton
 
 from triton_score.local import LocalTriton, TritonStartError, find_tritonserver
 from triton_score.local.onnx_wrapper import DEFAULT_MAX_BATCH_SIZE
+from triton_score.local.processes import descendants, free_port, still_running
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402
@@ -116,37 +116,13 @@ def test_stop_leaves_no_process_and_no_shm_region(tmp_path: Path) -> None:
     triton = start_triton(repo)
     pid = triton.pid
     assert pid is not None
-    children = _children(pid)
-    assert children, "the python backend should have started a stub process"
+    tree = descendants(pid)
+    assert len(tree) >= 2, "the python backend should have started a stub process"
     assert triton.shm_regions(), "the python backend should have created its shm regions"
     triton.stop()
-    for p in [pid, *children]:
-        assert not _alive(p), f"process {p} survived stop()"
+    assert still_running(tree) == [], "processes survived stop()"
     assert triton.shm_regions() == []
     triton.stop()  # idempotent
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    # A zombie that nobody reaped yet is not running.
-    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_found_binary_is_runnable() -> None:

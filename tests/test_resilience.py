@@ -4,6 +4,7 @@ Triton coming back, SIGTERM with requests in flight, a dying Triton, broken proc
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import threading
@@ -12,9 +13,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import ScoreServer, free_port, start_triton
+from conftest import ScoreServer, start_triton
 
 from triton_score.local import LocalTriton
+from triton_score.local.processes import descendants, free_port, still_running
 
 SLEEPY_CONFIG = """
 name: "sleepy"
@@ -54,25 +56,6 @@ def sleep_request(server: ScoreServer, seconds: float, timeout: float = 30) -> r
         headers={"content-type": "application/json"},
         timeout=timeout,
     )
-
-
-def descendants(pid: int) -> set[int]:
-    found: set[int] = set()
-    parents = {pid}
-    for _ in range(4):
-        level = set()
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            if ppid in parents:
-                level.add(int(entry.name))
-        found |= level
-        parents = level
-    return found
 
 
 @pytest.fixture()
@@ -176,14 +159,16 @@ def test_serve_exits_non_zero_when_its_triton_dies(tmp_path: Path) -> None:
         server.wait_ready()
         match = re.search(r"tritonserver \(pid (\d+)\)", server.output())
         assert match, server.output()
-        Path(f"/proc/{match.group(1)}").exists()
-        import os
+        triton_pid = int(match.group(1))
+        tree = descendants(server.process.pid)  # before anything exits: orphans move away
+        assert triton_pid in tree, (triton_pid, tree)
+        assert len(tree) >= 3, tree  # score serve, tritonserver, gunicorn (+ its workers)
 
-        os.kill(int(match.group(1)), signal.SIGKILL)
+        os.kill(triton_pid, signal.SIGKILL)
         code = server.process.wait(timeout=30)
         assert code != 0
         assert "tritonserver exited unexpectedly" in server.output()
-        assert not descendants(server.process.pid)
+        assert still_running(tree) == [], "score serve left processes behind"
     finally:
         server.stop()
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +12,8 @@ import requests
 import tritonclient.http as httpclient
 from conftest import ScoreServer
 from helpers import held_out_digits, qa_cases
+
+from triton_score.local.processes import descendants, process_environ
 
 JSON = {"content-type": "application/json"}
 
@@ -265,23 +269,52 @@ def test_openapi_default_codec_schema_follows_metadata(plain_server: ScoreServer
     assert image["items"]["items"]["items"]["type"] == "number"
 
 
+def _worker_pids_with_counters(server: ScoreServer) -> set[int]:
+    """Workers that have counted a request: Prometheus' multiprocess mode writes one
+    ``counter_<pid>.db`` per worker into the directory ``score serve`` gives Gunicorn."""
+    tree = descendants(server.process.pid)
+    directories = {process_environ(pid).get("PROMETHEUS_MULTIPROC_DIR") for pid in tree}
+    directories.discard(None)
+    assert len(directories) == 1, directories
+    (directory,) = directories
+    return {int(p.stem.split("_")[-1]) for p in Path(str(directory)).glob("counter_*.db")}
+
+
 def test_metrics_count_requests_across_workers(score_server: ScoreServer) -> None:
     images, _ = held_out_digits()
-    for _ in range(6):
-        post(score_server, "/score/digits_onnx", {"image": images[0].tolist()})
+    ok_name = 'score_requests_total{code="200",model="digits_onnx"}'
+    bad_name = 'score_requests_total{code="400",model="digits_onnx"}'
+    before = requests.get(score_server.url + "/metrics", timeout=5).text
+    body = json.dumps({"image": images[0].tolist()})
+    sent = 0
+    # Fresh connections, several at once, until both workers have served (the kernel spreads
+    # accepts; a bounded number of rounds keeps a single-worker bug from looping forever).
+    for _ in range(20):
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(
+                pool.map(
+                    lambda _: post(score_server, "/score/digits_onnx", body).status_code, range(8)
+                )
+            )
+        assert codes == [200] * 8
+        sent += 8
+        if len(_worker_pids_with_counters(score_server)) >= 2:
+            break
+    assert len(_worker_pids_with_counters(score_server)) == 2, "one worker served everything"
     post(score_server, "/score/digits_onnx", {"nothing": 1})
-    text = requests.get(score_server.url + "/metrics", timeout=5).text
-    ok = _sample(text, 'score_requests_total{code="200",model="digits_onnx"}')
-    bad = _sample(text, 'score_requests_total{code="400",model="digits_onnx"}')
-    assert ok >= 6 and bad >= 1
-    assert 'score_stage_duration_seconds_count{model="digits_onnx",stage="infer"}' in text
-    assert "score_requests_in_flight" in text
+    after = requests.get(score_server.url + "/metrics", timeout=5).text
+    assert _sample(after, ok_name) - _sample(before, ok_name, default=0) == sent
+    assert _sample(after, bad_name) - _sample(before, bad_name, default=0) == 1
+    assert 'score_stage_duration_seconds_count{model="digits_onnx",stage="infer"}' in after
+    assert "score_requests_in_flight" in after
 
 
-def _sample(text: str, name: str) -> float:
+def _sample(text: str, name: str, default: float | None = None) -> float:
     for line in text.splitlines():
-        if line.startswith(name):
+        if line.startswith(name + " "):
             return float(line.rsplit(" ", 1)[1])
+    if default is not None:
+        return default
     raise AssertionError(f"{name} not in /metrics:\n{text}")
 
 

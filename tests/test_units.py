@@ -10,10 +10,10 @@ import pytest
 from triton_score.codecs.request import decode_request
 from triton_score.codecs.tensors import decode_inputs, decode_outputs
 from triton_score.errors import BadRequest, InvalidInput
+from triton_score.locations import find_model_repository
 from triton_score.metadata import ModelInfo, TensorSpec
 from triton_score.processors import ProcessorDefinitionError, ProcessorRegistry, processor
 from triton_score.processors.loading import ProcessorLoadError, load_processors
-from triton_score.repository import find_model_repository
 from triton_score.settings import Settings
 from triton_score.validation import validate_inputs, validate_outputs
 
@@ -279,3 +279,44 @@ def test_triton_failures_are_translated(raised, expected_status: int, expected_c
         raise error
     assert info.value.status_code == expected_status
     assert info.value.code == expected_code
+
+
+def test_async_hooks_are_refused_when_the_processor_is_defined() -> None:
+    with pytest.raises(ProcessorDefinitionError, match=r"Slow.preprocess\(\) is async"):
+
+        @processor("m")
+        class Slow:
+            async def preprocess(self, request, model):
+                return {}
+
+
+def test_earlier_sources_win_and_one_source_may_not_define_a_model_twice(tmp_path: Path) -> None:
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "processors.py").write_text(
+        "from triton_score import processor\n"
+        "@processor('a')\nclass First:\n    def preprocess(self, r, m): return {}\n"
+    )
+    (code / "extra_processor.py").write_text(
+        "from triton_score import processor\n"
+        "@processor('b')\nclass Second:\n    def preprocess(self, r, m): return {}\n"
+    )
+    (code / "helpers.py").write_text("raise RuntimeError('not a processor file: never imported')\n")
+    (tmp_path / "processors.py").write_text(  # beside the model repository: yields
+        "from triton_score import processor\n"
+        "@processor('a', 'c')\nclass Old:\n    def preprocess(self, r, m): return {}\n"
+    )
+    registry = load_processors(
+        [], code_directory=code, model_repository=tmp_path / "triton", use_entry_points=False
+    )
+    assert registry.models() == ["a", "b", "c"]
+    assert registry.for_model("a").name == "First"
+    assert registry.for_model("b").name == "Second"
+    assert registry.for_model("c").name == "Old"
+
+    (code / "more_processors.py").write_text(
+        "from triton_score import processor\n"
+        "@processor('a')\nclass Clash:\n    def preprocess(self, r, m): return {}\n"
+    )
+    with pytest.raises(ProcessorDefinitionError, match="two processors for model 'a'"):
+        load_processors([], code_directory=code, use_entry_points=False)

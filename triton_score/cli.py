@@ -38,7 +38,7 @@ def cmd_triton(args: argparse.Namespace) -> int:
     """Run a local Triton in the foreground until Ctrl-C / SIGTERM."""
     from triton_score.local import LocalTriton, TritonNotFound, TritonStartError, find_tritonserver
     from triton_score.local.install import prepare_pytriton
-    from triton_score.repository import find_model_repository
+    from triton_score.locations import find_model_repository
 
     if args.prepare:
         install = prepare_pytriton() if not args.tritonserver else None
@@ -94,6 +94,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         models=args.models,
         processors=args.processors,
         entry_script=args.entry_script,
+        code_directory=args.code_dir,
         host=args.host,
         port=args.port,
         workers=args.workers,
@@ -133,13 +134,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--processors",
         default=None,
-        help="processor modules or .py files, comma-separated (default: $SCORE_PROCESSORS, "
-        "else processors.py beside the model repository)",
+        help="processor modules or .py files, comma-separated, used before those of the code "
+        "directory (default: $SCORE_PROCESSORS); 'none' turns processors off",
+    )
+    serve.add_argument(
+        "--code-dir",
+        default=None,
+        help="the deployment's code directory, searched first for processors (default: "
+        "$SCORE_CODE_DIR, the entry script's folder, else ./score)",
     )
     serve.add_argument(
         "--entry-script",
         default=None,
-        help="serve an AzureML entry script (init()/run(raw)) instead of processors",
+        help="an AzureML entry script (default $AZUREML_ENTRY_SCRIPT): the template's "
+        "score.py is served natively, any other through its init()/run()",
     )
     serve.add_argument(
         "--host",

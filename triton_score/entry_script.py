@@ -8,6 +8,7 @@ is sent back as JSON. Scripts written for the AzureML-Triton image import
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,9 @@ class EntryScript:
         for name in ("init", "run"):
             if not callable(getattr(self.module, name, None)):
                 raise ProcessorLoadError(f"entry script {self.path.name} has no {name}() function")
+        parameters = inspect.signature(self.module.run).parameters
+        #: azmlinfsrv passes the headers when run() declares ``request_headers``.
+        self.wants_headers = "request_headers" in parameters
 
     def init(self) -> None:
         self.module.init()
@@ -40,6 +44,8 @@ class EntryScript:
         except UnicodeDecodeError as exc:
             raise BadRequest(f"the body is not valid UTF-8 (byte {exc.start})") from None
         try:
+            if self.wants_headers:
+                return self.module.run(raw, request_headers=dict(request.headers))
             return self.module.run(raw)
         except ScoringError:
             raise
@@ -51,3 +57,12 @@ class EntryScript:
                 f"the entry script's run() failed; see the server log for request id {request.id}",
                 details={"request_id": request.id},
             ) from exc
+
+
+def is_native(script: EntryScript) -> bool:
+    """Whether ``script`` hands over to triton_score (``from triton_score.entry import init,
+    run``, as the template's ``score.py`` does): then it is served natively, with processors,
+    every model at ``/score/<model>`` and ``/v2``, rather than through its ``run()``."""
+    from triton_score import entry  # noqa: PLC0415 - entry builds runtimes, which load scripts
+
+    return script.module.init is entry.init and script.module.run is entry.run

@@ -22,10 +22,22 @@ class ScoringError(Exception):
         self.message = message
         self.details = details or {}
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, request_id: str = "") -> dict[str, Any]:
+        """The JSON body a client gets: ``{"error", "code", ...details, "request_id"}``.
+
+        This is the only place an error body is built (the web app and the entry script's
+        ``run()`` both use it), so every error a client sees has the same shape.
+        """
         body: dict[str, Any] = {"error": self.message, "code": self.code}
         body.update(self.details)
+        if request_id:
+            body.setdefault("request_id", request_id)
         return body
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Response headers this error asks for (``Retry-After`` on a 503)."""
+        return {}
 
 
 class BadRequest(ScoringError):
@@ -44,6 +56,22 @@ class InvalidInput(BadRequest):
         super().__init__(
             f"input {input_name!r}: {message}", details={"input": input_name, **details}
         )
+
+
+class HTTPFailure(ScoringError):
+    """A protocol-level refusal (404 route, 405 method, 413 body, 431 header...)."""
+
+    def __init__(self, message: str, status_code: int, code: str) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+
+
+class InternalError(ScoringError):
+    """Anything unexpected: the client learns only the request id; the log has the rest."""
+
+    def __init__(self, request_id: str = "") -> None:
+        super().__init__(f"internal server error; see the server log for request id {request_id}")
 
 
 class ModelNotFound(ScoringError):
@@ -73,6 +101,10 @@ class TritonUnavailable(ScoringError):
     status_code = 503
     code = "triton_unavailable"
     retry_after_s = 5
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 class ScoringTimeout(ScoringError):

@@ -8,6 +8,7 @@ raises a :class:`~triton_score.errors.ScoringError`.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
@@ -15,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from triton_score.codecs.request import Request, decode_request
+from triton_score.codecs.request import REQUEST_ID, Request, decode_request, header
 from triton_score.errors import BadRequest, ModelNotFound, ProcessorError, ScoringError
 from triton_score.metadata import ModelInfo
 from triton_score.processors import Processor, ProcessorRegistry
@@ -124,10 +125,12 @@ class Scorer:
 
         started = time.perf_counter()
         raw_inputs = self._call(processor, "preprocess", processor.preprocess, request, model)
+        _expect(processor, "preprocess", raw_inputs, Mapping, "a mapping of input name to array")
         inputs = validate_inputs(model, raw_inputs)
-        wanted = validate_outputs(
-            model, self._call(processor, "outputs", processor.outputs, request, model)
-        )
+        chosen = self._call(processor, "outputs", processor.outputs, request, model)
+        if chosen is not None:
+            _expect(processor, "outputs", chosen, Mapping, "a mapping of output to class_count")
+        wanted = validate_outputs(model, chosen)
         self.observe("preprocess", model.name, time.perf_counter() - started)
 
         started = time.perf_counter()
@@ -138,6 +141,7 @@ class Scorer:
         result = self._call(
             processor, "postprocess", processor.postprocess, outputs, request, model
         )
+        _expect(processor, "postprocess", result, object, "a JSON-able value or bytes")
         self.observe("postprocess", model.name, time.perf_counter() - started)
         return result
 
@@ -147,12 +151,9 @@ class Scorer:
         ``headers`` (when the server passes them) supply the content type and request id.
         """
         body = raw.encode("utf-8") if isinstance(raw, str) else raw
-        lower = {k.lower(): v for k, v in (headers or {}).items()}
-        return self.score(
-            decode_request(
-                body, lower.get("content-type", ""), headers, lower.get("x-request-id", "")
-            )
-        )
+        headers = headers or {}
+        content_type = header(headers, "content-type")
+        return self.score(decode_request(body, content_type, headers, header(headers, REQUEST_ID)))
 
     @staticmethod
     def _call(processor: Processor, stage: str, function: Callable[..., Any], *args: Any) -> Any:
@@ -169,3 +170,22 @@ class Scorer:
                 f"request id {request_id}",
                 details={"request_id": request_id},
             ) from exc
+
+
+def _expect(processor: Processor, stage: str, value: Any, kind: type, what: str) -> None:
+    """A hook that returns the wrong kind of value is the processor's bug: a 500 naming it,
+    never a client error. Coroutines (an ``async def`` hook slipped through) included."""
+    if inspect.isawaitable(value) or not isinstance(value, kind):
+        if inspect.iscoroutine(value):
+            value.close()  # no "never awaited" warning on top of the error
+        log.error(
+            "%s of processor %s returned %s; it must return %s",
+            stage,
+            processor.name,
+            type(value).__name__,
+            what,
+        )
+        raise ProcessorError(
+            f"processor {processor.name} is broken: its {stage}() returned "
+            f"{type(value).__name__}, not {what}; see the server log"
+        )

@@ -29,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 
 from triton_score.local import LocalTriton, TritonNotFound, TritonStartError, find_tritonserver
-from triton_score.repository import find_model_repository
+from triton_score.locations import find_model_repository
 
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
@@ -39,6 +39,7 @@ class ServeOptions:
     models: str | None = None
     processors: str | None = None
     entry_script: str | None = None
+    code_directory: str | None = None
     host: str = "127.0.0.1"
     port: int = 5001
     workers: int | None = None
@@ -64,6 +65,22 @@ def _split_url(url: str) -> tuple[str, int]:
     if not host or not port.isdigit():
         raise ValueError(f"TRITON_URL must look like host:port, got {url!r}")
     return host, int(port)
+
+
+def find_shadows(*folders: Path) -> list[Path]:
+    """Files or folders named ``triton_score`` that would be imported instead of this package.
+
+    Gunicorn puts the working directory first on ``sys.path``, and an entry script's folder is
+    on it while the script is imported: a ``triton_score.py`` or ``triton_score/`` there
+    shadows the installed runtime, and the failure would be a confusing ImportError later.
+    """
+    ours = Path(__file__).resolve().parent
+    found = []
+    for folder in folders:
+        for candidate in (folder / "triton_score.py", folder / "triton_score"):
+            if candidate.exists() and candidate.resolve() != ours:
+                found.append(candidate)
+    return found
 
 
 def _model_names(triton_url: str) -> list[str]:
@@ -103,6 +120,28 @@ class Supervisor:
 
     def _run(self) -> int:
         opts = self.options
+        folders = [Path.cwd()]
+        if opts.entry_script:
+            folders.append(Path(opts.entry_script).resolve().parent)
+        shadows = find_shadows(*folders)
+        if shadows:
+            self.say(
+                f"error: {shadows[0]} would be imported instead of the installed triton_score "
+                "package; rename it, or run score serve from another folder"
+            )
+            return 2
+        if opts.entry_script and not Path(opts.entry_script).is_file():
+            self.say(f"error: entry script {opts.entry_script!r} does not exist")
+            return 2
+        if opts.processors and opts.processors != "none":
+            missing = [
+                spec
+                for spec in opts.processors.split(",")
+                if spec.strip().endswith(".py") and not Path(spec.strip()).is_file()
+            ]
+            if missing:
+                self.say(f"error: processor file {missing[0].strip()!r} does not exist")
+                return 2
         try:
             repository = find_model_repository(opts.models).resolve()
             triton_url = opts.triton_url or os.environ.get("TRITON_URL") or "localhost:8000"
@@ -160,7 +199,10 @@ class Supervisor:
         if opts.processors:
             env["SCORE_PROCESSORS"] = opts.processors
         if opts.entry_script:
+            # Absolute, so AML_APP_ROOT (AzureML's base for a relative script) does not apply.
             env["AZUREML_ENTRY_SCRIPT"] = str(Path(opts.entry_script).resolve())
+        if opts.code_directory:
+            env["SCORE_CODE_DIR"] = str(Path(opts.code_directory).resolve())
         self.gunicorn = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--config", "python:triton_score.gunicorn_conf"],
             env=env,

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from triton_score.locations import resolve_entry_script
+
 
 def _split(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.replace(";", ",").split(",") if part.strip())
@@ -27,11 +29,18 @@ class Settings:
     default_model: str = ""
     #: Processor modules, ``.py`` files or ``module:Class`` (``SCORE_PROCESSORS``).
     processors: tuple[str, ...] = ()
-    #: The model repository, used to find ``processors.py`` beside it (``SCORE_MODEL_REPOSITORY``).
+    #: The model repository (``SCORE_MODEL_REPOSITORY``); empty: found as
+    #: :func:`~triton_score.locations.find_model_repository` says.
     model_repository: str = ""
-    #: An AzureML entry script with ``init()``/``run(raw)`` to serve instead of the
-    #: built-in pipeline (``AZUREML_ENTRY_SCRIPT``).
+    #: The deployment's code directory, searched first for processors (``SCORE_CODE_DIR``);
+    #: empty: the entry script's folder, else ``./score``.
+    code_directory: str = ""
+    #: An AzureML entry script (``AZUREML_ENTRY_SCRIPT``, relative to ``AML_APP_ROOT`` as
+    #: AzureML sets it). The template's ``score.py`` is served natively; any other script's
+    #: ``init()``/``run()`` are served as azmlinfsrv would.
     entry_script: str = ""
+    #: Origins allowed by CORS, comma-separated (``AML_CORS_ORIGINS``, as azmlinfsrv).
+    cors_origins: tuple[str, ...] = ()
     #: Upper bound on one scoring request, in ms (``SCORING_TIMEOUT_MS``); overrun -> 504.
     scoring_timeout_ms: int = 60_000
     #: How long ``init()`` waits for Triton to be ready, in seconds (``SCORE_TRITON_WAIT_S``).
@@ -58,8 +67,14 @@ class Settings:
             values["processors"] = _split(env["SCORE_PROCESSORS"])
         if "SCORE_MODEL_REPOSITORY" in env:
             values["model_repository"] = env["SCORE_MODEL_REPOSITORY"]
-        if "AZUREML_ENTRY_SCRIPT" in env:
-            values["entry_script"] = env["AZUREML_ENTRY_SCRIPT"]
+        if "SCORE_CODE_DIR" in env:
+            values["code_directory"] = env["SCORE_CODE_DIR"]
+        if env.get("AZUREML_ENTRY_SCRIPT"):
+            values["entry_script"] = resolve_entry_script(
+                env["AZUREML_ENTRY_SCRIPT"], env.get("AML_APP_ROOT", "")
+            )
+        if "AML_CORS_ORIGINS" in env:
+            values["cors_origins"] = _split(env["AML_CORS_ORIGINS"])
         if "PROMETHEUS_MULTIPROC_DIR" in env:
             values["prometheus_multiproc_dir"] = env["PROMETHEUS_MULTIPROC_DIR"]
         if "SCORE_MODELS" in env:

@@ -1,6 +1,7 @@
 """Bytes on the wire <-> Python objects.
 
-- :mod:`triton_score.codecs.request` decodes an HTTP body into a :class:`Request` (JSON or raw bytes);
+- :mod:`triton_score.codecs.request` decodes an HTTP body into a :class:`Request`
+  (JSON or raw bytes);
 - :mod:`triton_score.codecs.tensors` is the default codec: JSON tensors <-> named numpy arrays,
   checked against the model's metadata;
 - :mod:`triton_score.codecs.response` encodes what a postprocessor returns (JSON, numpy-aware).

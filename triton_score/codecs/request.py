@@ -35,8 +35,21 @@ class Request:
         return self.json is not None
 
     def header(self, name: str, default: str = "") -> str:
-        lower = name.lower()
-        return next((v for k, v in self.headers.items() if k.lower() == lower), default)
+        """The value of header ``name`` (any case), or ``default``."""
+        return header(self.headers, name, default)
+
+
+#: The request-id header AzureML's server and ours read and echo.
+REQUEST_ID = "x-request-id"
+
+
+def header(headers: Mapping[str, str], name: str, default: str = "") -> str:
+    """Look a header up in a plain mapping, ignoring case (the one place that does)."""
+    found = headers.get(name)
+    if found is not None:
+        return found
+    lower = name.lower()
+    return next((v for k, v in headers.items() if k.lower() == lower), default)
 
 
 def _media_type(content_type: str) -> str:

@@ -1,70 +1,40 @@
 """The Flask app factory.
 
 ``create_app()`` builds one app per Gunicorn worker (Gunicorn runs
-``triton_score.http.app:create_app()`` after forking, so each worker gets its own Triton client)::
+``triton_score.http.app:create_app()`` after forking, so each worker gets its own Triton
+client). The runtime comes from :func:`~triton_score.runtime.build_runtime`, the same one
+the entry script and the tests use::
 
-    settings (env)  ->  processors loaded  ->  Triton gateway  ->  Scorer.init()
-                                                                   (wait for Triton,
-                                                                    read model metadata)
+    settings (env) -> build_runtime() -> Runtime.init()      -> routes
+                      (processors,       (wait for Triton,
+                       Triton gateway)    read model metadata)
 
-Per-app state lives in ``app.extensions["score"]`` (a :class:`Runtime`), reached from views
-through :func:`runtime`; there are no module-level singletons.
+Per-app state lives in ``app.extensions["triton_score"]`` (a
+:class:`~triton_score.runtime.Runtime`), reached from views through
+:func:`~triton_score.http.responses.runtime`; there are no module-level singletons.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass
 
-from flask import Flask, Response, current_app, g
+from flask import Flask
 from werkzeug.exceptions import HTTPException
 
-from triton_score.codecs.response import encode_json
-from triton_score.entry_script import EntryScript
-from triton_score.errors import ScoringError, TritonUnavailable
+from triton_score.errors import ScoringError
+from triton_score.http import routes
 from triton_score.http.forward import TritonForwarder
-from triton_score.metrics import Metrics
-from triton_score.pipeline import Scorer
-from triton_score.processors.loading import load_processors
+from triton_score.http.responses import (
+    EXTENSION,
+    error_response,
+    http_error,
+    unexpected_error,
+)
+from triton_score.runtime import Runtime, build_runtime
 from triton_score.settings import Settings
-from triton_score.triton import TritonGateway
 
-log = logging.getLogger("score")
-EXTENSION = "score"
-
-
-@dataclass
-class Runtime:
-    """Everything one app (one worker) needs to serve."""
-
-    settings: Settings
-    gateway: TritonGateway
-    metrics: Metrics
-    forwarder: TritonForwarder
-    scorer: Scorer | None = None
-    entry_script: EntryScript | None = None
-
-    def is_ready(self) -> bool:
-        if self.scorer is not None:
-            return self.scorer.is_ready()
-        return self.gateway.is_ready()
-
-
-def runtime() -> Runtime:
-    """The :class:`Runtime` of the app handling the current request."""
-    return current_app.extensions[EXTENSION]
-
-
-def error_response(exc: ScoringError) -> Response:
-    body = exc.to_dict()
-    request_id = g.get("request_id")
-    if request_id:
-        body.setdefault("request_id", request_id)
-    response = Response(encode_json(body), status=exc.status_code, mimetype="application/json")
-    if isinstance(exc, TritonUnavailable):
-        response.headers["Retry-After"] = str(exc.retry_after_s)
-    return response
+log = logging.getLogger("triton_score")
 
 
 def _configure_logging() -> None:
@@ -78,45 +48,32 @@ def _configure_logging() -> None:
         log.propagate = False
 
 
-def create_app(settings: Settings | None = None, *, init: bool = True) -> Flask:
+def create_app(
+    settings: Settings | None = None, *, init: bool = True, runtime: Runtime | None = None
+) -> Flask:
     """Create the scoring app.
 
     :param settings: defaults to :meth:`Settings.from_env`.
     :param init: wait for Triton and read model metadata now (as a worker does at boot);
         ``False`` defers that to the first request or readiness probe.
+    :param runtime: an already built runtime (tests); default :func:`build_runtime`.
     """
     _configure_logging()
-    settings = settings or Settings.from_env()
-    app = Flask("score")
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    rt = runtime or build_runtime(settings)
+    app = Flask("triton_score")
+    app.config["MAX_CONTENT_LENGTH"] = rt.settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-
-    gateway = TritonGateway(
-        settings.triton_url,
-        concurrency=settings.triton_concurrency,
-        timeout_s=settings.scoring_timeout_ms / 1000,
-    )
-    metrics = Metrics(settings.prometheus_multiproc_dir)
-    forwarder = TritonForwarder(settings.triton_url, timeout_s=settings.scoring_timeout_ms / 1000)
-    rt = Runtime(settings=settings, gateway=gateway, metrics=metrics, forwarder=forwarder)
-    if settings.entry_script:
-        rt.entry_script = EntryScript(settings.entry_script)
-        log.info("serving AzureML entry script %s", settings.entry_script)
-        if init:
-            rt.entry_script.init()
-    else:
-        registry = load_processors(settings.processors, model_repository=settings.model_repository)
-        rt.scorer = Scorer(settings, gateway, registry, observe=metrics.observe_stage)
-        if init:
-            rt.scorer.init()
     app.extensions[EXTENSION] = rt
-
-    from triton_score.http import routes  # noqa: PLC0415 - routes import this module
+    app.extensions[routes.FORWARDER] = TritonForwarder(
+        rt.settings.triton_url, timeout_s=rt.settings.scoring_timeout_ms / 1000
+    )
+    if init:
+        rt.init()
 
     app.register_blueprint(routes.blueprint)
     app.before_request(routes.assign_request_id)
     app.after_request(routes.echo_request_id)
     app.register_error_handler(ScoringError, error_response)
-    app.register_error_handler(HTTPException, routes.http_error)
-    app.register_error_handler(Exception, routes.unexpected_error)
+    app.register_error_handler(HTTPException, http_error)
+    app.register_error_handler(Exception, unexpected_error)
     return app

@@ -19,16 +19,24 @@ import time
 import uuid
 from contextlib import AbstractContextManager, nullcontext
 
-from flask import Blueprint, Response, g, request
-from werkzeug.exceptions import HTTPException
+from flask import Blueprint, Response, current_app, g, request
 
-from triton_score.codecs.request import decode_request
-from triton_score.codecs.response import encode_json, encode_response
-from triton_score.errors import ScoringError, ScoringTimeout, TritonError, TritonUnavailable
-from triton_score.http.app import error_response, runtime
+from triton_score.codecs.request import REQUEST_ID, decode_request
+from triton_score.codecs.response import encode_response
+from triton_score.errors import (
+    HTTPFailure,
+    ScoringError,
+    ScoringTimeout,
+    TritonError,
+    TritonUnavailable,
+)
+from triton_score.http.forward import TritonForwarder
+from triton_score.http.responses import error_response, json_response, runtime
 
-log = logging.getLogger("score")
-blueprint = Blueprint("score", __name__)
+log = logging.getLogger("triton_score")
+blueprint = Blueprint("triton_score", __name__)
+#: Where the app keeps its ``/v2`` forwarder.
+FORWARDER = "triton_score.forwarder"
 
 #: Failures counted in score_triton_errors_total, by kind.
 TRITON_FAILURES = {
@@ -37,8 +45,7 @@ TRITON_FAILURES = {
     TritonError: "error",
 }
 
-#: Request-id headers AzureML's inference server accepts and echoes.
-REQUEST_ID = "x-request-id"
+#: Request-id headers AzureML's inference server accepts and echoes (and ``x-request-id``).
 MS_REQUEST_ID = "x-ms-request-id"
 MS_CLIENT_REQUEST_ID = "x-ms-client-request-id"
 
@@ -62,13 +69,12 @@ def assign_request_id() -> Response | None:
     }
     for name, value in incoming.items():
         if len(value) > MAX_ID_LENGTH or not value.isprintable():
-            return _json(
-                {
-                    "error": f"{name} must be printable and at most {MAX_ID_LENGTH} characters",
-                    "code": "bad_request_id",
-                    "request_id": g.request_id,
-                },
-                431,
+            return error_response(
+                HTTPFailure(
+                    f"{name} must be printable and at most {MAX_ID_LENGTH} characters",
+                    431,
+                    "bad_request_id",
+                )
             )
     if incoming[REQUEST_ID]:
         g.request_id = incoming[REQUEST_ID]
@@ -83,32 +89,6 @@ def echo_request_id(response: Response) -> Response:
     if client_id:
         response.headers[MS_CLIENT_REQUEST_ID] = client_id
     return response
-
-
-def _json(body: object, status: int = 200) -> Response:
-    return Response(encode_json(body), status=status, mimetype="application/json")
-
-
-def http_error(exc: HTTPException) -> Response:
-    """Flask's own errors (404 route, 405 method, 413 body too large) as JSON."""
-    body = {"error": exc.description or exc.name, "code": exc.name.lower().replace(" ", "_")}
-    body["request_id"] = g.get("request_id", "")
-    return _json(body, exc.code or 500)
-
-
-def unexpected_error(exc: Exception) -> Response:
-    if isinstance(exc, HTTPException):
-        return http_error(exc)
-    request_id = g.get("request_id", "")
-    log.exception("unhandled error (request %s)", request_id)
-    return _json(
-        {
-            "error": f"internal server error; see the server log for request id {request_id}",
-            "code": "internal_error",
-            "request_id": request_id,
-        },
-        500,
-    )
 
 
 def _deadline(timeout_ms: int) -> AbstractContextManager[object]:
@@ -134,17 +114,18 @@ def liveness() -> Response:
 
 @blueprint.get("/v2/health/live")
 def live() -> Response:
-    return _json({"live": True})
+    return json_response({"live": True})
 
 
 @blueprint.get("/v2/health/ready")
 def ready() -> Response:
     rt = runtime()
     if rt.is_ready():
-        return _json({"ready": True})
-    response = _json({"ready": False, "error": "Triton is not ready or models are not loaded"}, 503)
-    response.headers["Retry-After"] = str(TritonUnavailable.retry_after_s)
-    return response
+        return json_response({"ready": True})
+    not_ready = TritonUnavailable(
+        "Triton is not ready or models are not loaded", details={"ready": False}
+    )
+    return error_response(not_ready)
 
 
 # -- scoring -----------------------------------------------------------------------------
@@ -211,7 +192,8 @@ def forward(path: str = "") -> Response:
         target += "?" + request.query_string.decode("latin-1")
     try:
         with _deadline(rt.settings.scoring_timeout_ms):
-            status, body, headers = rt.forwarder.forward(
+            forwarder: TritonForwarder = current_app.extensions[FORWARDER]
+            status, body, headers = forwarder.forward(
                 request.method, target, request.get_data(cache=False), dict(request.headers)
             )
     except ScoringError as exc:
@@ -225,7 +207,7 @@ def swagger() -> Response:
     from triton_score.http.openapi import build_openapi  # noqa: PLC0415
 
     rt = runtime()
-    return _json(build_openapi(rt))
+    return json_response(build_openapi(rt))
 
 
 @blueprint.get("/metrics")

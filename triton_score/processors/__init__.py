@@ -36,6 +36,7 @@ Where processors come from: :mod:`triton_score.processors.loading`.
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -43,6 +44,7 @@ from triton_score.codecs import tensors
 from triton_score.codecs.request import Request
 from triton_score.metadata import ModelInfo
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 MODELS_ATTRIBUTE = "__score_models__"
 _METHODS = {"preprocess": 2, "postprocess": 3, "load": 1}
@@ -77,6 +79,13 @@ def check_processor_class(cls: type) -> None:
         raise ProcessorDefinitionError(
             f"{cls.__qualname__} defines neither preprocess() nor postprocess()"
         )
+    for name in (*_METHODS, "outputs"):
+        method = getattr(cls, name, None)
+        if inspect.iscoroutinefunction(method) or inspect.isasyncgenfunction(method):
+            raise ProcessorDefinitionError(
+                f"{cls.__qualname__}.{name}() is async; processor hooks must be plain "
+                "functions (the worker is already concurrent: gevent runs many requests at once)"
+            )
     for name, arity in _METHODS.items():
         method = getattr(cls, name, None)
         if method is None:
@@ -139,14 +148,20 @@ class Processor:
 class ProcessorRegistry:
     """Model name -> :class:`Processor`; frozen once the server starts serving.
 
-    Registering two processors for one model is an error (naming both), not a silent
-    override.
+    Sources are registered in order of precedence (see :mod:`triton_score.processors.loading`),
+    each after a call to :meth:`next_source`. Within one source, two processors for one model
+    are an error naming both, not a silent override; across sources the earlier one wins.
     """
 
     def __init__(self) -> None:
-        self._classes: dict[str, tuple[type, str]] = {}
+        self._classes: dict[str, tuple[type, str, int]] = {}
         self._instances: dict[str, Processor] = {}
         self._frozen = False
+        self._source = 0
+
+    def next_source(self) -> None:
+        """What is registered from now on yields to what was registered before."""
+        self._source += 1
 
     def register(self, cls: type, source: str = "", models: Iterable[str] | None = None) -> None:
         if self._frozen:
@@ -159,12 +174,22 @@ class ProcessorRegistry:
             )
         for model in names:
             if model in self._classes and self._classes[model][0] is not cls:
-                other, where = self._classes[model]
+                other, where, rank = self._classes[model]
+                if rank < self._source:
+                    log.info(
+                        "model %s: processor %s (%s) is used; %s (%s) comes later and is not",
+                        model,
+                        other.__qualname__,
+                        where,
+                        cls.__qualname__,
+                        source,
+                    )
+                    continue
                 raise ProcessorDefinitionError(
                     f"two processors for model {model!r}: {other.__qualname__} ({where}) "
                     f"and {cls.__qualname__} ({source})"
                 )
-            self._classes[model] = (cls, source)
+            self._classes.setdefault(model, (cls, source, self._source))
 
     def register_module(self, module: Any, source: str = "") -> int:
         """Register every ``@processor`` class defined in ``module``; returns how many."""

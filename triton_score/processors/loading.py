@@ -1,14 +1,19 @@
 """Find and import processor modules.
 
-Sources, all loaded once at start-up (never per request):
+Sources, all loaded once at start-up (never per request), in this order; when two sources
+have a processor for the same model, the earlier source wins (and the log says so), while two
+processors for one model within one source are an error:
 
 1. specs in ``SCORE_PROCESSORS`` / ``--processors`` (comma-separated): a module name
    (``my_pkg.processors``), a ``.py`` file path, or ``module:Class`` for one class;
-2. ``processors.py`` beside the model repository (``models/processors.py`` for
-   ``models/triton``), when no spec is given — the convention of the template;
-   the spec ``none`` turns processors off (every model uses the default codec);
-3. the ``triton_score.processors`` entry-point group of installed packages, so a package
+2. the deployment's **code directory** (``score/`` in the template, where ``score.py``
+   lives): ``processors.py`` and every ``*_processor.py`` / ``*_processors.py`` in it;
+3. ``processors.py`` beside the model repository (``models/processors.py`` for
+   ``models/triton``), the layout of earlier versions;
+4. the ``triton_score.processors`` entry-point group of installed packages, so a package
    can ship processors with ``[project.entry-points."triton_score.processors"]``.
+
+The single spec ``none`` turns processors off: every model uses the default codec.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from triton_score.processors import ProcessorDefinitionError, ProcessorRegistry
 
 ENTRY_POINT_GROUP = "triton_score.processors"
 CONVENTIONAL_FILE = "processors.py"
+#: Processor files of a code directory (``score new`` writes ``<name>_processor.py``).
+CODE_DIRECTORY_PATTERNS = (CONVENTIONAL_FILE, "*_processor.py", "*_processors.py")
 NO_PROCESSORS = "none"
 
 
@@ -59,8 +66,12 @@ def import_file(path: Path) -> ModuleType:
     return module
 
 
-def load_spec(registry: ProcessorRegistry, spec: str) -> int:
-    """Load one spec into ``registry``; returns the number of processor classes found."""
+def load_spec(registry: ProcessorRegistry, spec: str, *, required: bool = True) -> int:
+    """Load one spec into ``registry``; returns the number of processor classes found.
+
+    :param required: a spec the user named must define a processor; a file found by
+        convention may define none.
+    """
     target, _, attribute = spec.partition(":")
     try:
         if target.endswith(".py") or "/" in target:
@@ -85,31 +96,44 @@ def load_spec(registry: ProcessorRegistry, spec: str) -> int:
         registry.register(cls, spec)
         return 1
     count = registry.register_module(module, spec)
-    if count == 0:
+    if count == 0 and required:
         raise ProcessorLoadError(f"processor {spec!r} defines no @processor class")
     return count
+
+
+def code_directory_files(code_directory: str | Path) -> list[Path]:
+    """The processor files of a code directory, in a stable order."""
+    folder = Path(code_directory)
+    if not folder.is_dir():
+        return []
+    found = {p for pattern in CODE_DIRECTORY_PATTERNS for p in folder.glob(pattern)}
+    return sorted(p for p in found if p.is_file())
 
 
 def load_processors(
     specs: Iterable[str] = (),
     *,
+    code_directory: str | Path | None = None,
     model_repository: str | Path | None = None,
     use_entry_points: bool = True,
 ) -> ProcessorRegistry:
-    """Build a registry from specs, the conventional file and entry points.
-
-    The single spec ``none`` loads nothing at all: every model uses the default codec.
-    """
+    """Build a registry from the sources listed in this module's docstring, in order."""
     registry = ProcessorRegistry()
     specs = list(specs)
     if specs == [NO_PROCESSORS]:
         return registry
-    if not specs and model_repository:
-        conventional = Path(model_repository).parent / CONVENTIONAL_FILE
-        if conventional.is_file():
-            specs.append(str(conventional))
     for spec in specs:
         load_spec(registry, spec)
+    registry.next_source()
+    if code_directory:
+        for path in code_directory_files(code_directory):
+            load_spec(registry, str(path), required=False)
+        registry.next_source()
+    if model_repository:
+        beside = Path(model_repository).parent / CONVENTIONAL_FILE
+        if beside.is_file():
+            load_spec(registry, str(beside), required=False)
+        registry.next_source()
     if use_entry_points:
         for entry_point in entry_points(group=ENTRY_POINT_GROUP):
             try:

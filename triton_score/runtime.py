@@ -1,0 +1,103 @@
+"""The one way a scoring runtime is built: :func:`build_runtime`.
+
+The Flask app (``create_app``), the AzureML entry script (``triton_score.entry``), the tests
+and the benchmarks all call it, so they find the same model repository, the same processors
+and the same entry script from the same :class:`~triton_score.settings.Settings`::
+
+    Settings ─► model repository, code directory ─► processors ─┐
+                                                                 ├─► Scorer (native)
+    AZUREML_ENTRY_SCRIPT ─► the template's score.py? ─ yes ─────┘
+                                                     └ no ──► EntryScript (init()/run())
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+from triton_score.entry_script import EntryScript, is_native
+from triton_score.locations import find_code_directory, find_model_repository
+from triton_score.metrics import Metrics
+from triton_score.pipeline import Scorer
+from triton_score.processors.loading import load_processors
+from triton_score.settings import Settings
+from triton_score.triton import TritonGateway
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """One worker's scoring runtime: the Triton gateway, then a :class:`Scorer` (processors,
+    every model) or a user's :class:`EntryScript` (its own ``init()``/``run()``)."""
+
+    settings: Settings
+    gateway: TritonGateway
+    metrics: Metrics
+    scorer: Scorer | None = None
+    entry_script: EntryScript | None = None
+
+    def init(self) -> None:
+        """What a worker does at boot: wait for Triton and read metadata, or ``init()``."""
+        if self.entry_script is not None:
+            self.entry_script.init()
+        elif self.scorer is not None:
+            self.scorer.init()
+
+    def is_ready(self) -> bool:
+        if self.scorer is not None:
+            return self.scorer.is_ready()
+        return self.gateway.is_ready()
+
+    def close(self) -> None:
+        self.gateway.close()
+
+
+def resolve_settings(settings: Settings) -> Settings:
+    """Fill in the model repository and code directory the way ``score serve`` finds them.
+
+    A model repository that cannot be found is left empty: Triton may be remote, and then
+    processors come from the code directory, the specs and entry points only.
+    """
+    repository = settings.model_repository
+    if not repository:
+        try:
+            repository = str(find_model_repository())
+        except FileNotFoundError:
+            repository = ""
+    code = find_code_directory(settings.code_directory, settings.entry_script)
+    return replace(
+        settings,
+        model_repository=repository,
+        code_directory=str(code) if code is not None else "",
+    )
+
+
+def build_runtime(settings: Settings | None = None, *, as_entry_script: bool = False) -> Runtime:
+    """Build (not start) a runtime from ``settings`` (default: the environment).
+
+    :param as_entry_script: the caller *is* the entry script (``triton_score.entry`` under
+        azmlinfsrv): serve natively and never load ``AZUREML_ENTRY_SCRIPT`` again.
+    """
+    settings = resolve_settings(settings or Settings.from_env())
+    gateway = TritonGateway(
+        settings.triton_url,
+        concurrency=settings.triton_concurrency,
+        timeout_s=settings.scoring_timeout_ms / 1000,
+    )
+    metrics = Metrics(settings.prometheus_multiproc_dir)
+    runtime = Runtime(settings=settings, gateway=gateway, metrics=metrics)
+    if settings.entry_script and not as_entry_script:
+        script = EntryScript(settings.entry_script)
+        if not is_native(script):
+            log.info("serving AzureML entry script %s (its init() and run())", script.path)
+            runtime.entry_script = script
+            return runtime
+        log.info("entry script %s is triton_score's own: serving natively", script.path)
+    registry = load_processors(
+        settings.processors,
+        code_directory=settings.code_directory or None,
+        model_repository=settings.model_repository or None,
+    )
+    runtime.scorer = Scorer(settings, gateway, registry, observe=metrics.observe_stage)
+    return runtime
