@@ -10,7 +10,7 @@ The public API, small on purpose:
 - :mod:`triton_score.entry` — ``init()``/``run()`` for use as an AzureML entry script.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from triton_score.codecs.request import Request  # noqa: E402
 from triton_score.errors import BadRequest, ScoringError  # noqa: E402
