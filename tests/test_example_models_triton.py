@@ -7,6 +7,7 @@ import pytest
 import tritonclient.http as httpclient
 from helpers import ROOT, held_out_digits, load_file, qa_cases
 
+from triton_score import ModelInfo, Request
 from triton_score.local import LocalTriton
 
 LABELS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -80,19 +81,32 @@ def test_qa_model_has_bidaf9_interface(client) -> None:
     }
 
 
+@pytest.fixture(scope="module")
+def qa_processor(client):
+    """score/qa_processor.py, loaded as ``score serve`` loads it (no download: see
+    tests/test_qa_tokenization.py), for the model Triton serves."""
+    module = load_file(ROOT / "score" / "qa_processor.py", "example_qa_processor")
+    model = ModelInfo.from_triton(
+        client.get_model_metadata("qa_lexical"), client.get_model_config("qa_lexical")
+    )
+    processor = module.QuestionAnswering()
+    processor.load(model)
+    return processor, model
+
+
 @pytest.mark.parametrize("case", qa_cases(), ids=lambda c: c["question"][:40])
-def test_qa_model_answers_fixed_questions(client, case: dict[str, str]) -> None:
-    processors = load_file(ROOT / "score" / "processors.py", "example_processors")
-    context_tokens = processors.tokenize(case["context"])
+def test_qa_model_answers_fixed_questions(client, qa_processor, case: dict[str, str]) -> None:
+    """bidaf-9's tensors from nltk's word_tokenize -> Triton -> the answer and its offsets."""
+    processor, model = qa_processor
+    payload = {"context": case["context"], "question": case["question"]}
+    request = Request(body=b"", content_type="application/json", json=payload)
     inputs = []
-    for prefix, text in (("context", case["context"]), ("query", case["question"])):
-        words, chars = processors.bidaf_tensors(processors.tokenize(text))
-        for name, array in ((f"{prefix}_word", words), (f"{prefix}_char", chars)):
-            inp = httpclient.InferInput(name, list(array.shape), "BYTES")
-            inp.set_data_from_numpy(array, binary_data=True)
-            inputs.append(inp)
+    for name, array in processor.preprocess(request, model).items():
+        inp = httpclient.InferInput(name, list(array.shape), "BYTES")
+        inp.set_data_from_numpy(array, binary_data=True)
+        inputs.append(inp)
     result = client.infer("qa_lexical", inputs)
-    start = int(result.as_numpy("start_pos")[0])
-    end = int(result.as_numpy("end_pos")[0])
-    answer = case["context"][context_tokens[start].start() : context_tokens[end].end()]
-    assert answer == case["answer"]
+    outputs = {name: result.as_numpy(name) for name in ("start_pos", "end_pos")}
+    answer = processor.postprocess(outputs, request, model)
+    assert answer["answer"] == case["answer"]
+    assert case["context"][answer["start"] : answer["end"]] == case["answer"]

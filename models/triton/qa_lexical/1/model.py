@@ -39,7 +39,9 @@ Algorithm (pure string heuristics, no learned weights, no downloaded data):
 It answers simple factoid questions whose answer sits in one sentence next to the question's
 words; it cannot paraphrase, resolve pronouns or return clauses.
 
-``tokenize`` is the tokenisation rule clients must use to produce ``context_word``/``query_word``.
+Clients tokenize as bidaf-9's do, with ``nltk.word_tokenize`` (``score/qa_processor.py``), so
+a double quote arrives as two backticks or two apostrophes and ``don't`` as ``do`` + ``n't``.
+``tokenize`` below is a dependency-free approximation of it, used by this file's offline tests.
 """
 
 from __future__ import annotations
@@ -125,7 +127,7 @@ OTHER, PERSON, PLACE, TIME, QUANTITY, MEASURE = (
 
 
 def tokenize(text: str) -> list[str]:
-    """The shared word tokeniser: words (with inner ``-``/``'``) and single punctuation marks."""
+    """Words (with inner ``-``/``'``) and single punctuation marks: close to word_tokenize."""
     return TOKEN_RE.findall(text)
 
 
