@@ -77,6 +77,27 @@ def test_qa_processor_answers(score_server: ScoreServer, case: dict[str, str]) -
     assert case["context"][body["start"] : body["end"]] == case["answer"]
 
 
+@pytest.mark.parametrize(
+    ("question", "answer"),
+    [
+        ("When was the nickname coined?", "1976"),
+        ("Who was called the Iron Lady?", "Margaret Thatcher"),
+    ],
+)
+def test_qa_offsets_are_characters_of_the_context(
+    score_server: ScoreServer, question: str, answer: str
+) -> None:
+    """nltk's words differ from the text (`` and '' for ", n't, 's): offsets still index it."""
+    context = (
+        'The "Iron Lady", Margaret Thatcher\'s nickname, was coined by a Soviet newspaper in '
+        "1976. She didn't mind."
+    )
+    response = post(score_server, "/score/qa_lexical", {"context": context, "question": question})
+    assert response.status_code == 200, response.text
+    start = context.index(answer)
+    assert response.json() == {"answer": answer, "start": start, "end": start + len(answer)}
+
+
 def test_score_without_model_name_needs_a_default(score_server: ScoreServer) -> None:
     response = post(score_server, "/score", {"image": [[0] * 8] * 8})
     assert response.status_code == 400
