@@ -51,7 +51,9 @@ def run(raw_data: str | bytes, request_headers: Mapping[str, str] | None = None)
     except ScoringError as exc:
         log.warning("request failed: %s", exc.message)
         body = {**exc.to_dict(header(headers, REQUEST_ID)), "status_code": exc.status_code}
-        if "azureml_inference_server_http" in sys.modules:  # served by azmlinfsrv
+        # Served by azmlinfsrv: its app is built (its api modules alone may be imported
+        # anywhere, e.g. by score serve for an entry script's imports).
+        if "azureml_inference_server_http.server.aml_blueprint" in sys.modules:
             from azureml_inference_server_http.api.aml_response import AMLResponse
 
             return AMLResponse(body, exc.status_code, exc.headers, json_str=True)

@@ -1,62 +1,130 @@
-"""Serve a user's AzureML entry script (``init()`` + ``run(raw)``) unmodified.
+"""Serve a user's AzureML entry script (``init()`` + ``run()``) unmodified.
 
 An AzureML entry script is a plain ``.py`` file: ``init()`` is called once per worker and
-``run(raw_data)`` once per request, with the request body as a string; what ``run`` returns
-is sent back as JSON. Scripts written for the AzureML-Triton image import
-``tritonhttpclient`` (the old name of ``tritonclient.http``), which this package provides.
+``run()`` once per request. ``run`` receives the request the way azmlinfsrv, AzureML's own
+server, passes it (see :mod:`triton_score.azureml.inputs`, and ``docs/entry-scripts.md``):
+
+- ``run(data)``: the body as a string; ``run(data, request_headers)`` also the headers;
+- ``@rawhttp``: the HTTP request itself; it may return an ``AMLResponse`` (status, headers);
+- ``@input_schema``: the JSON body's fields as keyword arguments, converted by the decorators.
+
+What ``run`` returns is sent back as JSON, or as it is when it is a response object. Scripts
+written for the AzureML-Triton image import ``tritonhttpclient`` (the old name of
+``tritonclient.http``), which this package provides; ``azureml.contrib.services.aml_request``
+and ``aml_response`` resolve as they do under azmlinfsrv, installed or not.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
+import sys
+import time
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, NamedTuple
 
-from triton_score.codecs.request import Request
-from triton_score.errors import BadRequest, ProcessorError, ScoringError
+from flask import Request
+
+from triton_score.azureml import install_import_aliases, raw_http_flags
+from triton_score.azureml.aml_request import is_marked
+from triton_score.azureml.inputs import choose_input_parser
+from triton_score.azureml.schema import is_schema_decorated, service_schemas
+from triton_score.errors import RunFunctionFailed, ScoringError
 from triton_score.processors.loading import ProcessorLoadError, import_file
 
 log = logging.getLogger(__name__)
 
 
+class RunResult(NamedTuple):
+    """What ``run()`` returned, and how long it took (``x-ms-run-fn-exec-ms``)."""
+
+    output: Any
+    elapsed_ms: float
+
+
 class EntryScript:
-    """A loaded entry script; :meth:`init` once per worker, :meth:`run` per request."""
+    """A loaded entry script; :meth:`init` once per worker, :meth:`run` per request.
+
+    Loading checks what azmlinfsrv checks, each failure a :class:`ProcessorLoadError` with a
+    clear message: ``init`` and ``run`` exist; ``run`` takes no ``*args``, ``**kwargs`` or
+    positional-only parameters, and some parameter besides ``request_headers``; it is not
+    both ``@rawhttp`` and ``@input_schema``.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise ProcessorLoadError(f"entry script {str(self.path)!r} does not exist")
-        self.module = import_file(self.path)
+        self.module, flagged = self._load()
         for name in ("init", "run"):
             if not callable(getattr(self.module, name, None)):
                 raise ProcessorLoadError(f"entry script {self.path.name} has no {name}() function")
-        parameters = inspect.signature(self.module.run).parameters
-        #: azmlinfsrv passes the headers when run() declares ``request_headers``.
-        self.wants_headers = "request_headers" in parameters
+        #: The ``run`` called per request: a driver module's, when the script is a proxy that
+        #: some AzureML SDKs generate (azmlinfsrv calls the real script's run() directly).
+        self.function = self.module.run
+        driver = getattr(self.module, "driver_module", None)
+        if isinstance(driver, ModuleType) and callable(getattr(driver, "run", None)):
+            self.function = driver.run
+        #: ``@rawhttp``: run() receives the request object.
+        self.raw_http = flagged or is_marked(self.function)
+        self.input_parser, self.wants_headers = choose_input_parser(
+            self.function,
+            raw_http=self.raw_http,
+            schema_decorated=is_schema_decorated(self.function),
+            where=f"entry script {self.path.name}",
+        )
+
+    def _load(self) -> tuple[ModuleType, bool]:
+        """Import the script; and whether ``@rawhttp`` was applied while it ran."""
+        install_import_aliases()
+        flags = raw_http_flags()
+        for module in flags:
+            module._rawHttpRequested = False  # type: ignore[attr-defined]
+        try:
+            module = import_file(self.path, fresh=True)
+        except (Exception, SystemExit) as exc:
+            raise ProcessorLoadError(
+                f"entry script {self.path.name} failed to import: {type(exc).__name__}: {exc}"
+            ) from exc
+        # The script may have imported azmlinfsrv's module itself: its flag counts too.
+        return module, any(m._rawHttpRequested for m in {*flags, *raw_http_flags()})
 
     def init(self) -> None:
         self.module.init()
 
-    def run(self, request: Request) -> Any:
+    @property
+    def methods(self) -> frozenset[str]:
+        """The HTTP methods ``run`` is called for on ``/score``."""
+        return self.input_parser.methods
+
+    def schemas(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Request and response schemas for ``/swagger.json`` (from ``@input_schema`` and
+        ``@output_schema``, else open objects), as azmlinfsrv documents them."""
+        return service_schemas(self.function)
+
+    def run(self, request: Request, request_id: str = "") -> RunResult:
+        """Call ``run()`` with what ``request`` holds, the way the script asks for it.
+
+        :raises ScoringError: the request does not fit (400, 415), or ``run()`` raised
+            (:class:`RunFunctionFailed`, 500; the traceback goes to the log only).
+        """
+        arguments = self.input_parser(request)
+        if self.wants_headers:
+            arguments["request_headers"] = dict(request.headers)
+        started = time.perf_counter()
         try:
-            raw = request.body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise BadRequest(f"the body is not valid UTF-8 (byte {exc.start})") from None
-        try:
-            if self.wants_headers:
-                return self.module.run(raw, request_headers=dict(request.headers))
-            return self.module.run(raw)
+            output = self.function(**arguments)
         except ScoringError:
             raise
         except Exception as exc:
             log.exception(
-                "run() of entry script %s failed (request %s)", self.path.name, request.id
+                "run() of entry script %s failed (request %s)", self.path.name, request_id
             )
-            raise ProcessorError(
-                f"the entry script's run() failed; see the server log for request id {request.id}",
-                details={"request_id": request.id},
+            raise RunFunctionFailed(
+                f"the entry script's run() failed; see the server log for request id {request_id}",
+                details={"request_id": request_id},
             ) from exc
+        return RunResult(output, (time.perf_counter() - started) * 1000)
 
 
 def is_native(script: EntryScript) -> bool:
@@ -66,3 +134,17 @@ def is_native(script: EntryScript) -> bool:
     from triton_score import entry  # noqa: PLC0415 - entry builds runtimes, which load scripts
 
     return script.module.init is entry.init and script.module.run is entry.run
+
+
+def check(path: str) -> int:
+    """Load the entry script at ``path`` as a worker would, without calling ``init()``: print
+    why it cannot be served, as one line, and return 2; or return 0.
+
+    ``score serve`` runs this in a child process before it starts anything.
+    """
+    try:
+        EntryScript(path)
+    except ProcessorLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    return 0

@@ -85,6 +85,14 @@ class ProcessorError(ScoringError):
     code = "processor_error"
 
 
+class RunFunctionFailed(ProcessorError):
+    """An entry script's ``run()`` raised (500, logged); flagged as azmlinfsrv flags it."""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"x-ms-run-function-failed": "True"}
+
+
 class TritonError(ScoringError):
     """Triton answered with an error; ``status_code`` is Triton's own."""
 

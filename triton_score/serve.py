@@ -29,9 +29,13 @@ from pathlib import Path
 from types import FrameType
 
 from triton_score.local import LocalTriton, TritonNotFound, TritonStartError, find_tritonserver
-from triton_score.locations import find_model_repository
+from triton_score.locations import find_model_repository, resolve_entry_script
 
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
+#: Run in a child process by :meth:`Supervisor._check_entry_script`.
+ENTRY_SCRIPT_CHECK = (
+    "import sys; from triton_score.entry_script import check; sys.exit(check(sys.argv[1]))"
+)
 
 
 @dataclass
@@ -142,6 +146,10 @@ class Supervisor:
             if missing:
                 self.say(f"error: processor file {missing[0].strip()!r} does not exist")
                 return 2
+        refused = self._check_entry_script()
+        if refused:
+            self.say(refused)
+            return 2
         try:
             repository = find_model_repository(opts.models).resolve()
             triton_url = opts.triton_url or os.environ.get("TRITON_URL") or "localhost:8000"
@@ -180,6 +188,42 @@ class Supervisor:
             return 0
         self._start_gunicorn(repository, triton_url)
         return self._supervise(triton_url)
+
+    def _check_entry_script(self) -> str:
+        """Load the entry script (``--entry-script`` or ``AZUREML_ENTRY_SCRIPT``) as a worker
+        will, in a child process, without calling ``init()``: why it cannot be served (one
+        line), or ``""``. Run before anything starts, so a script azmlinfsrv would refuse
+        (a run() it cannot call, an import error) is one clear line, not a worker traceback."""
+        script = self.options.entry_script or resolve_entry_script(
+            os.environ.get("AZUREML_ENTRY_SCRIPT", ""), os.environ.get("AML_APP_ROOT", "")
+        )
+        if not script:
+            return ""
+        # What the workers will see (the script may read it at import time).
+        triton = {"TRITON_URL": self.options.triton_url} if self.options.triton_url else {}
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", ENTRY_SCRIPT_CHECK, str(Path(script).resolve())],
+                env={**os.environ, **triton},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,  # what the script prints shows when a worker loads it
+                stderr=subprocess.PIPE,
+                text=True,
+                errors="replace",
+                timeout=self.options.ready_timeout,
+            )
+        except subprocess.TimeoutExpired:
+            return (
+                f"error: loading entry script {script} took over {self.options.ready_timeout:.0f} s"
+            )
+        if done.returncode == 0:
+            return ""
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        reported = [line for line in lines if line.startswith("error: ")]
+        if reported:
+            return reported[-1]
+        tail = "\n".join(lines[-20:])
+        return f"error: loading entry script {script} failed (exit code {done.returncode}):\n{tail}"
 
     def _start_gunicorn(self, repository: Path, triton_url: str) -> None:
         opts = self.options

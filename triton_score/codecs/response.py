@@ -10,9 +10,11 @@ import orjson
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
-def _default(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """What JSON encoders cannot encode themselves (numpy arrays and scalars, bytes, sets,
+    tuples) as plain values; a ``default=`` for :func:`json.dumps` too."""
     if isinstance(value, np.ndarray):  # object/bytes arrays orjson cannot serialise natively
-        return [_default(v) if isinstance(v, np.ndarray | bytes) else v for v in value.tolist()]
+        return [jsonable(v) if isinstance(v, np.ndarray | bytes) else v for v in value.tolist()]
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     if isinstance(value, np.generic):
@@ -34,7 +36,7 @@ def encode_json(value: Any) -> bytes:
     """JSON-encode ``value``; numpy arrays and scalars become lists and numbers."""
     if isinstance(value, np.ndarray) and value.dtype == np.object_:
         value = _decode_bytes(value.tolist())
-    return orjson.dumps(value, default=_default, option=_OPTIONS)
+    return orjson.dumps(value, default=jsonable, option=_OPTIONS)
 
 
 def encode_response(value: Any) -> tuple[bytes, str]:

@@ -19,11 +19,12 @@ from __future__ import annotations
 import logging
 import sys
 
-from flask import Flask
+from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from triton_score.errors import ScoringError
 from triton_score.http import routes
+from triton_score.http.cors import Cors
 from triton_score.http.forward import TritonForwarder
 from triton_score.http.responses import (
     EXTENSION,
@@ -73,6 +74,14 @@ def create_app(
     app.register_blueprint(routes.blueprint)
     app.before_request(routes.assign_request_id)
     app.after_request(routes.echo_request_id)
+    if rt.settings.cors_origins:  # AML_CORS_ORIGINS
+        cors = Cors(rt.settings.cors_origins)
+        log.info("CORS enabled for %s", ", ".join(rt.settings.cors_origins))
+
+        def add_cors_headers(response: Response) -> Response:
+            return cors.apply(request, response)
+
+        app.after_request(add_cors_headers)
     app.register_error_handler(ScoringError, error_response)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(Exception, unexpected_error)

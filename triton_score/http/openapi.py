@@ -177,17 +177,40 @@ def build_openapi(rt: Any) -> dict[str, Any]:
             )
             operation["operationId"] = "score"
             paths["/score"] = {"post": operation}
-    else:
-        paths["/score"] = {
-            "post": {
-                "summary": "Score with the AzureML entry script's run()",
-                "requestBody": {"content": {"application/json": {"schema": {}}}},
-                "responses": {"200": {"description": "what run() returned"}},
-            }
-        }
+    schemas: dict[str, Any] = {"Error": ERROR_SCHEMA}
+    if rt.entry_script is not None:
+        # As azmlinfsrv documents a script: ServiceInput/ServiceOutput from @input_schema and
+        # @output_schema (inference-schema's OpenAPI 3.0 form), else open objects.
+        schemas["ServiceInput"], schemas["ServiceOutput"] = rt.entry_script.schemas()
+        paths["/score"] = {"post": _entry_script_operation()}
     return {
         "openapi": "3.0.3",
         "info": {"title": "triton-score", "version": __version__},
         "paths": paths,
-        "components": {"schemas": {"Error": ERROR_SCHEMA}},
+        "components": {"schemas": schemas},
+    }
+
+
+def _entry_script_operation() -> dict[str, Any]:
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    return {
+        "summary": "Score with the AzureML entry script's run()",
+        "operationId": "score",
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/ServiceInput"}}
+            },
+        },
+        "responses": {
+            "200": {
+                "description": "what run() returned",
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ServiceOutput"}}
+                },
+            },
+            "400": {"description": "the request does not fit run()", "content": error},
+            "415": {"description": "run() takes JSON: send application/json", "content": error},
+            "500": {"description": "run() failed (see the log)", "content": error},
+        },
     }

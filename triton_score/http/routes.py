@@ -4,7 +4,8 @@
 ``GET /``                   liveness: 200 ``Healthy`` while the worker runs
 ``GET /v2/health/live``     liveness, Triton style
 ``GET /v2/health/ready``    200 only when the models are loaded and Triton is ready
-``POST /score``             score on the default model (the only one, or SCORE_MODEL)
+``POST /score``             score on the default model (the only one, or SCORE_MODEL); with
+                            an entry script, its run() (also GET, and OPTIONS for @rawhttp)
 ``POST /score/<model>``     score on a named model
 ``/v2/...``                 forwarded to Triton unchanged (metadata, infer, stats...)
 ``GET /swagger.json``       OpenAPI 3 document built from the models and processors
@@ -20,9 +21,11 @@ import uuid
 from contextlib import AbstractContextManager, nullcontext
 
 from flask import Blueprint, Response, current_app, g, request
+from werkzeug.exceptions import MethodNotAllowed
 
 from triton_score.codecs.request import REQUEST_ID, decode_request
 from triton_score.codecs.response import encode_response
+from triton_score.entry_script import EntryScript
 from triton_score.errors import (
     HTTPFailure,
     ScoringError,
@@ -32,6 +35,7 @@ from triton_score.errors import (
 )
 from triton_score.http.forward import TritonForwarder
 from triton_score.http.responses import error_response, json_response, runtime
+from triton_score.runtime import Runtime
 
 log = logging.getLogger("triton_score")
 blueprint = Blueprint("triton_score", __name__)
@@ -49,6 +53,11 @@ TRITON_FAILURES = {
 MS_REQUEST_ID = "x-ms-request-id"
 MS_CLIENT_REQUEST_ID = "x-ms-client-request-id"
 
+
+#: Response headers azmlinfsrv adds to run()'s answers: time spent in run(), in ms, and
+#: whether it failed (raised, or answered 5xx).
+RUN_TIME = "x-ms-run-fn-exec-ms"
+RUN_FUNCTION_FAILED = "x-ms-run-function-failed"
 
 #: AzureML's server refuses longer ids with 431; so do we.
 MAX_ID_LENGTH = 100
@@ -141,10 +150,40 @@ def _model_label(model: str | None) -> str:
         return "default"
 
 
-@blueprint.post("/score")
+def _other_method(rt: Runtime) -> Response | None:
+    """``/score`` for a method other than POST: the entry script's run() when it reads that
+    method; otherwise 200 to OPTIONS (a CORS preflight, as azmlinfsrv), else 405."""
+    if rt.entry_script is not None and request.method in rt.entry_script.methods:
+        return None
+    if request.method == "OPTIONS":
+        allowed = "GET, OPTIONS, POST" if rt.entry_script is not None else "OPTIONS, POST"
+        return Response(status=200, headers={"Allow": allowed})
+    script = rt.entry_script
+    raise MethodNotAllowed(valid_methods=sorted(script.methods) if script else ["POST"])
+
+
+def _run_entry_script(script: EntryScript) -> Response:
+    """run()'s output as a response (a response object as it is, anything else as JSON),
+    with azmlinfsrv's ``x-ms-run-fn-exec-ms`` and ``x-ms-run-function-failed``."""
+    result = script.run(request._get_current_object(), g.request_id)  # type: ignore[attr-defined]
+    if isinstance(result.output, Response):  # AMLResponse (ours or azmlinfsrv's) and friends
+        response = result.output
+    else:
+        body, content_type = encode_response(result.output)
+        response = Response(body, status=200, mimetype=content_type)
+    response.headers[RUN_FUNCTION_FAILED] = str(response.status_code >= 500)
+    response.headers[RUN_TIME] = f"{result.elapsed_ms:.3f}"
+    return response
+
+
+@blueprint.route("/score", methods=["GET", "POST", "OPTIONS"], provide_automatic_options=False)
 @blueprint.post("/score/<model>")
 def score(model: str | None = None) -> Response:
     rt = runtime()
+    if request.method != "POST":
+        answered = _other_method(rt)
+        if answered is not None:
+            return answered
     metrics = rt.metrics
     started = time.perf_counter()
     metrics.in_flight.inc()
@@ -152,21 +191,18 @@ def score(model: str | None = None) -> Response:
     triton_failure = ""
     try:
         with _deadline(rt.settings.scoring_timeout_ms):
+            if rt.entry_script is not None:
+                response = _run_entry_script(rt.entry_script)
+                status = response.status_code
+                return response
+            assert rt.scorer is not None
             decoded = decode_request(
                 request.get_data(cache=False),
                 request.content_type or "",
                 dict(request.headers),
                 g.request_id,
             )
-            if rt.entry_script is not None:
-                result = rt.entry_script.run(decoded)
-                if isinstance(result, Response):  # AMLResponse and friends: sent as they are
-                    status = result.status_code
-                    return result
-            else:
-                assert rt.scorer is not None
-                result = rt.scorer.score(decoded, model)
-            body, content_type = encode_response(result)
+            body, content_type = encode_response(rt.scorer.score(decoded, model))
         status = 200
         return Response(body, status=200, mimetype=content_type)
     except ScoringError as exc:

@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import importlib
 import importlib.util
+import itertools
 import sys
 from collections.abc import Iterable
 from importlib.metadata import entry_points
@@ -41,11 +42,20 @@ class ProcessorLoadError(RuntimeError):
     """A processor spec could not be imported; the message names the spec."""
 
 
-def import_file(path: Path) -> ModuleType:
-    """Import a ``.py`` file under a stable, unique module name."""
+_fresh_imports = itertools.count(1)
+
+
+def import_file(path: Path, *, fresh: bool = False) -> ModuleType:
+    """Import a ``.py`` file under a stable, unique module name.
+
+    :param fresh: run the file again, under a new name, even if it was imported before (an
+        entry script: what its decorators record while it runs is read right after).
+    """
     path = path.resolve()
     digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
     name = f"score_user_{path.stem}_{digest}"
+    if fresh:
+        name += f"_{next(_fresh_imports)}"
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
