@@ -6,6 +6,7 @@ The public API, small on purpose:
   :mod:`triton_score.processors`, and ``docs/processors.md``);
 - :class:`Request`, :class:`ModelInfo`, :class:`TensorSpec` — what processors receive;
 - :class:`BadRequest` — raise it for a request that cannot be scored (400);
+- :class:`Response` — return it from ``postprocess`` to choose status, headers, content type;
 - :func:`create_app` — the Flask app factory Gunicorn runs;
 - :mod:`triton_score.entry` — ``init()``/``run()`` for use as an AzureML entry script.
 """
@@ -13,6 +14,7 @@ The public API, small on purpose:
 __version__ = "0.2.0"
 
 from triton_score.codecs.request import Request  # noqa: E402
+from triton_score.codecs.response import Response  # noqa: E402
 from triton_score.errors import BadRequest, ScoringError  # noqa: E402
 from triton_score.metadata import ModelInfo, TensorSpec  # noqa: E402
 from triton_score.processors import processor  # noqa: E402
@@ -30,6 +32,7 @@ __all__ = [
     "BadRequest",
     "ModelInfo",
     "Request",
+    "Response",
     "ScoringError",
     "TensorSpec",
     "create_app",

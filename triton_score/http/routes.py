@@ -22,7 +22,7 @@ from contextlib import AbstractContextManager, nullcontext
 from flask import Blueprint, Response, current_app, g, request
 
 from triton_score.codecs.request import REQUEST_ID, decode_request
-from triton_score.codecs.response import encode_response
+from triton_score.codecs.response import render
 from triton_score.errors import (
     HTTPFailure,
     ScoringError,
@@ -166,9 +166,14 @@ def score(model: str | None = None) -> Response:
             else:
                 assert rt.scorer is not None
                 result = rt.scorer.score(decoded, model)
-            body, content_type = encode_response(result)
-        status = 200
-        return Response(body, status=200, mimetype=content_type)
+            encoded = render(result)  # a triton_score.Response keeps its status and headers
+        status = encoded.status
+        return Response(
+            encoded.body,
+            status=encoded.status,
+            headers=encoded.headers,
+            content_type=encoded.content_type,
+        )
     except ScoringError as exc:
         status = exc.status_code
         triton_failure = TRITON_FAILURES.get(type(exc), "")
