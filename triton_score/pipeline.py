@@ -13,11 +13,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from triton_score.codecs.request import REQUEST_ID, Request, decode_request, header
 from triton_score.errors import BadRequest, ModelNotFound, ProcessorError, ScoringError
+from triton_score.locations import is_local_address
 from triton_score.metadata import ModelInfo
 from triton_score.processors import Processor, ProcessorRegistry
 from triton_score.settings import Settings
@@ -64,7 +66,10 @@ class Scorer:
         with self._lock:
             if self.models:
                 return self.models
-            models = self.gateway.load_models(self.settings.models)
+            models = {
+                name: self._located(info)
+                for name, info in self.gateway.load_models(self.settings.models).items()
+            }
             missing = [m for m in self.processors.models() if m not in models]
             if missing:
                 log.info("processors for models Triton does not serve (unused): %s", missing)
@@ -87,6 +92,22 @@ class Scorer:
     @property
     def loaded(self) -> bool:
         return bool(self.models)
+
+    def _repository(self) -> Path | None:
+        """The model repository Triton serves, when it is on this machine and known."""
+        if not self.settings.model_repository:
+            return None
+        host = self.settings.triton_url.removeprefix("http://").rpartition(":")[0]
+        if not is_local_address(host):
+            return None
+        repository = Path(self.settings.model_repository)
+        return repository.resolve() if repository.is_dir() else None
+
+    def _located(self, model: ModelInfo) -> ModelInfo:
+        """``model`` with its folder in the (original) model repository, when there is one."""
+        repository = self._repository()
+        folder = repository / model.name if repository is not None else None
+        return replace(model, directory=folder if folder and folder.is_dir() else None)
 
     def is_ready(self) -> bool:
         """Ready to score: models loaded and Triton answering ready."""
