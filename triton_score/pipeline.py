@@ -145,6 +145,7 @@ class Scorer:
         processor = self.processors.for_model(model.name)
 
         started = time.perf_counter()
+        processor.check_request(request)
         raw_inputs = self._call(processor, "preprocess", processor.preprocess, request, model)
         _expect(processor, "preprocess", raw_inputs, Mapping, "a mapping of input name to array")
         inputs = validate_inputs(model, raw_inputs)

@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 from triton_score.codecs import tensors
 from triton_score.codecs.request import Request
 from triton_score.metadata import ModelInfo
+from triton_score.processors.schema import RequestContract
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -103,6 +104,10 @@ def check_processor_class(cls: type) -> None:
         raise ProcessorDefinitionError(
             f"{cls.__qualname__} must be constructible without arguments"
         ) from None
+    try:
+        RequestContract(cls)
+    except ValueError as exc:
+        raise ProcessorDefinitionError(f"{cls.__qualname__}: {exc}") from None
 
 
 class Processor:
@@ -111,6 +116,9 @@ class Processor:
     def __init__(self, implementation: Any | None, source: str = "default codec") -> None:
         self.implementation = implementation
         self.source = source
+        #: The declared request (schema compiled once, here), or ``None`` if nothing to check.
+        contract = RequestContract(implementation) if implementation is not None else None
+        self.contract = contract if contract is not None and contract.active else None
 
     @property
     def name(self) -> str:
@@ -122,6 +130,11 @@ class Processor:
         hook = getattr(self.implementation, "load", None)
         if hook is not None:
             hook(model)
+
+    def check_request(self, request: Request) -> None:
+        """Refuse a request that breaks the declared content types or ``request_schema``."""
+        if self.contract is not None:
+            self.contract.check(request)
 
     def preprocess(self, request: Request, model: ModelInfo) -> Mapping[str, Any]:
         hook = getattr(self.implementation, "preprocess", None)
