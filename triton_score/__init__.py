@@ -7,12 +7,14 @@ The public API, small on purpose:
 - :class:`Request`, :class:`ModelInfo`, :class:`TensorSpec` — what processors receive;
 - :class:`BadRequest` — raise it for a request that cannot be scored (400);
 - :class:`Response` — return it from ``postprocess`` to choose status, headers, content type;
+- :class:`Triton` — what an optional ``predict()`` calls models with;
 - :func:`create_app` — the Flask app factory Gunicorn runs;
 - :mod:`triton_score.entry` — ``init()``/``run()`` for use as an AzureML entry script.
 """
 
 __version__ = "0.2.0"
 
+from triton_score.calls import Triton  # noqa: E402
 from triton_score.codecs.request import Request  # noqa: E402
 from triton_score.codecs.response import Response  # noqa: E402
 from triton_score.errors import BadRequest, ScoringError  # noqa: E402
@@ -35,6 +37,7 @@ __all__ = [
     "Response",
     "ScoringError",
     "TensorSpec",
+    "Triton",
     "create_app",
     "processor",
 ]

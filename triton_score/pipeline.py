@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from triton_score.calls import Triton
 from triton_score.codecs.request import REQUEST_ID, Request, decode_request, header
 from triton_score.errors import BadRequest, ModelNotFound, ProcessorError, ScoringError
 from triton_score.locations import is_local_address
@@ -41,6 +42,8 @@ class Scorer:
     processors: ProcessorRegistry
     observe: StageObserver = field(default=lambda stage, model, seconds: None)
     models: dict[str, ModelInfo] = field(default_factory=dict)
+    #: Models a ``predict()`` called that are not served at ``/score`` (``SCORE_MODELS``).
+    helpers: dict[str, ModelInfo] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # -- start-up --------------------------------------------------------------------------
@@ -109,6 +112,24 @@ class Scorer:
         folder = repository / model.name if repository is not None else None
         return replace(model, directory=folder if folder and folder.is_dir() else None)
 
+    def lookup(self, name: str) -> ModelInfo:
+        """Any model Triton serves, for ``predict()``: a served one, else read once and kept.
+
+        A model Triton does not have is the deployment's error, not the client's: a 500.
+        """
+        found = self.ensure_loaded().get(name) or self.helpers.get(name)
+        if found is not None:
+            return found
+        try:
+            found = self._located(self.gateway.model_info(name))
+        except ModelNotFound:
+            log.error("a processor called model %r, which Triton does not serve", name)
+            raise ProcessorError(
+                f"a processor called model {name!r}, which Triton does not serve"
+            ) from None
+        self.helpers = {**self.helpers, name: found}
+        return found
+
     def is_ready(self) -> bool:
         """Ready to score: models loaded and Triton answering ready."""
         if not self.gateway.is_ready():
@@ -148,15 +169,25 @@ class Scorer:
         processor.check_request(request)
         raw_inputs = self._call(processor, "preprocess", processor.preprocess, request, model)
         _expect(processor, "preprocess", raw_inputs, Mapping, "a mapping of input name to array")
-        inputs = validate_inputs(model, raw_inputs)
-        chosen = self._call(processor, "outputs", processor.outputs, request, model)
-        if chosen is not None:
-            _expect(processor, "outputs", chosen, Mapping, "a mapping of output to class_count")
-        wanted = validate_outputs(model, chosen)
+        if processor.has_predict:
+            inputs, wanted = dict(raw_inputs), None  # predict() validates each of its calls
+        else:
+            inputs = validate_inputs(model, raw_inputs)
+            chosen = self._call(processor, "outputs", processor.outputs, request, model)
+            if chosen is not None:
+                _expect(processor, "outputs", chosen, Mapping, "a mapping of output to class_count")
+            wanted = validate_outputs(model, chosen)
         self.observe("preprocess", model.name, time.perf_counter() - started)
 
         started = time.perf_counter()
-        outputs = self.gateway.infer(model, inputs, wanted, request_id=request.id)
+        if processor.has_predict:
+            triton = Triton(self.gateway, self.lookup, request.id)
+            outputs = self._call(
+                processor, "predict", processor.predict, inputs, request, model, triton
+            )
+            _expect(processor, "predict", outputs, Mapping, "a mapping of output name to array")
+        else:
+            outputs = self.gateway.infer(model, inputs, wanted, request_id=request.id)
         self.observe("infer", model.name, time.perf_counter() - started)
 
         started = time.perf_counter()
