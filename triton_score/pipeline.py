@@ -1,9 +1,13 @@
 """The scoring pipeline: decode -> preprocess -> validate -> infer -> postprocess -> encode.
 
 :class:`Scorer` owns one worker's view of the world: the Triton gateway, each model's
-:class:`~triton_score.metadata.ModelInfo` (read once, cached) and the processors. The web layer
-hands it a decoded :class:`~triton_score.codecs.Request`; it returns what the client gets, or
-raises a :class:`~triton_score.errors.ScoringError`.
+:class:`~triton_score.metadata.ModelInfo` (read once, cached, swapped by :meth:`Scorer.refresh`
+when Triton reloads a model) and the processors. The web layer hands it a decoded
+:class:`~triton_score.codecs.Request`; it returns what the client gets, or raises a
+:class:`~triton_score.errors.ScoringError`.
+
+With a processor's ``predict()``, "validate -> infer" becomes the processor's own calls
+through a :class:`~triton_score.calls.Triton` handle, each validated the same way.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class Scorer:
     #: Models a ``predict()`` called that are not served at ``/score`` (``SCORE_MODELS``).
     helpers: dict[str, ModelInfo] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _missing: set[str] = field(default_factory=set, repr=False)
 
     # -- start-up --------------------------------------------------------------------------
     def init(self) -> bool:
@@ -198,6 +203,49 @@ class Scorer:
         self.observe("postprocess", model.name, time.perf_counter() - started)
         return result
 
+    # -- fresh metadata --------------------------------------------------------------------
+    def refresh(self, gateway: TritonGateway) -> list[str]:
+        """Read every model's metadata and config again (through ``gateway``, the refresher's
+        own client); where Triton reloaded a model with a new config or version, run the
+        processor's ``load(model)`` again and swap the :class:`ModelInfo` in, atomically.
+
+        :return: the names of the models that changed (new ones included).
+        """
+        if not self.models:
+            return []  # not loaded yet: the first request or readiness probe loads them
+        current, helpers = self.models, self.helpers
+        names = set(current)
+        if not self.settings.models:
+            names |= set(gateway.ready_model_names())  # every ready model is served
+        fresh_models, fresh_helpers = dict(current), dict(helpers)
+        changed = []
+        for name in sorted(names | set(helpers)):
+            try:
+                fresh = self._located(gateway.model_info(name))
+            except ScoringError as exc:
+                if name not in self._missing:
+                    log.warning("model %s: metadata not readable now (%s)", name, exc.message)
+                    self._missing.add(name)
+                continue
+            self._missing.discard(name)
+            old = current.get(name) or helpers.get(name)
+            if fresh == old:
+                continue
+            processor = self.processors.for_model(name)
+            try:
+                processor.load(fresh)
+                loaded = f"processor {processor.name} loaded again"
+            except Exception:  # noqa: BLE001 - one bad load() must not stop the refresher
+                log.exception("model %s: load() of processor %s failed", name, processor.name)
+                loaded = f"load() of processor {processor.name} FAILED (see above)"
+            (fresh_helpers if name in helpers else fresh_models)[name] = fresh
+            log.info("model %s: %s; %s", name, describe_change(old, fresh), loaded)
+            changed.append(name)
+        if changed:
+            with self._lock:  # two assignments, each atomic: requests see old or new
+                self.models, self.helpers = fresh_models, fresh_helpers
+        return changed
+
     def run(self, raw: str | bytes, headers: Mapping[str, str] | None = None) -> Any:
         """AzureML's ``run(raw_data)``: score ``raw`` on the default model.
 
@@ -242,3 +290,20 @@ def _expect(processor: Processor, stage: str, value: Any, kind: type, what: str)
             f"processor {processor.name} is broken: its {stage}() returned "
             f"{type(value).__name__}, not {what}; see the server log"
         )
+
+
+def describe_change(old: ModelInfo | None, new: ModelInfo) -> str:
+    """What changed between two readings of a model, in a few words for the log."""
+    if old is None:
+        return f"now served (version {new.version})"
+    changes = []
+    if old.version != new.version:
+        changes.append(f"version {old.version} -> {new.version}")
+    if old.max_batch_size != new.max_batch_size:
+        changes.append(f"max_batch_size {old.max_batch_size} -> {new.max_batch_size}")
+    if (old.inputs, old.outputs) != (new.inputs, new.outputs):
+        changes.append("inputs/outputs changed")
+    if old.parameters != new.parameters:
+        changes.append("parameters changed")
+    what = ", ".join(changes) or "config changed"
+    return f"Triton reloaded it ({what})"

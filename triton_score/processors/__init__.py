@@ -26,7 +26,8 @@ Rules (each checked when the module is loaded, not on the first request):
   codec's JSON.
 - ``outputs`` (attribute, or method ``outputs(request, model)``) maps the outputs to request
   to their ``class_count`` (0 = the raw tensor); ``None`` means every output, raw.
-- ``load(model)`` runs once per worker at start-up (read vocabularies, label maps...).
+- ``load(model)`` runs once per worker at start-up (read vocabularies, label maps...), and
+  again when Triton reloads the model with a new config or version.
 - Raise :class:`triton_score.errors.BadRequest` for a bad request; anything else is a 500 whose
   traceback goes to the log, never to the client.
 
