@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import ROOT, held_out_digits
 
@@ -55,3 +57,61 @@ def test_processors_page_curl_example_answers_what_the_page_says(
     assert response.status_code == 200, response.text
     assert response.json["digit"] == int(claimed.group(1))
     app.extensions["triton_score"].gateway.close()
+
+
+@pytest.fixture()
+def more_example(tmp_path: Path) -> Path:
+    """The runnable example of the page's "When you need more" section."""
+    text = (ROOT / "docs" / "processors.md").read_text()
+    section = text[text.index("## When you need more") :]
+    path = tmp_path / "more_processors.py"
+    path.write_text(re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)[0])
+    return path
+
+
+def test_when_you_need_more_example_runs_against_triton(triton: LocalTriton, more_example) -> None:
+    app = create_app(
+        Settings(triton_url=triton.url, processors=(str(more_example),), metadata_refresh_s=0)
+    )
+    rt = app.extensions["triton_score"]
+    calls: list[int] = []
+    real_infer = rt.gateway.infer
+    rt.gateway.infer = lambda model, inputs, *a, **k: (
+        calls.append(len(inputs["image"])) or real_infer(model, inputs, *a, **k)
+    )
+    client = app.test_client()
+    images, labels = held_out_digits()
+    body = {"images": images[:40].reshape(40, 64).tolist()}  # more than max_batch_size 16
+    response = client.post("/score/digits_onnx", json=body)
+    assert response.status_code == 200, response.text
+    assert calls == [16, 16, 8]  # predict: three Triton calls in one request
+    digits = response.json["digits"]
+    assert (np.array(digits) == labels[:40]).mean() >= 0.9
+    as_csv = client.post("/score/digits_onnx", json=body, headers={"accept": "text/csv"})
+    assert as_csv.headers["content-type"] == "text/csv; charset=utf-8"
+    lines = as_csv.get_data(as_text=True).splitlines()
+    assert lines[0] == "image,digit" and lines[1:] == [f"{i},{d}" for i, d in enumerate(digits)]
+
+    text = (ROOT / "docs" / "processors.md").read_text()
+    section = text[text.index("## When you need more") :]
+    pixels = re.search(r"'\{\"images\": (\[\[[0-9,]+\]\])\}'", section)
+    assert pixels is not None
+    shown = client.post(
+        "/score/digits_onnx",
+        data=f'{{"images": {pixels.group(1)}}}',
+        content_type="application/json",
+        headers={"accept": "text/csv"},
+    )
+    assert "# " + "\n# ".join(shown.get_data(as_text=True).splitlines()) in section
+    bad = client.post("/score/digits_onnx", json={"images": [[1, 2, 3]]})
+    assert bad.status_code == 400
+    claimed = re.search(r'# (\{"error":"field .*?),"request_id"', section)
+    assert claimed is not None
+    assert (
+        json.dumps({k: bad.json[k] for k in ("error", "code", "field")}, separators=(",", ":"))
+        == claimed.group(1) + "}"
+    )
+    doc = client.get("/swagger.json").json["paths"]["/score/digits_onnx"]["post"]
+    assert doc["requestBody"]["content"]["application/json"]["example"] == {"images": [[0] * 64]}
+    assert set(doc["responses"]["200"]["content"]) == {"application/json", "text/csv"}
+    rt.close()

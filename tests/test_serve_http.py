@@ -105,9 +105,15 @@ def test_score_without_model_name_needs_a_default(score_server: ScoreServer) -> 
 
 
 def test_processor_bad_request_is_a_400(score_server: ScoreServer) -> None:
+    # The processor's request_schema refuses a missing field, naming it...
     response = post(score_server, "/score/qa_lexical", {"context": "Only context."})
     assert response.status_code == 400
-    assert response.json()["error"] == '"question" must be a non-empty string'
+    assert response.json()["error"] == "field 'question': is required"
+    assert response.json()["field"] == "question"
+    # ...and the processor's own BadRequest what the schema lets through.
+    empty = post(score_server, "/score/qa_lexical", {"context": "Only context.", "question": " "})
+    assert empty.status_code == 400
+    assert empty.json()["error"] == '"question" must be a non-empty string'
 
 
 # -- the default codec (no processors) -----------------------------------------------------

@@ -6,13 +6,17 @@ The public API, small on purpose:
   :mod:`triton_score.processors`, and ``docs/processors.md``);
 - :class:`Request`, :class:`ModelInfo`, :class:`TensorSpec` — what processors receive;
 - :class:`BadRequest` — raise it for a request that cannot be scored (400);
+- :class:`Response` — return it from ``postprocess`` to choose status, headers, content type;
+- :class:`Triton` — what an optional ``predict()`` calls models with;
 - :func:`create_app` — the Flask app factory Gunicorn runs;
 - :mod:`triton_score.entry` — ``init()``/``run()`` for use as an AzureML entry script.
 """
 
 __version__ = "0.2.0"
 
+from triton_score.calls import Triton  # noqa: E402
 from triton_score.codecs.request import Request  # noqa: E402
+from triton_score.codecs.response import Response  # noqa: E402
 from triton_score.errors import BadRequest, ScoringError  # noqa: E402
 from triton_score.metadata import ModelInfo, TensorSpec  # noqa: E402
 from triton_score.processors import processor  # noqa: E402
@@ -30,8 +34,10 @@ __all__ = [
     "BadRequest",
     "ModelInfo",
     "Request",
+    "Response",
     "ScoringError",
     "TensorSpec",
+    "Triton",
     "create_app",
     "processor",
 ]

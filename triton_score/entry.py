@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from triton_score.codecs.request import REQUEST_ID, header
+from triton_score.codecs.response import Encoded, Response, render
 from triton_score.errors import ScoringError
 from triton_score.runtime import Runtime, build_runtime
 
@@ -47,7 +48,10 @@ def run(raw_data: str | bytes, request_headers: Mapping[str, str] | None = None)
         raise RuntimeError("init() has not been called")
     headers = dict(request_headers or {})
     try:
-        return _runtime.scorer.run(raw_data, headers)
+        result = _runtime.scorer.run(raw_data, headers)
+        if isinstance(result, Response) and "azureml_inference_server_http" in sys.modules:
+            return _aml_response(render(result))  # a processor's own status and headers
+        return result
     except ScoringError as exc:
         log.warning("request failed: %s", exc.message)
         body = {**exc.to_dict(header(headers, REQUEST_ID)), "status_code": exc.status_code}
@@ -58,6 +62,13 @@ def run(raw_data: str | bytes, request_headers: Mapping[str, str] | None = None)
 
             return AMLResponse(body, exc.status_code, exc.headers, json_str=True)
         return body
+
+
+def _aml_response(encoded: Encoded) -> Any:
+    from azureml_inference_server_http.api.aml_response import AMLResponse
+
+    headers = {**encoded.headers, "Content-Type": encoded.content_type}
+    return AMLResponse(encoded.body, encoded.status, headers)
 
 
 if __name__ == "__main__":  # a quick manual check: python -m triton_score.entry '<json>'

@@ -58,6 +58,27 @@ class InvalidInput(BadRequest):
         )
 
 
+class InvalidRequest(BadRequest):
+    """The request does not match the processor's ``request_schema`` (400); names the field.
+
+    :param field: where the offending value is (``image``, ``items[2].name``); empty for the
+        body itself.
+    """
+
+    code = "invalid_request"
+
+    def __init__(self, field: str, message: str) -> None:
+        where = f"field {field!r}" if field else "the request body"
+        super().__init__(f"{where}: {message}", details={"field": field})
+
+
+class UnsupportedMediaType(ScoringError):
+    """The request's content type is not one the processor accepts (415)."""
+
+    status_code = 415
+    code = "unsupported_media_type"
+
+
 class HTTPFailure(ScoringError):
     """A protocol-level refusal (404 route, 405 method, 413 body, 431 header...)."""
 

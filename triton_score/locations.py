@@ -77,3 +77,14 @@ def find_code_directory(explicit: str = "", entry_script: str = "") -> Path | No
     if (template / "score.py").is_file():
         return template
     return None
+
+
+#: Host names that always mean this machine.
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]", "0.0.0.0", ""}
+
+
+def is_local_address(host: str) -> bool:
+    """Whether ``host`` (of ``TRITON_URL``) is this machine, so Triton's model repository is
+    on our file system (a remote Triton's is not, even when a folder of the same name is)."""
+    host = host.strip().lower()
+    return host in LOCAL_HOSTS or host.startswith("127.")

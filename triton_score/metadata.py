@@ -9,7 +9,8 @@ these objects, never raw JSON.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,7 +61,14 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """A served model: name, version, tensors and batching, as one immutable object."""
+    """A served model: name, version, tensors and batching, as one immutable object.
+
+    :param parameters: the ``parameters`` of the model's config (``config.pbtxt``:
+        ``parameters: {key: "k" value: {string_value: "v"}}``) as ``{"k": "v"}``.
+    :param directory: the model's folder in the model repository (the original one, never a
+        generated copy), to read files that ship with the model; ``None`` when Triton is not
+        on this machine or the repository is unknown.
+    """
 
     name: str
     version: str
@@ -70,6 +78,8 @@ class ModelInfo:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     dynamic_batching: bool = False
+    parameters: Mapping[str, str] = field(default_factory=dict, hash=False)
+    directory: Path | None = None
 
     @property
     def batching(self) -> bool:
@@ -107,4 +117,8 @@ class ModelInfo:
             inputs=tuple(spec(i, config_inputs.get(i["name"], {})) for i in metadata["inputs"]),
             outputs=tuple(spec(o, config_outputs.get(o["name"], {})) for o in metadata["outputs"]),
             dynamic_batching="dynamic_batching" in config,
+            parameters={
+                str(key): str(value.get("string_value", "")) if isinstance(value, Mapping) else ""
+                for key, value in (config.get("parameters") or {}).items()
+            },
         )

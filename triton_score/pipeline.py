@@ -1,9 +1,13 @@
 """The scoring pipeline: decode -> preprocess -> validate -> infer -> postprocess -> encode.
 
 :class:`Scorer` owns one worker's view of the world: the Triton gateway, each model's
-:class:`~triton_score.metadata.ModelInfo` (read once, cached) and the processors. The web layer
-hands it a decoded :class:`~triton_score.codecs.Request`; it returns what the client gets, or
-raises a :class:`~triton_score.errors.ScoringError`.
+:class:`~triton_score.metadata.ModelInfo` (read once, cached, swapped by :meth:`Scorer.refresh`
+when Triton reloads a model) and the processors. The web layer hands it a decoded
+:class:`~triton_score.codecs.Request`; it returns what the client gets, or raises a
+:class:`~triton_score.errors.ScoringError`.
+
+With a processor's ``predict()``, "validate -> infer" becomes the processor's own calls
+through a :class:`~triton_score.calls.Triton` handle, each validated the same way.
 """
 
 from __future__ import annotations
@@ -13,11 +17,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+from triton_score.calls import Triton
 from triton_score.codecs.request import REQUEST_ID, Request, decode_request, header
 from triton_score.errors import BadRequest, ModelNotFound, ProcessorError, ScoringError
+from triton_score.locations import is_local_address
 from triton_score.metadata import ModelInfo
 from triton_score.processors import Processor, ProcessorRegistry
 from triton_score.settings import Settings
@@ -39,7 +46,10 @@ class Scorer:
     processors: ProcessorRegistry
     observe: StageObserver = field(default=lambda stage, model, seconds: None)
     models: dict[str, ModelInfo] = field(default_factory=dict)
+    #: Models a ``predict()`` called that are not served at ``/score`` (``SCORE_MODELS``).
+    helpers: dict[str, ModelInfo] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _missing: set[str] = field(default_factory=set, repr=False)
 
     # -- start-up --------------------------------------------------------------------------
     def init(self) -> bool:
@@ -64,7 +74,10 @@ class Scorer:
         with self._lock:
             if self.models:
                 return self.models
-            models = self.gateway.load_models(self.settings.models)
+            models = {
+                name: self._located(info)
+                for name, info in self.gateway.load_models(self.settings.models).items()
+            }
             missing = [m for m in self.processors.models() if m not in models]
             if missing:
                 log.info("processors for models Triton does not serve (unused): %s", missing)
@@ -87,6 +100,40 @@ class Scorer:
     @property
     def loaded(self) -> bool:
         return bool(self.models)
+
+    def _repository(self) -> Path | None:
+        """The model repository Triton serves, when it is on this machine and known."""
+        if not self.settings.model_repository:
+            return None
+        host = self.settings.triton_url.removeprefix("http://").rpartition(":")[0]
+        if not is_local_address(host):
+            return None
+        repository = Path(self.settings.model_repository)
+        return repository.resolve() if repository.is_dir() else None
+
+    def _located(self, model: ModelInfo) -> ModelInfo:
+        """``model`` with its folder in the (original) model repository, when there is one."""
+        repository = self._repository()
+        folder = repository / model.name if repository is not None else None
+        return replace(model, directory=folder if folder and folder.is_dir() else None)
+
+    def lookup(self, name: str) -> ModelInfo:
+        """Any model Triton serves, for ``predict()``: a served one, else read once and kept.
+
+        A model Triton does not have is the deployment's error, not the client's: a 500.
+        """
+        found = self.ensure_loaded().get(name) or self.helpers.get(name)
+        if found is not None:
+            return found
+        try:
+            found = self._located(self.gateway.model_info(name))
+        except ModelNotFound:
+            log.error("a processor called model %r, which Triton does not serve", name)
+            raise ProcessorError(
+                f"a processor called model {name!r}, which Triton does not serve"
+            ) from None
+        self.helpers = {**self.helpers, name: found}
+        return found
 
     def is_ready(self) -> bool:
         """Ready to score: models loaded and Triton answering ready."""
@@ -124,17 +171,28 @@ class Scorer:
         processor = self.processors.for_model(model.name)
 
         started = time.perf_counter()
+        processor.check_request(request)
         raw_inputs = self._call(processor, "preprocess", processor.preprocess, request, model)
         _expect(processor, "preprocess", raw_inputs, Mapping, "a mapping of input name to array")
-        inputs = validate_inputs(model, raw_inputs)
-        chosen = self._call(processor, "outputs", processor.outputs, request, model)
-        if chosen is not None:
-            _expect(processor, "outputs", chosen, Mapping, "a mapping of output to class_count")
-        wanted = validate_outputs(model, chosen)
+        if processor.has_predict:
+            inputs, wanted = dict(raw_inputs), None  # predict() validates each of its calls
+        else:
+            inputs = validate_inputs(model, raw_inputs)
+            chosen = self._call(processor, "outputs", processor.outputs, request, model)
+            if chosen is not None:
+                _expect(processor, "outputs", chosen, Mapping, "a mapping of output to class_count")
+            wanted = validate_outputs(model, chosen)
         self.observe("preprocess", model.name, time.perf_counter() - started)
 
         started = time.perf_counter()
-        outputs = self.gateway.infer(model, inputs, wanted, request_id=request.id)
+        if processor.has_predict:
+            triton = Triton(self.gateway, self.lookup, request.id)
+            outputs = self._call(
+                processor, "predict", processor.predict, inputs, request, model, triton
+            )
+            _expect(processor, "predict", outputs, Mapping, "a mapping of output name to array")
+        else:
+            outputs = self.gateway.infer(model, inputs, wanted, request_id=request.id)
         self.observe("infer", model.name, time.perf_counter() - started)
 
         started = time.perf_counter()
@@ -144,6 +202,49 @@ class Scorer:
         _expect(processor, "postprocess", result, object, "a JSON-able value or bytes")
         self.observe("postprocess", model.name, time.perf_counter() - started)
         return result
+
+    # -- fresh metadata --------------------------------------------------------------------
+    def refresh(self, gateway: TritonGateway) -> list[str]:
+        """Read every model's metadata and config again (through ``gateway``, the refresher's
+        own client); where Triton reloaded a model with a new config or version, run the
+        processor's ``load(model)`` again and swap the :class:`ModelInfo` in, atomically.
+
+        :return: the names of the models that changed (new ones included).
+        """
+        if not self.models:
+            return []  # not loaded yet: the first request or readiness probe loads them
+        current, helpers = self.models, self.helpers
+        names = set(current)
+        if not self.settings.models:
+            names |= set(gateway.ready_model_names())  # every ready model is served
+        fresh_models, fresh_helpers = dict(current), dict(helpers)
+        changed = []
+        for name in sorted(names | set(helpers)):
+            try:
+                fresh = self._located(gateway.model_info(name))
+            except ScoringError as exc:
+                if name not in self._missing:
+                    log.warning("model %s: metadata not readable now (%s)", name, exc.message)
+                    self._missing.add(name)
+                continue
+            self._missing.discard(name)
+            old = current.get(name) or helpers.get(name)
+            if fresh == old:
+                continue
+            processor = self.processors.for_model(name)
+            try:
+                processor.load(fresh)
+                loaded = f"processor {processor.name} loaded again"
+            except Exception:  # noqa: BLE001 - one bad load() must not stop the refresher
+                log.exception("model %s: load() of processor %s failed", name, processor.name)
+                loaded = f"load() of processor {processor.name} FAILED (see above)"
+            (fresh_helpers if name in helpers else fresh_models)[name] = fresh
+            log.info("model %s: %s; %s", name, describe_change(old, fresh), loaded)
+            changed.append(name)
+        if changed:
+            with self._lock:  # two assignments, each atomic: requests see old or new
+                self.models, self.helpers = fresh_models, fresh_helpers
+        return changed
 
     def run(self, raw: str | bytes, headers: Mapping[str, str] | None = None) -> Any:
         """AzureML's ``run(raw_data)``: score ``raw`` on the default model.
@@ -189,3 +290,20 @@ def _expect(processor: Processor, stage: str, value: Any, kind: type, what: str)
             f"processor {processor.name} is broken: its {stage}() returned "
             f"{type(value).__name__}, not {what}; see the server log"
         )
+
+
+def describe_change(old: ModelInfo | None, new: ModelInfo) -> str:
+    """What changed between two readings of a model, in a few words for the log."""
+    if old is None:
+        return f"now served (version {new.version})"
+    changes = []
+    if old.version != new.version:
+        changes.append(f"version {old.version} -> {new.version}")
+    if old.max_batch_size != new.max_batch_size:
+        changes.append(f"max_batch_size {old.max_batch_size} -> {new.max_batch_size}")
+    if (old.inputs, old.outputs) != (new.inputs, new.outputs):
+        changes.append("inputs/outputs changed")
+    if old.parameters != new.parameters:
+        changes.append("parameters changed")
+    what = ", ".join(changes) or "config changed"
+    return f"Triton reloaded it ({what})"

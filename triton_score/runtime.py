@@ -20,6 +20,7 @@ from triton_score.locations import find_code_directory, find_model_repository
 from triton_score.metrics import Metrics
 from triton_score.pipeline import Scorer
 from triton_score.processors.loading import load_processors
+from triton_score.refresh import MetadataRefresher
 from triton_score.settings import Settings
 from triton_score.triton import TritonGateway
 
@@ -36,13 +37,23 @@ class Runtime:
     metrics: Metrics
     scorer: Scorer | None = None
     entry_script: EntryScript | None = None
+    refresher: MetadataRefresher | None = None
 
     def init(self) -> None:
-        """What a worker does at boot: wait for Triton and read metadata, or ``init()``."""
+        """What a worker does at boot: wait for Triton and read metadata, or ``init()``;
+        then keep the metadata fresh (``SCORE_METADATA_REFRESH_S``)."""
         if self.entry_script is not None:
             self.entry_script.init()
         elif self.scorer is not None:
             self.scorer.init()
+            if self.settings.metadata_refresh_s > 0 and self.refresher is None:
+                self.refresher = MetadataRefresher(
+                    self.scorer, self.settings.metadata_refresh_s, self._refresher_gateway
+                ).start()
+
+    def _refresher_gateway(self) -> TritonGateway:
+        """The refresher's own client (tritonclient.http is not thread-safe)."""
+        return TritonGateway(self.settings.triton_url, concurrency=1, timeout_s=10.0)
 
     def is_ready(self) -> bool:
         if self.scorer is not None:
@@ -50,6 +61,9 @@ class Runtime:
         return self.gateway.is_ready()
 
     def close(self) -> None:
+        if self.refresher is not None:
+            self.refresher.stop()
+            self.refresher = None
         self.gateway.close()
 
 

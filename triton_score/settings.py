@@ -53,6 +53,10 @@ class Settings:
     models: tuple[str, ...] = ()
     #: Where gunicorn workers share Prometheus metrics (``PROMETHEUS_MULTIPROC_DIR``).
     prometheus_multiproc_dir: str = ""
+    #: Seconds between two readings of every model's metadata and config by each worker, so
+    #: a model Triton reloads (new config or version) is picked up without a restart
+    #: (``SCORE_METADATA_REFRESH_S``); 0 turns it off.
+    metadata_refresh_s: float = 10.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -84,6 +88,7 @@ class Settings:
             "SCORE_TRITON_WAIT_S": ("triton_wait_s", float),
             "SCORE_TRITON_CONCURRENCY": ("triton_concurrency", int),
             "SCORE_MAX_BODY_BYTES": ("max_body_bytes", int),
+            "SCORE_METADATA_REFRESH_S": ("metadata_refresh_s", float),
         }
         for variable, (name, kind) in numeric.items():
             if env.get(variable, "").strip():

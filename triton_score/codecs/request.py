@@ -22,6 +22,9 @@ class Request:
     :param headers: request headers (case-insensitive lookup through :meth:`header`).
     :param id: the request id (``x-request-id``), also sent back to the client.
     :param json: the parsed JSON body, or ``None`` when the body is not JSON.
+    :param state: a dict of this request's own, empty at first: what ``preprocess`` puts
+        there, ``predict`` and ``postprocess`` read (the processor instance is shared by all
+        requests of a worker; this dict is not).
     """
 
     body: bytes
@@ -29,6 +32,7 @@ class Request:
     headers: Mapping[str, str] = field(default_factory=dict)
     id: str = ""
     json: Any = None
+    state: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def is_json(self) -> bool:

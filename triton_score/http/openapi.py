@@ -2,8 +2,9 @@
 
 Models served by the default codec get a request schema derived from their metadata (one
 nested array per input, of the right depth and element type). A processor documents its own
-request by setting ``request_schema`` (a JSON schema) and optionally ``request_example``, and
-its response with ``response_schema``.
+request by setting ``request_schema`` (a JSON schema, which also validates requests) and
+optionally ``request_example``, and its response with ``response_schema``; non-JSON bodies
+with ``request_content_types`` / ``response_content_types`` (documented as binary strings).
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 from triton_score import __version__
+from triton_score.codecs.request import is_json_media_type
 from triton_score.errors import ScoringError
 from triton_score.metadata import ModelInfo, TensorSpec
+from triton_score.processors.schema import request_media_types, response_media_types
 
 _ELEMENT = {"BOOL": "boolean", "BYTES": "string"}
 
@@ -24,8 +27,10 @@ ERROR_SCHEMA = {
         "code": {"type": "string"},
         "request_id": {"type": "string"},
         "input": {"type": "string"},
+        "field": {"type": "string"},
     },
 }
+BINARY = {"type": "string", "format": "binary"}
 
 
 def _element(spec: TensorSpec, *, output: bool) -> dict[str, Any]:
@@ -125,17 +130,29 @@ def _operation(model: ModelInfo, implementation: Any, summary: str) -> dict[str,
     example = getattr(implementation, "request_example", None)
     if example is not None:
         media["example"] = example
+    request_content = {
+        kind: media if is_json_media_type(kind) else {"schema": BINARY}
+        for kind in request_media_types(implementation)
+    }
+    response_content = {
+        kind: {"schema": response_schema if is_json_media_type(kind) else BINARY}
+        for kind in response_media_types(implementation)
+    }
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    refusals = {}
+    if getattr(implementation, "request_content_types", None) is not None:
+        refusals["415"] = {"description": "content type not accepted", "content": error}
     return {
         "summary": summary,
         "operationId": f"score_{model.name}".replace("-", "_"),
-        "requestBody": {"required": True, "content": {"application/json": media}},
+        "requestBody": {"required": True, "content": request_content},
         "responses": {
-            "200": {
-                "description": "scored",
-                "content": {"application/json": {"schema": response_schema}},
+            "200": {"description": "scored", "content": response_content},
+            "400": {
+                "description": "invalid request (names the field or the input)",
+                "content": error,
             },
-            "400": {"description": "invalid request (names the input)", "content": error},
+            **refusals,
             "404": {"description": "unknown model", "content": error},
             "500": {"description": "processor failure (see log)", "content": error},
             "503": {"description": "Triton unavailable; retry", "content": error},

@@ -24,7 +24,7 @@ from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import MethodNotAllowed
 
 from triton_score.codecs.request import REQUEST_ID, decode_request
-from triton_score.codecs.response import encode_response
+from triton_score.codecs.response import Encoded, render
 from triton_score.entry_script import EntryScript
 from triton_score.errors import (
     HTTPFailure,
@@ -169,11 +169,19 @@ def _run_entry_script(script: EntryScript) -> Response:
     if isinstance(result.output, Response):  # AMLResponse (ours or azmlinfsrv's) and friends
         response = result.output
     else:
-        body, content_type = encode_response(result.output)
-        response = Response(body, status=200, mimetype=content_type)
+        response = _send(render(result.output))
     response.headers[RUN_FUNCTION_FAILED] = str(response.status_code >= 500)
     response.headers[RUN_TIME] = f"{result.elapsed_ms:.3f}"
     return response
+
+
+def _send(encoded: Encoded) -> Response:
+    return Response(
+        encoded.body,
+        status=encoded.status,
+        headers=encoded.headers,
+        content_type=encoded.content_type,
+    )
 
 
 @blueprint.route("/score", methods=["GET", "POST", "OPTIONS"], provide_automatic_options=False)
@@ -202,9 +210,9 @@ def score(model: str | None = None) -> Response:
                 dict(request.headers),
                 g.request_id,
             )
-            body, content_type = encode_response(rt.scorer.score(decoded, model))
-        status = 200
-        return Response(body, status=200, mimetype=content_type)
+            encoded = render(rt.scorer.score(decoded, model))  # a Response keeps its status
+        status = encoded.status
+        return _send(encoded)
     except ScoringError as exc:
         status = exc.status_code
         triton_failure = TRITON_FAILURES.get(type(exc), "")

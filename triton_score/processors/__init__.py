@@ -26,9 +26,21 @@ Rules (each checked when the module is loaded, not on the first request):
   codec's JSON.
 - ``outputs`` (attribute, or method ``outputs(request, model)``) maps the outputs to request
   to their ``class_count`` (0 = the raw tensor); ``None`` means every output, raw.
-- ``load(model)`` runs once per worker at start-up (read vocabularies, label maps...).
+- ``load(model)`` runs once per worker at start-up (read vocabularies, label maps...), and
+  again when Triton reloads the model with a new config or version.
 - Raise :class:`triton_score.errors.BadRequest` for a bad request; anything else is a 500 whose
   traceback goes to the log, never to the client.
+
+Optional, when you need more (``docs/processors.md``, "When you need more"):
+
+- ``request.state``: a dict of the request's own, from ``preprocess`` to ``postprocess``;
+- ``predict(inputs, request, model, triton)`` replaces the single Triton call: it gets what
+  ``preprocess`` returned and calls any model with ``triton.infer(model, inputs, outputs)``
+  (validated as usual), returning ``{output name: array}`` for ``postprocess``;
+- ``postprocess`` may return a :class:`triton_score.Response` (status, headers, content type);
+- ``request_schema`` (a JSON schema) validates JSON requests (a 400 naming the field) and
+  documents them, with ``request_example``, ``request_content_types``, ``response_schema`` and
+  ``response_content_types`` (see :mod:`triton_score.processors.schema`).
 
 Where processors come from: :mod:`triton_score.processors.loading`.
 """
@@ -40,14 +52,18 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
+from triton_score.calls import Triton
 from triton_score.codecs import tensors
 from triton_score.codecs.request import Request
 from triton_score.metadata import ModelInfo
+from triton_score.processors.schema import RequestContract
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MODELS_ATTRIBUTE = "__score_models__"
-_METHODS = {"preprocess": 2, "postprocess": 3, "load": 1}
+_METHODS = {"preprocess": 2, "postprocess": 3, "load": 1, "predict": 4}
+#: A processor defines at least one of these.
+_STAGES = ("preprocess", "postprocess", "predict")
 
 
 class ProcessorDefinitionError(TypeError):
@@ -75,9 +91,14 @@ def processor(*models: str) -> Callable[[T], T]:
 
 def check_processor_class(cls: type) -> None:
     """Reject a class whose methods cannot be called the documented way."""
-    if not any(callable(getattr(cls, name, None)) for name in ("preprocess", "postprocess")):
+    if not any(callable(getattr(cls, name, None)) for name in _STAGES):
         raise ProcessorDefinitionError(
-            f"{cls.__qualname__} defines neither preprocess() nor postprocess()"
+            f"{cls.__qualname__} defines neither preprocess() nor postprocess() (nor predict())"
+        )
+    if getattr(cls, "predict", None) is not None and getattr(cls, "outputs", None) is not None:
+        raise ProcessorDefinitionError(
+            f"{cls.__qualname__} defines predict() and outputs: with predict(), name the "
+            "outputs in each triton.infer(model, inputs, outputs) call instead"
         )
     for name in (*_METHODS, "outputs"):
         method = getattr(cls, name, None)
@@ -103,6 +124,10 @@ def check_processor_class(cls: type) -> None:
         raise ProcessorDefinitionError(
             f"{cls.__qualname__} must be constructible without arguments"
         ) from None
+    try:
+        RequestContract(cls)
+    except ValueError as exc:
+        raise ProcessorDefinitionError(f"{cls.__qualname__}: {exc}") from None
 
 
 class Processor:
@@ -111,6 +136,9 @@ class Processor:
     def __init__(self, implementation: Any | None, source: str = "default codec") -> None:
         self.implementation = implementation
         self.source = source
+        #: The declared request (schema compiled once, here), or ``None`` if nothing to check.
+        contract = RequestContract(implementation) if implementation is not None else None
+        self.contract = contract if contract is not None and contract.active else None
 
     @property
     def name(self) -> str:
@@ -122,6 +150,23 @@ class Processor:
         hook = getattr(self.implementation, "load", None)
         if hook is not None:
             hook(model)
+
+    def check_request(self, request: Request) -> None:
+        """Refuse a request that breaks the declared content types or ``request_schema``."""
+        if self.contract is not None:
+            self.contract.check(request)
+
+    @property
+    def has_predict(self) -> bool:
+        return getattr(self.implementation, "predict", None) is not None
+
+    def predict(
+        self, inputs: Mapping[str, Any], request: Request, model: ModelInfo, triton: Triton
+    ) -> Mapping[str, Any]:
+        hook = getattr(self.implementation, "predict", None)
+        if hook is None:
+            raise RuntimeError(f"{self.name} has no predict()")
+        return hook(inputs, request, model, triton)  # type: ignore[no-any-return]
 
     def preprocess(self, request: Request, model: ModelInfo) -> Mapping[str, Any]:
         hook = getattr(self.implementation, "preprocess", None)
