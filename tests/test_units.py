@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from triton_score import Request
 from triton_score.codecs.request import decode_request
 from triton_score.codecs.tensors import decode_inputs, decode_outputs
 from triton_score.errors import BadRequest, InvalidInput
@@ -98,6 +99,19 @@ def test_decode_request_json_and_bytes() -> None:
     assert raw.json is None and raw.body == b"\x89PNG" and raw.content_type == "image/png"
     with pytest.raises(BadRequest, match="empty"):
         decode_request(b"", "application/json")
+
+
+def test_request_query_is_read_only_and_defaults_to_empty() -> None:
+    # Code written before Request had a query still constructs it, positionally too.
+    old_style = Request(b"x", "image/png", {}, "id-1", None)
+    assert dict(old_style.query) == {} and old_style.body == b"x"
+    params = {"top_k": "3"}
+    request = decode_request(b'{"a": 1}', "application/json", query=params)
+    params["top_k"] = "9"  # the request keeps its own copy
+    assert request.query["top_k"] == "3" and request.json == {"a": 1}
+    with pytest.raises(TypeError):
+        request.query["top_k"] = "4"  # type: ignore[index]
+    assert decode_request(b"x", "image/png").query == {}
 
 
 def test_default_codec_bytes_inputs_and_outputs_spec() -> None:

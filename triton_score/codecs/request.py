@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -22,6 +23,8 @@ class Request:
     :param headers: request headers (case-insensitive lookup through :meth:`header`).
     :param id: the request id (``x-request-id``), also sent back to the client.
     :param json: the parsed JSON body, or ``None`` when the body is not JSON.
+    :param query: the URL's query parameters (``?top_k=3``), read-only; a repeated parameter
+        keeps its first value. Empty by default.
     """
 
     body: bytes
@@ -29,6 +32,12 @@ class Request:
     headers: Mapping[str, str] = field(default_factory=dict)
     id: str = ""
     json: Any = None
+    query: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        # A copy behind a read-only view: neither a processor nor whoever built the mapping
+        # can change one request's parameters afterwards.
+        object.__setattr__(self, "query", MappingProxyType(dict(self.query)))
 
     @property
     def is_json(self) -> bool:
@@ -65,6 +74,7 @@ def decode_request(
     content_type: str = "",
     headers: Mapping[str, str] | None = None,
     request_id: str = "",
+    query: Mapping[str, str] | None = None,
 ) -> Request:
     """Parse ``body``: JSON when the content type says so, or when there is none and the
     body parses; raw bytes otherwise (images, audio, ``application/octet-stream``...).
@@ -87,6 +97,7 @@ def decode_request(
         headers=dict(headers or {}),
         id=request_id,
         json=parsed,
+        query=query or {},
     )
 
 

@@ -157,6 +157,7 @@ def score(model: str | None = None) -> Response:
                 request.content_type or "",
                 dict(request.headers),
                 g.request_id,
+                query=request.args.to_dict(),  # first value of a repeated parameter
             )
             if rt.entry_script is not None:
                 result = rt.entry_script.run(decoded)
