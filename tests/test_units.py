@@ -264,6 +264,39 @@ def test_a_processors_request_format_is_its_own() -> None:
         other.for_model("m").outputs(request, MODEL)
 
 
+def test_a_processor_may_lower_the_body_limit() -> None:
+    from triton_score.errors import BodyTooLarge
+    from triton_score.pipeline import Scorer
+
+    for bad in (0, -1, 1.5, "10", True):
+        with pytest.raises(ProcessorDefinitionError, match="max_body_bytes"):
+            processor("m")(
+                type("Bad", (), {"max_body_bytes": bad, "preprocess": lambda s, r, m: {}})
+            )
+
+    @processor("m")
+    class Small:
+        max_body_bytes = 10
+
+        def preprocess(self, request, model):
+            return {}
+
+    registry = ProcessorRegistry()
+    registry.register(Small, "small.py")
+    scorer = Scorer(Settings(max_body_bytes=100), None, registry, models={"m": MODEL})  # type: ignore[arg-type]
+    assert scorer.body_limit("m") == (10, "max_body_bytes of the m processor")
+    # An unknown model keeps the global limit: the 404 is the scoring's to report.
+    assert scorer.body_limit("nope") == (100, "SCORE_MAX_BODY_BYTES")
+    # The entry script's run() and other callers that hand over a body already read.
+    with pytest.raises(BodyTooLarge) as info:
+        scorer.score(decode_request(b"x" * 11, "image/png"), "m")
+    assert info.value.status_code == 413 and info.value.details == {"limit_bytes": 10}
+    assert "at most 10 bytes (max_body_bytes of the m processor); it is 11 bytes" in str(info.value)
+    # A processor limit above SCORE_MAX_BODY_BYTES does not raise it.
+    lax = Scorer(Settings(max_body_bytes=5), None, registry, models={"m": MODEL})  # type: ignore[arg-type]
+    assert lax.body_limit("m") == (5, "SCORE_MAX_BODY_BYTES")
+
+
 # -- Triton errors keep their meaning ----------------------------------------------------
 @pytest.mark.parametrize(
     "raised, expected_status, expected_code",

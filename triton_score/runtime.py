@@ -44,6 +44,12 @@ class Runtime:
         elif self.scorer is not None:
             self.scorer.init()
 
+    def body_limit(self, model: str | None) -> tuple[int, str]:
+        """The largest body ``/score[/<model>]`` reads, and the setting that says so."""
+        if self.scorer is not None:
+            return self.scorer.body_limit(model)
+        return self.settings.max_body_bytes, "SCORE_MAX_BODY_BYTES"
+
     def is_ready(self) -> bool:
         if self.scorer is not None:
             return self.scorer.is_ready()

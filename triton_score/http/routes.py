@@ -20,10 +20,12 @@ import uuid
 from contextlib import AbstractContextManager, nullcontext
 
 from flask import Blueprint, Response, current_app, g, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from triton_score.codecs.request import REQUEST_ID, decode_request
 from triton_score.codecs.response import encode_response
 from triton_score.errors import (
+    BodyTooLarge,
     HTTPFailure,
     ScoringError,
     ScoringTimeout,
@@ -141,6 +143,22 @@ def _model_label(model: str | None) -> str:
         return "default"
 
 
+def _read_body(limit: int, source: str) -> bytes:
+    """The request body, refused with a 413 naming ``limit`` when it is larger.
+
+    A ``Content-Length`` above the limit is refused before a byte of the body is read; a body
+    without one (chunked) is read up to the limit only.
+    """
+    length = request.content_length
+    if length is not None and length > limit:
+        raise BodyTooLarge(limit, length, source=source)
+    request.max_content_length = limit
+    try:
+        return request.get_data(cache=False)
+    except RequestEntityTooLarge:
+        raise BodyTooLarge(limit, source=source) from None
+
+
 @blueprint.post("/score")
 @blueprint.post("/score/<model>")
 def score(model: str | None = None) -> Response:
@@ -153,7 +171,7 @@ def score(model: str | None = None) -> Response:
     try:
         with _deadline(rt.settings.scoring_timeout_ms):
             decoded = decode_request(
-                request.get_data(cache=False),
+                _read_body(*rt.body_limit(model)),
                 request.content_type or "",
                 dict(request.headers),
                 g.request_id,
