@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from triton_score import builds
 from triton_score.builds import BuildError, find_builders, run_builds
 from triton_score.cli import main
 from triton_score.local import LocalTriton, TritonStartError
@@ -112,3 +113,22 @@ def test_local_triton_does_not_start_when_a_build_fails(tmp_path: Path) -> None:
     with pytest.raises(TritonStartError, match="build_broken.py failed"):
         triton.start()
     assert triton.process is None and triton.shm_regions() == []
+
+
+def test_a_read_only_repository_is_served_as_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AzureML mounts the model read-only; the image serves as a user who cannot write."""
+    repository = layout(tmp_path, writes=WRITES_A_MODEL)
+    # As if it were a read-only mount (chmod does not stop root, who runs these tests in CI).
+    monkeypatch.setattr(builds.os, "access", lambda path, mode: Path(path) != repository)
+    lines: list[str] = []
+    results = run_builds(repository, progress=lines.append)
+    assert [r.skipped for r in results] == [f"{repository} is read-only"]
+    assert lines == [
+        f"build: {repository} is read-only: serving it as it is, without running "
+        "build_writes.py (run score build before deploying it)"
+    ]
+    assert not (repository / "generated").exists()
+    with pytest.raises(BuildError, match="read-only"):
+        run_builds(repository, strict=True)

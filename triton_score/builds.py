@@ -29,6 +29,10 @@ Failures: a builder that raises ``ImportError`` lacks an optional dependency. It
 so Triton serves the other models, plus whatever an earlier build left in place; with
 ``strict=True`` (``score build``) it is an error. Any other exception stops the step with one
 line naming the builder, and no Triton starts.
+
+A repository this process cannot write to was built before it was deployed (AzureML mounts
+the model read-only; the Docker image builds as root and serves as uid 1000): the builders are
+not run, with one line saying so, and Triton serves what the repository holds.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import hashlib
 import importlib.util
 import inspect
 import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -129,8 +134,18 @@ def run_builds(
     repository = Path(repository)
     if not repository.is_dir():
         return []  # the caller reports the missing repository in its own words
+    builders = find_builders(repository)
+    if builders and not os.access(repository, os.W_OK):
+        reason = f"{repository} is read-only"
+        if strict:
+            raise BuildError(f"{reason}: the model builders cannot write into it")
+        say(
+            f"build: {reason}: serving it as it is, without running "
+            f"{', '.join(b.name for b in builders)} (run score build before deploying it)"
+        )
+        return [BuildResult(script, skipped=reason) for script in builders]
     results = []
-    for script in find_builders(repository):
+    for script in builders:
         try:
             build = _import(script).build
             options: dict[str, object] = {"force": force}
