@@ -297,6 +297,28 @@ def test_a_processor_may_lower_the_body_limit() -> None:
     assert lax.body_limit("m") == (5, "SCORE_MAX_BODY_BYTES")
 
 
+@pytest.mark.parametrize("size, status", [(1000, 503), (1001, 413), (5000, 413)])
+def test_a_chunked_body_is_read_up_to_the_limit_only(size: int, status: int) -> None:
+    """No Content-Length to refuse up front: the body is read to the limit, then refused."""
+    import io
+
+    from triton_score.http.app import create_app
+
+    settings = Settings(triton_url="127.0.0.1:9", max_body_bytes=1000, processors=("none",))
+    app = create_app(settings, init=False)
+    response = app.test_client().post(
+        "/score/m",
+        input_stream=io.BytesIO(b"y" * size),
+        headers={"Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},  # what Gunicorn sets
+    )
+    assert response.status_code == status, response.json  # 503: read, then no Triton
+    if status == 413:
+        assert response.json["limit_bytes"] == 1000
+        assert "at most 1000 bytes (SCORE_MAX_BODY_BYTES); it is larger" in response.json["error"]
+    app.extensions["triton_score"].close()
+
+
 # -- Triton errors keep their meaning ----------------------------------------------------
 @pytest.mark.parametrize(
     "raised, expected_status, expected_code",

@@ -152,11 +152,16 @@ def _read_body(limit: int, source: str) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
         raise BodyTooLarge(limit, length, source=source)
-    request.max_content_length = limit
+    # Werkzeug stops a chunked body at max_content_length without a word (it raises only on
+    # a read past it): read one byte more than the limit, and refuse a body that has it.
+    request.max_content_length = limit + 1
     try:
-        return request.get_data(cache=False)
+        body = request.get_data(cache=False)
     except RequestEntityTooLarge:
         raise BodyTooLarge(limit, source=source) from None
+    if len(body) > limit:
+        raise BodyTooLarge(limit, source=source)
+    return body
 
 
 @blueprint.post("/score")
