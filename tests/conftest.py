@@ -34,7 +34,12 @@ def start_triton(repository: Path, **kwargs: object) -> LocalTriton:
 
 @pytest.fixture(scope="session")
 def triton() -> Iterator[LocalTriton]:
-    """The example model repository served by a real tritonserver for the whole session."""
+    """The example model repository served by a real tritonserver for the whole session.
+
+    LocalTriton runs the model builders beside the repository first (triton_score.builds), so
+    the generated imagenet_lite0 is built (models/build_imagenet.py; at once when its stamp is
+    current) and served with the committed models.
+    """
     server = start_triton(EXAMPLES)
     try:
         yield server

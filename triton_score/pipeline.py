@@ -23,7 +23,13 @@ from typing import Any
 
 from triton_score.calls import Triton
 from triton_score.codecs.request import REQUEST_ID, Request, decode_request, header
-from triton_score.errors import BadRequest, ModelNotFound, ProcessorError, ScoringError
+from triton_score.errors import (
+    BadRequest,
+    BodyTooLarge,
+    ModelNotFound,
+    ProcessorError,
+    ScoringError,
+)
 from triton_score.locations import is_local_address
 from triton_score.metadata import ModelInfo
 from triton_score.processors import Processor, ProcessorRegistry
@@ -165,10 +171,34 @@ class Scorer:
             "or set SCORE_MODEL to choose the one /score uses"
         )
 
+    def body_limit(self, model_name: str | None) -> tuple[int, str]:
+        """The largest request body the model accepts, and which setting says so.
+
+        ``min(SCORE_MAX_BODY_BYTES, the processor's max_body_bytes)``. A model that cannot be
+        resolved (unknown, Triton down) gets ``SCORE_MAX_BODY_BYTES``: its error is the
+        scoring's to report, in the usual order.
+        """
+        try:
+            model = self.model(model_name)
+        except ScoringError:
+            return self.settings.max_body_bytes, "SCORE_MAX_BODY_BYTES"
+        return self._body_limit(model, self.processors.for_model(model.name))
+
+    def _body_limit(self, model: ModelInfo, processor: Processor) -> tuple[int, str]:
+        own = processor.max_body_bytes
+        if own is not None and own < self.settings.max_body_bytes:
+            return own, f"max_body_bytes of the {model.name} processor"
+        return self.settings.max_body_bytes, "SCORE_MAX_BODY_BYTES"
+
     def score(self, request: Request, model_name: str | None = None) -> Any:
         """Score one decoded request; returns what the postprocessor returns."""
         model = self.model(model_name)
         processor = self.processors.for_model(model.name)
+        # /score refused larger bodies before reading them; this holds for the other callers
+        # (the entry script's run(), tests) too.
+        limit, source = self._body_limit(model, processor)
+        if len(request.body) > limit:
+            raise BodyTooLarge(limit, len(request.body), source=source)
 
         started = time.perf_counter()
         processor.check_request(request)

@@ -1,7 +1,8 @@
 """``score serve``: Triton (when needed) plus Gunicorn, supervised together.
 
-1. If nothing answers at ``TRITON_URL`` and a ``tritonserver`` binary is available, start a
-   local Triton on the model repository (see :mod:`triton_score.local`).
+1. If nothing answers at ``TRITON_URL`` and a ``tritonserver`` binary is available, run the
+   model builders beside the repository (:mod:`triton_score.builds`), then start a local
+   Triton on it (see :mod:`triton_score.local`).
 2. Start Gunicorn with :mod:`triton_score.gunicorn_conf` (``WORKER_COUNT`` gevent workers, each
    building its own Triton client after the fork).
 3. Wait until ``/v2/health/ready`` answers, print where to send requests.
@@ -52,6 +53,8 @@ class ServeOptions:
     triton_grpc_port: int | None = None
     triton_metrics_port: int | None = None
     ready_timeout: float = 300.0
+    #: Run the model builders (``build_*.py`` beside the repository) before a local Triton.
+    build: bool = True
 
 
 def _http_status(url: str, timeout: float = 1.0) -> int:
@@ -177,6 +180,7 @@ class Supervisor:
                 metrics_port=opts.triton_metrics_port,
                 install=install,
                 progress=self.say,
+                build=opts.build,
             )
             try:
                 self.triton.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -22,6 +23,8 @@ class Request:
     :param headers: request headers (case-insensitive lookup through :meth:`header`).
     :param id: the request id (``x-request-id``), also sent back to the client.
     :param json: the parsed JSON body, or ``None`` when the body is not JSON.
+    :param query: the URL's query parameters (``?top_k=3``), read-only; a repeated parameter
+        keeps its first value. Empty by default.
     :param state: a dict of this request's own, empty at first: what ``preprocess`` puts
         there, ``predict`` and ``postprocess`` read (the processor instance is shared by all
         requests of a worker; this dict is not).
@@ -32,7 +35,13 @@ class Request:
     headers: Mapping[str, str] = field(default_factory=dict)
     id: str = ""
     json: Any = None
+    query: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     state: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # A copy behind a read-only view: neither a processor nor whoever built the mapping
+        # can change one request's parameters afterwards.
+        object.__setattr__(self, "query", MappingProxyType(dict(self.query)))
 
     @property
     def is_json(self) -> bool:
@@ -69,6 +78,7 @@ def decode_request(
     content_type: str = "",
     headers: Mapping[str, str] | None = None,
     request_id: str = "",
+    query: Mapping[str, str] | None = None,
 ) -> Request:
     """Parse ``body``: JSON when the content type says so, or when there is none and the
     body parses; raw bytes otherwise (images, audio, ``application/octet-stream``...).
@@ -91,6 +101,7 @@ def decode_request(
         headers=dict(headers or {}),
         id=request_id,
         json=parsed,
+        query=query or {},
     )
 
 

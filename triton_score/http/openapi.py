@@ -154,6 +154,12 @@ def _operation(model: ModelInfo, implementation: Any, summary: str) -> dict[str,
             },
             **refusals,
             "404": {"description": "unknown model", "content": error},
+            "413": {
+                "description": "body above SCORE_MAX_BODY_BYTES or the processor's "
+                "max_body_bytes (limit_bytes says which), or content the processor refuses to "
+                "decode for its size",
+                "content": error,
+            },
             "500": {"description": "processor failure (see log)", "content": error},
             "503": {"description": "Triton unavailable; retry", "content": error},
             "504": {"description": "scoring timed out", "content": error},

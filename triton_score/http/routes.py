@@ -21,12 +21,13 @@ import uuid
 from contextlib import AbstractContextManager, nullcontext
 
 from flask import Blueprint, Response, current_app, g, request
-from werkzeug.exceptions import MethodNotAllowed
+from werkzeug.exceptions import MethodNotAllowed, RequestEntityTooLarge
 
 from triton_score.codecs.request import REQUEST_ID, decode_request
 from triton_score.codecs.response import Encoded, render
 from triton_score.entry_script import EntryScript
 from triton_score.errors import (
+    BodyTooLarge,
     HTTPFailure,
     ScoringError,
     ScoringTimeout,
@@ -184,6 +185,27 @@ def _send(encoded: Encoded) -> Response:
     )
 
 
+def _read_body(limit: int, source: str) -> bytes:
+    """The request body, refused with a 413 naming ``limit`` when it is larger.
+
+    A ``Content-Length`` above the limit is refused before a byte of the body is read; a body
+    without one (chunked) is read up to the limit only.
+    """
+    length = request.content_length
+    if length is not None and length > limit:
+        raise BodyTooLarge(limit, length, source=source)
+    # Werkzeug stops a chunked body at max_content_length without a word (it raises only on
+    # a read past it): read one byte more than the limit, and refuse a body that has it.
+    request.max_content_length = limit + 1
+    try:
+        body = request.get_data(cache=False)
+    except RequestEntityTooLarge:
+        raise BodyTooLarge(limit, source=source) from None
+    if len(body) > limit:
+        raise BodyTooLarge(limit, source=source)
+    return body
+
+
 @blueprint.route("/score", methods=["GET", "POST", "OPTIONS"], provide_automatic_options=False)
 @blueprint.post("/score/<model>")
 def score(model: str | None = None) -> Response:
@@ -205,10 +227,11 @@ def score(model: str | None = None) -> Response:
                 return response
             assert rt.scorer is not None
             decoded = decode_request(
-                request.get_data(cache=False),
+                _read_body(*rt.body_limit(model)),
                 request.content_type or "",
                 dict(request.headers),
                 g.request_id,
+                query=request.args.to_dict(),  # first value of a repeated parameter
             )
             encoded = render(rt.scorer.score(decoded, model))  # a Response keeps its status
         status = encoded.status

@@ -7,6 +7,8 @@
 
 It never hangs and never leaves debris behind:
 
+- the model builders beside the repository (:mod:`triton_score.builds`) run first, so a
+  generated model is complete before Triton reads the repository;
 - startup polls ``/v2/health/ready`` while printing which models are loaded; if the process
   exits or the timeout passes, :class:`TritonStartError` carries the tail of Triton's log;
 - the server runs in its own process group, with a short ``--exit-timeout-secs``; stopping
@@ -66,7 +68,9 @@ def _get_json(url: str, *, method: str = "GET", timeout: float = 2.0) -> tuple[i
 class LocalTriton:
     """One ``tritonserver`` serving a model repository on this machine.
 
-    :param model_repository: the repository to serve (never modified).
+    :param model_repository: the repository to serve. It is never modified, except by the
+        model builders beside it (``build_*.py``, see :mod:`triton_score.builds`), which
+        generate their model folders into it before the server starts.
     :param host: address for HTTP, gRPC and metrics; ``127.0.0.1`` unless you mean otherwise.
     :param http_port: HTTP port; gRPC and metrics default to the next two ports.
     :param install: a :class:`TritonInstall`; found with :func:`find_tritonserver` if omitted.
@@ -75,6 +79,7 @@ class LocalTriton:
     :param exit_timeout: Triton's ``--exit-timeout-secs``; short, so a stop is prompt.
     :param extra_args: more ``tritonserver`` arguments.
     :param progress: called with one line of human-readable progress at a time.
+    :param build: run the model builders first (:func:`triton_score.builds.run_builds`).
     """
 
     def __init__(
@@ -90,6 +95,7 @@ class LocalTriton:
         exit_timeout: int = 5,
         extra_args: Sequence[str] = (),
         progress: Callable[[str], None] | None = None,
+        build: bool = True,
     ) -> None:
         self.model_repository = Path(model_repository)
         self.host = host
@@ -101,6 +107,7 @@ class LocalTriton:
         self.exit_timeout = exit_timeout
         self.extra_args = list(extra_args)
         self.progress = progress or (lambda line: None)
+        self.build = build
         self.process: subprocess.Popen[bytes] | None = None
         self.shm_prefix = f"triton_score_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
         self.wrapped_models: list[str] = []
@@ -160,6 +167,8 @@ class LocalTriton:
         self._scratch = Path(tempfile.mkdtemp(prefix="triton-score-"))
         self._log_file = self._scratch / "tritonserver.log"
         try:
+            if self.build:
+                self._build_models()
             repository = self._served_repository()
             cmd = self.command(repository)
             with open(self._log_file, "wb") as log:
@@ -179,6 +188,15 @@ class LocalTriton:
             self.stop()
             raise
         return self
+
+    def _build_models(self) -> None:
+        """Generate the models that are not committed: Triton exits on an incomplete one."""
+        from triton_score.builds import BuildError, run_builds  # noqa: PLC0415
+
+        try:
+            run_builds(self.model_repository, progress=self.progress)
+        except BuildError as exc:
+            raise TritonStartError(str(exc)) from exc
 
     def _served_repository(self) -> Path:
         assert self.install is not None and self._scratch is not None

@@ -28,6 +28,9 @@ Rules (each checked when the module is loaded, not on the first request):
   to their ``class_count`` (0 = the raw tensor); ``None`` means every output, raw.
 - ``load(model)`` runs once per worker at start-up (read vocabularies, label maps...), and
   again when Triton reloads the model with a new config or version.
+- ``max_body_bytes`` (attribute, a positive int) lowers the largest request body the model's
+  ``/score`` route accepts below ``SCORE_MAX_BODY_BYTES``; a larger ``Content-Length`` is a
+  413 before the body is read.
 - Raise :class:`triton_score.errors.BadRequest` for a bad request; anything else is a 500 whose
   traceback goes to the log, never to the client.
 
@@ -118,6 +121,11 @@ def check_processor_class(cls: type) -> None:
                 f"{cls.__qualname__}.{name}() must accept {arity} argument(s) after self: "
                 f"see triton_score.processors"
             ) from None
+    limit = getattr(cls, "max_body_bytes", None)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ProcessorDefinitionError(
+            f"{cls.__qualname__}.max_body_bytes must be a positive number of bytes, got {limit!r}"
+        )
     try:
         inspect.signature(cls).bind()
     except TypeError:
@@ -145,6 +153,12 @@ class Processor:
         if self.implementation is None:
             return "default codec"
         return type(self.implementation).__qualname__
+
+    @property
+    def max_body_bytes(self) -> int | None:
+        """The processor's own limit on request bodies, if it declares one."""
+        limit = getattr(self.implementation, "max_body_bytes", None)
+        return int(limit) if limit is not None else None
 
     def load(self, model: ModelInfo) -> None:
         hook = getattr(self.implementation, "load", None)
