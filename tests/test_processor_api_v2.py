@@ -390,7 +390,7 @@ def test_request_schema_is_compiled_once_at_load(monkeypatch) -> None:
 
 
 def test_version_1_schema_attributes_still_document_and_now_validate() -> None:
-    template = Path(__file__).resolve().parent.parent / "score" / "processors.py"
+    template = Path(__file__).resolve().parent.parent / "score" / "qa_processor.py"
     from triton_score.processors.loading import load_processors
 
     registry = load_processors([str(template)], use_entry_points=False)
