@@ -17,6 +17,9 @@ from triton_score.local import LocalTriton
 from triton_score.local.processes import free_port, stop_process_group
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The console script, as a user runs it (``python -m`` would import a shadowing
+#: ``triton_score.py`` in the working directory by itself).
+SCORE_COMMAND = str(Path(sys.executable).with_name("score"))
 EXAMPLES = ROOT / "models" / "triton"
 
 
@@ -105,3 +108,16 @@ def plain_server(triton: LocalTriton) -> Iterator[ScoreServer]:
         yield server.wait_ready()
     finally:
         server.stop()
+
+
+def run_score(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``score ARGS`` to completion, with a ``TRITON_URL`` where nothing answers: for the
+    refusals that must come before anything starts."""
+    return subprocess.run(
+        [SCORE_COMMAND, *args],
+        cwd=cwd,
+        env={**os.environ, "TRITON_URL": "127.0.0.1:9"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -45,6 +45,8 @@ from triton_score.local import LocalTriton
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTRY_SCRIPT = ROOT / "score" / "score.py"
+#: A user's own score.py that imports the runtime (see the fixture's docstring).
+WRAPPING_SCRIPT = ROOT / "tests" / "fixtures" / "wrapping_score.py"
 MODEL_REPOSITORY = ROOT / "models" / "triton"
 MAX_BATCH = 16  # digits_onnx's max_batch_size
 
@@ -315,30 +317,12 @@ def test_processors_under_azmlinfsrv(with_processors: Azmlinfsrv) -> None:
     assert again.json()["predictions"][0]["digit"] == labels[0]
 
 
-#: A user's own score.py that imports the runtime: under azmlinfsrv, the working directory
-#: (and this file's folder) come first on sys.path, so a package named ``score`` would be
-#: this very file. ``triton_score`` is not.
-WRAPPING_SCRIPT = """\
-import triton_score
-import triton_score.entry as runtime
-
-
-def init():
-    runtime.init()
-
-
-def run(raw_data, request_headers):
-    answer = runtime.run(raw_data, request_headers)
-    return {"wrapped_by": "score.py", "runtime": triton_score.__name__, "answer": answer}
-"""
-
-
 def test_a_score_py_that_imports_triton_score(
     triton: LocalTriton, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     folder = tmp_path_factory.mktemp("user-code")
     script = folder / "score.py"
-    script.write_text(WRAPPING_SCRIPT)
+    script.write_text(WRAPPING_SCRIPT.read_text())
     images, labels = digits()
     for server in start(folder, folder, triton, script, SCORE_PROCESSORS="none"):
         response = score(server, {"inputs": {"image": images[:1].tolist()}})

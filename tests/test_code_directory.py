@@ -9,39 +9,23 @@ and check what is served, against the session's real Triton.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import requests
-from conftest import EXAMPLES, ROOT, ScoreServer
+from conftest import EXAMPLES, ROOT, ScoreServer, run_score
 from helpers import held_out_digits
 
 from triton_score.local import LocalTriton
 
 SEED = ROOT / "tests" / "fixtures" / "seed_score.py"
-#: The console script, as a user runs it (``python -m`` would import a shadow by itself).
-SCORE_COMMAND = str(Path(sys.executable).with_name("score"))
 
 #: The old import name, as code would spell it (built in pieces so this file passes itself).
 OLD_IMPORT = re.compile(r"\bfrom " + "score" + r"(\.\w+)* import\b|^\s*import " + "score" + r"\b")
 
-WRAPPING_SCRIPT = """\
-import triton_score
-import triton_score.entry as runtime
-
-
-def init():
-    runtime.init()
-
-
-def run(raw_data, request_headers):
-    answer = runtime.run(raw_data, request_headers)
-    return {"wrapped_by": "score.py", "runtime": triton_score.__name__, "answer": answer}
-"""
+WRAPPING_SCRIPT = ROOT / "tests" / "fixtures" / "wrapping_score.py"
 
 
 def digit_body(index: int = 0) -> tuple[str, int]:
@@ -96,7 +80,7 @@ def test_a_seed_style_score_py_in_the_working_directory(
 
 
 def test_a_score_py_that_imports_triton_score(triton: LocalTriton, tmp_path: Path) -> None:
-    (tmp_path / "score.py").write_text(WRAPPING_SCRIPT)
+    (tmp_path / "score.py").write_text(WRAPPING_SCRIPT.read_text())
     server = ScoreServer(
         "--entry-script",
         "score.py",
@@ -170,27 +154,13 @@ def test_score_serve_refuses_a_folder_that_shadows_the_runtime(tmp_path: Path, s
     else:
         target.mkdir()
         (target / "__init__.py").write_text("")
-    done = subprocess.run(
-        [SCORE_COMMAND, "serve", "--models", str(EXAMPLES)],
-        cwd=tmp_path,
-        env={**os.environ, "TRITON_URL": "127.0.0.1:9"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_score("serve", "--models", str(EXAMPLES), cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert f"{shadow} would be imported instead of the installed triton_score" in done.stderr
     assert "Traceback" not in done.stderr
 
 
 def test_a_missing_processor_file_is_one_line_before_anything_starts(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [SCORE_COMMAND, "serve", "--processors", "nope.py"],
-        cwd=tmp_path,
-        env={**os.environ, "TRITON_URL": "127.0.0.1:9"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_score("serve", "--processors", "nope.py", cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip() == "error: processor file 'nope.py' does not exist"

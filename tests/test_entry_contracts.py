@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,14 +27,13 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
-from conftest import ScoreServer
+from conftest import ScoreServer, run_score
 from helpers import held_out_digits
 from test_azmlinfsrv import Azmlinfsrv, require_azmlinfsrv
 
 from triton_score.local import LocalTriton
 
 FIXTURES = Path(__file__).parent / "fixtures"
-SCORE_COMMAND = str(Path(sys.executable).with_name("score"))
 ORIGIN = "https://app.example.com"
 CORS_ORIGINS = f"{ORIGIN}, https://admin.example.com"
 AZMLINFSRV_CLASS = "azureml_inference_server_http.api.aml_response.AMLResponse"
@@ -434,14 +431,7 @@ def test_score_serve_refuses_a_run_azmlinfsrv_refuses_in_one_line(
         "def init():\n    pass\n\n\n"
         f"{run}\n    return 1\n"
     )
-    done = subprocess.run(
-        [SCORE_COMMAND, "serve", "--entry-script", str(script)],
-        cwd=tmp_path,
-        env={**os.environ, "TRITON_URL": "127.0.0.1:9"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_score("serve", "--entry-script", str(script), cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     line = done.stderr.strip()
     assert "\n" not in line and line.startswith(f"error: entry script score.py: {message}"), line
@@ -452,14 +442,7 @@ def test_score_serve_reports_a_script_that_fails_to_import_in_one_line(tmp_path:
     script.write_text(
         "import not_a_module_anywhere\n\ndef init():\n    pass\n\ndef run(data):\n    pass\n"
     )
-    done = subprocess.run(
-        [SCORE_COMMAND, "serve", "--entry-script", str(script)],
-        cwd=tmp_path,
-        env={**os.environ, "TRITON_URL": "127.0.0.1:9"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_score("serve", "--entry-script", str(script), cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == (
         "error: entry script score.py failed to import: "
