@@ -1,23 +1,28 @@
 """The deployment files, checked offline by the real tools, and against each other.
 
 - ``Dockerfile``: hadolint, plus what the image promises (pinned NGC base, non-root user,
-  dependency layer before the source layer, HEALTHCHECK on the readiness route, CMD port
-  exposed, every COPY source present and not dropped by ``.dockerignore``).
-- ``environments/*.yml``: loaded by ``azure-ai-ml``'s own loaders (what ``az ml`` runs).
+  dependency layer installed with ``constraints.txt`` before the source layer, HEALTHCHECK on
+  the readiness route, CMD port exposed, every COPY source present and not dropped by
+  ``.dockerignore``, models and code directory laid out as AzureML lays out a deployment).
+- ``environments/*.yml``: loaded by ``azure-ai-ml``'s own loaders (what ``az ml`` runs); the
+  uploads (environment build context, code directory) through its own ignore-file logic.
 - ``environments/kubernetes/*.yaml``: validated (strict) against the Kubernetes schemas that
   ``kubernetes-validate`` bundles.
 - Consistency: probe ports exposed, probe paths served by the app (liveness without Triton),
   request timeout >= SCORING_TIMEOUT_MS, concurrency within the Gunicorn workers' capacity.
 - ``test_image_start_command_outside_docker`` (integration): the image's CMD and ENV run on
-  this machine against an ``$AZUREML_MODEL_DIR`` laid out as the Dockerfile's COPY does.
+  this machine against an ``$AZUREML_MODEL_DIR`` and a code directory laid out as the
+  Dockerfile's COPY does.
 
 A missing tool is a failure with the install hint, not a skip: CI installs ``.[test]``.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import copy
+import fnmatch
 import importlib
 import json
 import os
@@ -34,16 +39,24 @@ import urllib.request
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import ModuleType
 from typing import Any
 
 import pytest
 from sklearn.datasets import load_digits
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pytest depends on tomli there
+    import tomli as tomllib
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
+CONSTRAINTS = ROOT / "constraints.txt"
+#: The deployment's code directory: the entry script score.py and the processors.
+CODE_DIR = ROOT / "score"
 ENVIRONMENTS = ROOT / "environments"
 KUBERNETES = ENVIRONMENTS / "kubernetes"
 DEPLOY_DOC = ROOT / "docs" / "deploy.md"
@@ -155,6 +168,7 @@ class Image:
     exposed: set[int]
     user: str
     healthcheck: str
+    workdir: str
 
     @classmethod
     def from_dockerfile(cls, path: Path = DOCKERFILE) -> Image:
@@ -167,6 +181,7 @@ class Image:
         exposed: set[int] = set()
         user = "root"
         healthcheck = ""
+        workdir = "/"
         for ins in instructions:
             if ins.keyword == "ENV":
                 env.update(parse_env(ins.args, env))
@@ -184,7 +199,11 @@ class Image:
                 user = expand(ins.args, env)
             elif ins.keyword == "HEALTHCHECK":
                 healthcheck = ins.args
-        return cls(instructions, froms[0].args, env, copies, cmd, exposed, user, healthcheck)
+            elif ins.keyword == "WORKDIR":
+                workdir = str(PurePosixPath(workdir, expand(ins.args, env)))
+        return cls(
+            instructions, froms[0].args, env, copies, cmd, exposed, user, healthcheck, workdir
+        )
 
     def cmd_option(self, name: str) -> str:
         assert name in self.cmd, f"CMD {self.cmd} has no {name}"
@@ -396,16 +415,33 @@ def test_image_runs_score_serve_as_non_root(image: Image) -> None:
 
 def test_image_installs_dependencies_before_the_source(image: Image) -> None:
     keywords = [(i.keyword, i.args) for i in image.instructions]
+
+    def copies(source: str) -> list[int]:
+        return [
+            n for n, (k, a) in enumerate(keywords) if k == "COPY" and source in shlex.split(a)[:-1]
+        ]
+
     pip_runs = [n for n, (k, a) in enumerate(keywords) if k == "RUN" and "pip install" in a]
-    source_copy = [n for n, c in enumerate(keywords) if c[0] == "COPY" and "score/" in c[1]]
-    pyproject_copy = [n for n, c in enumerate(keywords) if c[0] == "COPY" and "pyproject" in c[1]]
-    assert pip_runs and source_copy and pyproject_copy
-    assert pyproject_copy[0] < pip_runs[0] < source_copy[0], (
-        "dependencies must be installed from pyproject.toml before the source is copied"
+    source_copy = copies("triton_score/")
+    pyproject_copy, constraints_copy = copies("pyproject.toml"), copies("constraints.txt")
+    assert pip_runs and source_copy and pyproject_copy and constraints_copy
+    assert max(pyproject_copy[0], constraints_copy[0]) < pip_runs[0] < source_copy[0], (
+        "dependencies must be installed from pyproject.toml and constraints.txt before the "
+        "source is copied"
     )
+    # The dependency layer's stub is the package's own folder, so that `pip install .` works.
+    stub = keywords[pip_runs[0]][1]
+    assert re.search(r"\bmkdir triton_score\b", stub) and "triton_score/__init__.py" in stub
+    # Every install that resolves dependencies uses the exact versions CI passed with.
+    for n in pip_runs:
+        for command in re.split(r"&&|;", keywords[n][1]):
+            if "pip install" in command and "--no-deps" not in command:
+                assert "-c constraints.txt" in command, f"not constrained: {command.strip()}"
     installs = " ".join(a for k, a in keywords if k == "RUN")
     assert "[local" not in installs, "the image has its own tritonserver: no [local] extra"
-    assert re.search(r"\bnltk==[\d.]+", installs), "nltk (pinned) as in the My-Triton env"
+    nltk = re.search(r"\bnltk==[\d.]+", installs)
+    assert nltk, "nltk (pinned) as in the My-Triton env"
+    assert nltk.group(0) in CONSTRAINTS.read_text().split(), "constraints.txt pins another nltk"
 
 
 def test_every_copy_source_exists_and_reaches_the_build_context(image: Image) -> None:
@@ -422,7 +458,11 @@ def test_every_copy_source_exists_and_reaches_the_build_context(image: Image) ->
         ".git/config",
         ".venv/bin/python",
         "tests/conftest.py",
+        "docs/deploy.md",
+        "environments/deployment.yml",
         "score/__pycache__/x.pyc",
+        "triton_score/__pycache__/x.pyc",
+        "triton_score.egg-info/PKG-INFO",
     ):
         assert dockerignored(noise, patterns), f"{noise} would be sent to the Docker daemon"
 
@@ -437,6 +477,48 @@ def test_models_land_where_score_serve_looks(image: Image) -> None:
     assert destination.is_relative_to(model_dir)
     triton = destination / "triton"
     assert triton.relative_to(model_dir).parts == ("models", "triton")
+    assert (ROOT / "models" / "triton").is_dir()
+    # The processors live in the code directory now, not beside the repository.
+    assert not (ROOT / "models" / "processors.py").exists(), "processors go in score/"
+
+
+def test_code_directory_lands_where_the_entry_script_points(image: Image) -> None:
+    """COPY score/ to $AML_APP_ROOT/<folder of $AZUREML_ENTRY_SCRIPT>, as AzureML lays out a
+    deployment's code_configuration (azmlinfsrv joins the two), and it holds the template."""
+    app_root = PurePosixPath(image.env.get("AML_APP_ROOT", ""))
+    entry = PurePosixPath(image.env.get("AZUREML_ENTRY_SCRIPT", ""))
+    assert app_root.is_absolute(), f"AML_APP_ROOT={app_root}"
+    assert entry.suffix == ".py" and not entry.is_absolute(), f"AZUREML_ENTRY_SCRIPT={entry}"
+    code = [c for c in image.copies if c.sources == ["score/"]]
+    assert len(code) == 1, "expected one COPY score/ ..."
+    assert PurePosixPath(code[0].destination) == app_root / entry.parent
+    # The working directory is the app root too, so ./score (the default) is the same folder.
+    assert PurePosixPath(image.workdir) == app_root
+    assert entry.parent.name == CODE_DIR.name
+    script = CODE_DIR / entry.name
+    assert script.is_file(), f"{script.relative_to(ROOT)} is missing"
+    imported = {
+        (node.module, alias.name)
+        for node in ast.walk(ast.parse(script.read_text()))
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert {("triton_score.entry", "init"), ("triton_score.entry", "run")} <= imported, (
+        "the entry script must be the template's (triton_score's own init/run), which "
+        "`score serve` serves natively"
+    )
+    assert (CODE_DIR / "processors.py").is_file()
+
+
+def test_code_directory_is_not_packaged() -> None:
+    """score/ is a folder of files AzureML uploads, not a package: the wheel is triton_score."""
+    assert not (CODE_DIR / "__init__.py").exists(), "score/ must not be a Python package"
+    with (ROOT / "pyproject.toml").open("rb") as file:
+        project = tomllib.load(file)
+    include = project["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert any(fnmatch.fnmatch("triton_score", p) for p in include), include
+    for folder in ("score", "models", "tests", "environments"):
+        assert not any(fnmatch.fnmatch(folder, p) for p in include), f"{folder} is packaged"
 
 
 def test_healthcheck_probes_readiness_on_an_exposed_port(image: Image, environment: Any) -> None:
@@ -493,6 +575,7 @@ def test_azureml_loader_rejects_a_broken_deployment(aml: ModuleType, tmp_path: P
     (document,) = yaml_documents(ENVIRONMENTS / "deployment.yml")
     document["request_settings"]["request_timeout_seconds"] = 5
     document["model"]["path"] = str(ROOT / "models")
+    document["code_configuration"]["code"] = str(CODE_DIR)
     broken = tmp_path / "deployment.yml"
     broken.write_text(json.dumps(document))
     with pytest.raises(Exception, match="request_timeout_seconds"):
@@ -558,6 +641,59 @@ def test_the_model_upload_carries_the_built_imagenet_model(deployment: Any) -> N
     for name in ("1/model.onnx", "config.pbtxt", "labels.txt", ".build-stamp.json"):
         assert f"triton/imagenet_lite0/{name}" in uploaded, sorted(uploaded)
     assert "build_imagenet.py" in uploaded
+
+
+def test_deployment_code_is_the_code_directory(deployment: Any, image: Image) -> None:
+    """code_configuration uploads score/; AzureML then sets AZUREML_ENTRY_SCRIPT to
+    <folder>/<scoring_script> under AML_APP_ROOT: the same entry script as the image's own."""
+    code = deployment.code_configuration
+    assert code is not None, "environments/deployment.yml has no code_configuration"
+    code_dir = (ENVIRONMENTS / str(code.code)).resolve()
+    assert code_dir == CODE_DIR, f"code: {code.code} is not the repository's score/"
+    assert (code_dir / code.scoring_script).is_file()
+    assert f"{code_dir.name}/{code.scoring_script}" == image.env["AZUREML_ENTRY_SCRIPT"]
+
+
+def azureml_upload(aml: ModuleType, folder: Path) -> tuple[Any, list[str]]:
+    """The ignore file AzureML applies when it uploads ``folder``, and the files it uploads of
+    the repository's own (tracked or not, outside .git/.venv, which are checked separately)."""
+    assets = quietly(require, "azure.ai.ml._utils._asset_utils", "azure-ai-ml")
+    ignore = assets.get_ignore_file(folder)
+    files = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if d not in (".git", ".venv")]
+        files += [Path(root, name) for name in names]
+    uploaded = [p.relative_to(folder).as_posix() for p in files if not ignore.is_file_excluded(p)]
+    return ignore, uploaded
+
+
+def test_environment_upload_is_what_the_dockerfile_uses(aml: ModuleType, image: Image) -> None:
+    """AzureML uploads the environment's build context (the repository root) through its own
+    ignore-file logic, which reads the root's .amlignore and not .dockerignore."""
+    ignore, uploaded = azureml_upload(aml, ROOT)
+    assert Path(ignore.path) == ROOT / ".amlignore", "the root has no .amlignore"
+    patterns = dockerignore_patterns()
+    copied = set()
+    for copy_ in image.copies:
+        for source in copy_.sources:
+            path = ROOT / source
+            found = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+            copied |= {p.relative_to(ROOT).as_posix() for p in found}
+    needed = {"Dockerfile", ".dockerignore"} | {c for c in copied if not dockerignored(c, patterns)}
+    assert needed <= set(uploaded), f"not uploaded: {sorted(needed - set(uploaded))}"
+    # Nothing else: the upload (and so the environment's hash) is what the image is built from.
+    extra = sorted(set(uploaded) - needed)
+    assert not extra, f"uploaded for nothing: {extra}"
+    for noise in (".git/config", ".venv/bin/python", "tests/conftest.py", "docs/deploy.md"):
+        assert ignore.is_file_excluded(ROOT / noise), f"{noise} would be uploaded"
+
+
+def test_code_upload_is_the_code_directory_without_noise(aml: ModuleType) -> None:
+    ignore, uploaded = azureml_upload(aml, CODE_DIR)
+    assert Path(ignore.path) == CODE_DIR / ".amlignore", "score/ has no .amlignore"
+    assert {"score.py", "processors.py"} <= set(uploaded)
+    for noise in ("__pycache__/processors.cpython-311.pyc", ".pytest_cache/README.md"):
+        assert ignore.is_file_excluded(CODE_DIR / noise), f"score/{noise} would be uploaded"
 
 
 def test_request_timeout_covers_the_scoring_timeout(deployment: Any, image: Image) -> None:
@@ -843,7 +979,8 @@ def tail(path: Path, lines: int = 60) -> str:
 
 @pytest.fixture
 def served_like_the_image(image: Image, tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """Run the Dockerfile's CMD with its ENV, against a copy of the image's model layout."""
+    """Run the Dockerfile's CMD with its ENV and WORKDIR, against a copy of the image's
+    /var/azureml-app (the models and the code directory) under a temporary root."""
     score = executable("score", "triton-score (pip install -e .)")
     helped = subprocess.run([score, "serve", "--help"], capture_output=True, text=True, timeout=60)
     if helped.returncode != 0:
@@ -855,16 +992,24 @@ def served_like_the_image(image: Image, tmp_path: Path) -> Iterator[dict[str, An
     tritonserver = prepared.stdout.strip().splitlines()[-1]
     assert Path(tritonserver).is_file(), tritonserver
 
-    # $AZUREML_MODEL_DIR as the Dockerfile's COPY lays it out, under a temporary root.
-    image_model_dir = Path(image.env["AZUREML_MODEL_DIR"])
-    model_dir = tmp_path / image_model_dir.relative_to("/")
+    # $AML_APP_ROOT (models under $AZUREML_MODEL_DIR, the code directory) as the Dockerfile's
+    # COPY lays it out, under a temporary root. The package itself is this venv's.
+    image_root = tmp_path / "image"
+
+    def in_image(path: str) -> Path:
+        return image_root / PurePosixPath(path).relative_to("/")
+
+    app_root = PurePosixPath(image.env["AML_APP_ROOT"])
+    copied: list[str] = []
     for copy_ in image.copies:
-        destination = Path(copy_.destination)
-        if copy_.sources == ["models/"] and destination.is_relative_to(image_model_dir):
-            target = model_dir / destination.relative_to(image_model_dir)
-            copied = copy_into_image_layout(ROOT / "models", target)
-            assert any(c.endswith("config.pbtxt") for c in copied), copied
-    assert (model_dir / "models" / "triton" / "digits_onnx").is_dir()
+        if PurePosixPath(copy_.destination).is_relative_to(app_root):
+            for source in copy_.sources:
+                copied += copy_into_image_layout(ROOT / source, in_image(copy_.destination))
+    model_dir = in_image(image.env["AZUREML_MODEL_DIR"])
+    assert (model_dir / "models" / "triton" / "digits_onnx" / "config.pbtxt").is_file(), copied
+    entry_script = in_image(str(app_root)) / image.env["AZUREML_ENTRY_SCRIPT"]
+    assert entry_script.is_file(), copied
+    assert (entry_script.parent / "processors.py").is_file(), copied
 
     port = free_port()
     triton_http, triton_grpc, triton_metrics = free_port(), free_port(), free_port()
@@ -879,13 +1024,14 @@ def served_like_the_image(image: Image, tmp_path: Path) -> Iterator[dict[str, An
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("SCORE_", "AZUREML_", "TRITON", "WORKER_", "PROMETHEUS_"))
+        if not k.startswith(("SCORE_", "AZUREML_", "AML_", "TRITON", "WORKER_", "PROMETHEUS_"))
     }
     env.update(image.env)
     temp = tmp_path / "tmp"
     temp.mkdir()
     env.update(
         AZUREML_MODEL_DIR=str(model_dir),
+        AML_APP_ROOT=str(in_image(str(app_root))),  # AZUREML_ENTRY_SCRIPT is relative to it
         TRITONSERVER=tritonserver,
         # The image's Triton listens on 127.0.0.1:8000; here a free port, so that no other
         # Triton on this machine is mistaken for ours.
@@ -893,8 +1039,10 @@ def served_like_the_image(image: Image, tmp_path: Path) -> Iterator[dict[str, An
         PATH=scripts_path(),
         TMPDIR=str(temp),
     )
-    workdir = tmp_path / "workdir"  # no ./models/triton here: only $AZUREML_MODEL_DIR can work
-    workdir.mkdir()
+    workdir = in_image(image.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    # No ./models/triton there: only $AZUREML_MODEL_DIR can give the models.
+    assert not (workdir / "models" / "triton").exists()
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -924,6 +1072,7 @@ def served_like_the_image(image: Image, tmp_path: Path) -> Iterator[dict[str, An
             "log": log,
             "temp": temp,
             "model_dir": model_dir,
+            "entry_script": entry_script,
             "command": command,
         }
     finally:
@@ -956,12 +1105,22 @@ def test_image_start_command_outside_docker(
     assert status == 200, body
     assert "digits_onnx" in {m["name"] for m in json.loads(body)}
 
-    # Scoring goes through models/processors.py, which the image carries beside models/triton:
-    # its DigitsClassifier takes {"image": 8x8} and answers {"predictions": [...]}.
+    # $AZUREML_ENTRY_SCRIPT is the template's score.py: `score serve` serves natively, every
+    # model at /score/<model>, with the processors of the code directory beside the entry
+    # script (score/processors.py; nothing is beside the model repository any more). Its
+    # DigitsClassifier takes {"image": 8x8} and answers {"predictions": [...]}...
     status, body = http("POST", base + "/score/digits_onnx", {"image": DIGIT_ZERO})
     assert status == 200, f"POST /score/digits_onnx: {status} {body[:500]!r}\n{tail(log)}"
     answer = json.loads(body)
     assert answer["predictions"][0]["digit"] == 0, answer
+    # ... and its QA processor turns {"context", "question"} into bidaf-9 tensors and back.
+    question = {
+        "context": "The Eiffel Tower was completed in 1889. It is 330 metres tall.",
+        "question": "When was the Eiffel Tower completed?",
+    }
+    status, body = http("POST", base + "/score/qa_lexical", question)
+    assert status == 200, f"POST /score/qa_lexical: {status} {body[:500]!r}\n{tail(log)}"
+    assert json.loads(body)["answer"] == "1889", body
     # The bare tensor, through the /v2 passthrough to the image's Triton: [1, 8, 8] FP32.
     infer = {
         "inputs": [
