@@ -16,6 +16,7 @@ from triton_score.logs import (
     JsonFormatter,
     LogWriter,
     RequestContextFilter,
+    _Handler,
     configure_logging,
     logfmt,
 )
@@ -42,8 +43,8 @@ def test_logfmt_quotes_and_escapes() -> None:
 
 def records_to(stream: io.StringIO, log_format: str) -> None:
     configure_logging(log_format, "INFO")
-    handler = logging.getLogger(LOGGER).handlers[0]
-    handler.setStream(stream)  # type: ignore[attr-defined]
+    (handler,) = [h for h in logging.getLogger(LOGGER).handlers if isinstance(h, _Handler)]
+    handler.setStream(stream)
 
 
 def test_lines_of_a_request_carry_its_ids_text_and_json(restore_logging) -> None:
@@ -89,7 +90,8 @@ def test_json_lines_hold_access_fields_and_tracebacks() -> None:
 def test_print_becomes_log_lines_with_the_request_id(restore_logging) -> None:
     stream, fallback = io.StringIO(), io.StringIO()
     writer = LogWriter(logging.getLogger("triton_score.stdout"), fallback)
-    logging.getLogger(LOGGER).handlers.clear()
+    logger = logging.getLogger(LOGGER)
+    logger.handlers[:] = [h for h in logger.handlers if not isinstance(h, _Handler)]
     print("before logging is configured", file=writer)  # no handler yet: as it is
     assert fallback.getvalue() == "before logging is configured\n"
     records_to(stream, "json")

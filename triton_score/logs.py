@@ -96,7 +96,7 @@ class JsonFormatter(logging.Formatter):
 
 
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Ours, so that configuring again replaces it and leaves anyone else's alone."""
+    """Ours, so that configuring again replaces it (and leaves anyone else's alone)."""
 
 
 def configure_logging(log_format: str = "text", level: str | int = "INFO") -> None:
@@ -105,11 +105,10 @@ def configure_logging(log_format: str = "text", level: str | int = "INFO") -> No
     for handler in list(logger.handlers):
         if isinstance(handler, _Handler):
             logger.removeHandler(handler)
-    if not logger.handlers:  # an application that set up its own handler keeps it
-        handler = _Handler(sys.stderr)
-        handler.addFilter(RequestContextFilter())
-        handler.setFormatter(JsonFormatter() if log_format == "json" else _text_formatter())
-        logger.addHandler(handler)
+    handler = _Handler(sys.stderr)
+    handler.addFilter(RequestContextFilter())
+    handler.setFormatter(JsonFormatter() if log_format == "json" else _text_formatter())
+    logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
 
@@ -164,7 +163,8 @@ class LogWriter(io.TextIOBase):
 
     def _emit(self, ident: int, line: str) -> None:
         line = line.rstrip("\r")
-        if ident in self._emitting or not logging.getLogger(LOGGER).handlers:
+        configured = any(isinstance(h, _Handler) for h in logging.getLogger(LOGGER).handlers)
+        if ident in self._emitting or not configured:
             if self._fallback is not None:
                 self._fallback.write(line + "\n")
                 self._fallback.flush()
