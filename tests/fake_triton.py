@@ -37,6 +37,8 @@ class FakeTriton:
                     body, kind = METRICS, "text/plain; charset=utf-8"
                 elif self.path.startswith("/v2/health/"):  # never ready: no models here
                     status, body, kind = 503, b"", "text/plain"
+                elif self.path == "/v2/repository/index":
+                    body, kind = b"[]", "application/json"
                 else:
                     body, kind = json.dumps({"name": "m"}).encode(), "application/json"
                 self.send_response(status)

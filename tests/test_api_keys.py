@@ -16,7 +16,7 @@ from triton_score.http import auth
 from triton_score.http.app import create_app
 from triton_score.http.auth import KeyStore, route_group
 from triton_score.http.forward import TritonForwarder
-from triton_score.settings import Settings
+from triton_score.settings import AUTH_GROUPS, Settings
 
 KEY = "k-7b1e0c4a9f2d4e3b8a6c"
 OTHER = "k-0a9b8c7d6e5f4a3b2c1d"
@@ -281,3 +281,36 @@ def test_triton_metrics_are_proxied(fake_triton: FakeTriton) -> None:
     gone = make_app(fake_triton, triton_metrics_url="127.0.0.1:9").test_client()
     unreachable = gone.get("/metrics/triton")
     assert unreachable.status_code == 503 and unreachable.json["code"] == "triton_unavailable"
+
+
+def test_the_settings_and_pages_are_documented() -> None:
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    security = (root / "docs" / "security.md").read_text()
+    monitoring = (root / "docs" / "monitoring.md").read_text()
+    for variable in ("SCORE_API_KEYS", "SCORE_API_KEYS_FILE", "SCORE_AUTH_EXEMPT"):
+        assert f"`{variable}`" in readme and f"`{variable}`" in security, variable
+    for variable in (
+        "SCORE_LOG_FORMAT",
+        "SCORE_LOG_LEVEL",
+        "SCORE_ACCESS_LOG",
+        "SCORE_TRITON_METRICS_URL",
+    ):
+        assert f"`{variable}`" in readme and f"`{variable}`" in monitoring, variable
+    for group in AUTH_GROUPS:
+        assert f"| `{group}` |" in security, group
+    assert "(docs/security.md)" in readme and "(docs/monitoring.md)" in readme
+
+
+def test_the_openapi_document_declares_the_bearer_key(fake_triton: FakeTriton) -> None:
+    client = make_app(fake_triton, api_keys=(KEY,)).test_client()
+    doc = client.get("/swagger.json", headers={"Authorization": f"Bearer {KEY}"}).json
+    assert doc["components"]["securitySchemes"]["apiKey"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "an API key",
+    }
+    assert doc["security"] == [{"apiKey": []}]
+    assert doc["paths"]["/v2/health/ready"]["get"]["security"] == []
+    plain = make_app(fake_triton).test_client().get("/swagger.json").json
+    assert "security" not in plain and "securitySchemes" not in plain["components"]
