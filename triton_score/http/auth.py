@@ -15,9 +15,9 @@ preflight is answered here, no view runs), and the route groups of ``SCORE_AUTH_
 
 Keys are compared in constant time: the SHA-256 of the presented key against the SHA-256 of
 every valid key, with :func:`hmac.compare_digest`, all of them every time. Only the digests
-are kept. The ``Authorization`` header is removed from the request once read, so nothing
-downstream (the ``/v2`` forwarder, processors, an entry script, Gunicorn's access log) sees
-it; a key is never logged, echoed in an error or used as a metric label.
+are kept. The ``Authorization`` header is removed from the WSGI environ once read, so nothing
+downstream (the ``/v2`` forwarder, processors, an entry script, the user field of Gunicorn's
+access log) sees it; a key is never logged, echoed in an error or used as a metric label.
 """
 
 from __future__ import annotations
