@@ -88,6 +88,29 @@ class HTTPFailure(ScoringError):
         self.code = code
 
 
+class Unauthorized(ScoringError):
+    """No valid API key (401), with the ``WWW-Authenticate: Bearer`` challenge of RFC 6750.
+
+    :param error: RFC 6750's ``error`` attribute: ``invalid_token`` for a key that is not
+        valid, ``invalid_request`` for a malformed header, empty for a missing one. The key
+        itself is never part of the message.
+    """
+
+    status_code = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str, *, error: str = "") -> None:
+        super().__init__(message)
+        self.error = error
+
+    @property
+    def headers(self) -> dict[str, str]:
+        challenge = 'Bearer realm="triton-score"'
+        if self.error:
+            challenge += f', error="{self.error}"'
+        return {"WWW-Authenticate": challenge}
+
+
 class BodyTooLarge(ScoringError):
     """The request body is above the limit of the route (413); the message names the limit.
 

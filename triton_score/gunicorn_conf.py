@@ -12,7 +12,14 @@ Environment (read here because this is Gunicorn's own configuration file):
 - ``SCORE_HOST`` / ``SCORE_PORT`` (127.0.0.1 / 5001): the bind address; images bind 0.0.0.0;
 - ``SCORE_WORKER_CONNECTIONS`` (256): concurrent requests per worker;
 - ``SCORE_GRACEFUL_TIMEOUT`` (30): seconds in-flight requests get to finish on SIGTERM;
-- ``SCORE_ACCESS_LOG`` (unset): set to ``-`` for an access log on stdout.
+- ``SCORE_ACCESS_LOG`` (unset): set to ``-`` for Gunicorn's own access log on stdout, beside
+  ours. The app writes one access line per request itself (logger ``triton_score.access``,
+  with the request id, model and stage timings, in ``SCORE_LOG_FORMAT``), so this is only for
+  tools that expect Gunicorn's format;
+- ``SCORE_LOG_LEVEL`` (INFO): Gunicorn's level too.
+
+In each worker, ``print()`` output goes to the log with the request id of the request that
+printed (:func:`triton_score.logs.capture_stdout`).
 """
 
 import os
@@ -27,11 +34,18 @@ graceful_timeout = int(os.environ.get("SCORE_GRACEFUL_TIMEOUT", "30"))
 keepalive = 5
 accesslog = os.environ.get("SCORE_ACCESS_LOG") or None
 errorlog = "-"
-loglevel = "info"
+loglevel = os.environ.get("SCORE_LOG_LEVEL", "").strip().lower() or "info"
 proc_name = "triton-score"
 # Gunicorn >= 24 opens a control socket at a fixed path under $HOME: two servers on one
 # machine (tests, several deployments) would fight over it, and nothing here uses it.
 control_socket_disable = True
+
+
+def post_fork(server, worker):  # noqa: ANN001, ANN201 - gunicorn hook signature
+    """In the new worker: what processors print() becomes log lines with the request id."""
+    from triton_score.logs import capture_stdout
+
+    capture_stdout()
 
 
 def child_exit(server, worker):  # noqa: ANN001, ANN201 - gunicorn hook signature

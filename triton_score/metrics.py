@@ -18,7 +18,12 @@ Names:
 - ``score_requests_in_flight``: requests being scored now;
 - ``score_triton_errors_total{model,kind}``: failures attributed to Triton
   (``unavailable``, ``timeout``, ``error``) — Triton's own failure counter misses
-  requests it rejected with a 4xx.
+  requests it rejected with a 4xx;
+- ``score_auth_failures_total{group,reason}``: requests refused for want of a valid API key
+  (``reason``: ``missing``, ``malformed``, ``invalid``; ``group``: ``score``, ``v2``,
+  ``metrics``, ``docs``, ``other``). Refused requests never reach ``score_requests_total``.
+
+Triton's own metrics (``nv_inference_*``) are at ``/metrics/triton``.
 """
 
 from __future__ import annotations
@@ -74,6 +79,16 @@ class Metrics:
             ["model", "kind"],
             registry=self.registry,
         )
+
+        self.auth_failures = Counter(
+            "score_auth_failures",
+            "Requests refused for want of a valid API key, by route group and reason.",
+            ["group", "reason"],
+            registry=self.registry,
+        )
+
+    def auth_failed(self, group: str, reason: str) -> None:
+        self.auth_failures.labels(group, reason).inc()
 
     def observe_stage(self, stage: str, model: str, seconds: float) -> None:
         self.stage.labels(model, stage).observe(seconds)

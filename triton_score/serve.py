@@ -242,6 +242,9 @@ class Supervisor:
             SCORE_PORT=str(opts.port),
             PROMETHEUS_MULTIPROC_DIR=self._metrics_dir,
         )
+        if self.triton is not None:  # ours: its metrics port, for /metrics/triton
+            host = self.triton.url.rpartition(":")[0]
+            env["SCORE_TRITON_METRICS_URL"] = f"{host}:{self.triton.metrics_port}"
         if opts.workers is not None:
             env["WORKER_COUNT"] = str(opts.workers)
         if opts.processors:

@@ -7,6 +7,7 @@ what is ours. Nothing else in the package reads ``os.environ`` for configuration
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -17,6 +18,16 @@ from triton_score.locations import resolve_entry_script
 
 def _split(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.replace(";", ",").split(",") if part.strip())
+
+
+#: Route groups ``SCORE_AUTH_EXEMPT`` may open (``/``, ``/v2/health/live`` and
+#: ``/v2/health/ready`` are always open): ``/metrics`` and ``/metrics/triton``; ``/swagger.json``;
+#: the ``/v2/...`` routes forwarded to Triton.
+AUTH_GROUPS = ("metrics", "docs", "v2")
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: Triton's default metrics port, beside ``TRITON_URL``'s host.
+TRITON_METRICS_PORT = 8002
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,60 @@ class Settings:
     #: a model Triton reloads (new config or version) is picked up without a restart
     #: (``SCORE_METADATA_REFRESH_S``); 0 turns it off.
     metadata_refresh_s: float = 10.0
+    #: API keys a client must send as ``Authorization: Bearer <key>`` (``SCORE_API_KEYS``,
+    #: comma-separated). With these or :attr:`api_keys_file`, every route but ``/`` and
+    #: ``/v2/health/*`` (and the :attr:`auth_exempt` groups) needs one.
+    api_keys: tuple[str, ...] = ()
+    #: A file of API keys, one a line (``SCORE_API_KEYS_FILE``); read again when it changes,
+    #: so keys rotate without a restart. Its keys are valid beside :attr:`api_keys`.
+    api_keys_file: str = ""
+    #: Route groups that need no key (``SCORE_AUTH_EXEMPT``): see :data:`AUTH_GROUPS`.
+    auth_exempt: tuple[str, ...] = ()
+    #: ``text`` or ``json`` (JSON lines) for the log, access lines included (``SCORE_LOG_FORMAT``).
+    log_format: str = "text"
+    #: Level of the ``triton_score`` log (``SCORE_LOG_LEVEL``); ``WARNING`` drops access lines.
+    log_level: str = "INFO"
+    #: Triton's Prometheus endpoint, proxied at ``/metrics/triton`` (``SCORE_TRITON_METRICS_URL``:
+    #: ``host:port`` or a URL); empty: ``TRITON_URL``'s host, port 8002, ``/metrics``.
+    triton_metrics_url: str = ""
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.auth_exempt) - set(AUTH_GROUPS))
+        if unknown:
+            raise ValueError(
+                f"SCORE_AUTH_EXEMPT: unknown route group {unknown[0]!r}; "
+                f"choose among {', '.join(AUTH_GROUPS)}"
+            )
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(
+                f"SCORE_LOG_FORMAT={self.log_format!r}: choose {' or '.join(LOG_FORMATS)}"
+            )
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(
+                f"SCORE_LOG_LEVEL={self.log_level!r}: choose among {', '.join(LOG_LEVELS)}"
+            )
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether API keys are required (keys listed, or a key file named)."""
+        return bool(self.api_keys or self.api_keys_file)
+
+    @property
+    def log_level_number(self) -> int:
+        return int(logging.getLevelName(self.log_level))
+
+    def triton_metrics_endpoint(self) -> str:
+        """Triton's metrics as a URL: ``http://host:port/metrics`` unless told otherwise."""
+        url = self.triton_metrics_url.strip()
+        if not url:
+            host = self.triton_url.removeprefix("http://").rpartition(":")[0] or "localhost"
+            return f"http://{host}:{TRITON_METRICS_PORT}/metrics"
+        if "://" not in url:
+            url = "http://" + url
+        scheme, _, rest = url.partition("://")
+        if "/" not in rest:
+            rest += "/metrics"
+        return f"{scheme}://{rest}"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -83,6 +148,20 @@ class Settings:
             values["prometheus_multiproc_dir"] = env["PROMETHEUS_MULTIPROC_DIR"]
         if "SCORE_MODELS" in env:
             values["models"] = _split(env["SCORE_MODELS"])
+        if "SCORE_API_KEYS" in env:
+            values["api_keys"] = tuple(
+                k.strip() for k in env["SCORE_API_KEYS"].split(",") if k.strip()
+            )
+        if "SCORE_API_KEYS_FILE" in env:
+            values["api_keys_file"] = env["SCORE_API_KEYS_FILE"].strip()
+        if "SCORE_AUTH_EXEMPT" in env:
+            values["auth_exempt"] = tuple(g.lower() for g in _split(env["SCORE_AUTH_EXEMPT"]))
+        if env.get("SCORE_LOG_FORMAT", "").strip():
+            values["log_format"] = env["SCORE_LOG_FORMAT"].strip().lower()
+        if env.get("SCORE_LOG_LEVEL", "").strip():
+            values["log_level"] = env["SCORE_LOG_LEVEL"].strip().upper()
+        if "SCORE_TRITON_METRICS_URL" in env:
+            values["triton_metrics_url"] = env["SCORE_TRITON_METRICS_URL"].strip()
         numeric = {
             "SCORING_TIMEOUT_MS": ("scoring_timeout_ms", int),
             "SCORE_TRITON_WAIT_S": ("triton_wait_s", float),

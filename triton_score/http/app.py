@@ -17,36 +17,26 @@ Per-app state lives in ``app.extensions["triton_score"]`` (a
 from __future__ import annotations
 
 import logging
-import sys
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from triton_score.errors import ScoringError
-from triton_score.http import routes
+from triton_score.http import access, routes
+from triton_score.http.auth import ApiKeyAuth, KeyStore
 from triton_score.http.cors import Cors
-from triton_score.http.forward import TritonForwarder
+from triton_score.http.forward import TritonForwarder, TritonMetrics
 from triton_score.http.responses import (
     EXTENSION,
     error_response,
     http_error,
     unexpected_error,
 )
+from triton_score.logs import configure_logging
 from triton_score.runtime import Runtime, build_runtime
 from triton_score.settings import Settings
 
 log = logging.getLogger("triton_score")
-
-
-def _configure_logging() -> None:
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(
-            logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
-        )
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
 
 
 def create_app(
@@ -59,8 +49,11 @@ def create_app(
         ``False`` defers that to the first request or readiness probe.
     :param runtime: an already built runtime (tests); default :func:`build_runtime`.
     """
-    _configure_logging()
+    settings = runtime.settings if runtime is not None else settings or Settings.from_env()
+    configure_logging(settings.log_format, settings.log_level)
     rt = runtime or build_runtime(settings)
+    if rt.scorer is not None:  # stage timings to the metrics and to the request's access line
+        rt.scorer.observe = access.observing(rt.scorer.observe)
     app = Flask("triton_score")
     app.config["MAX_CONTENT_LENGTH"] = rt.settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -68,11 +61,21 @@ def create_app(
     app.extensions[routes.FORWARDER] = TritonForwarder(
         rt.settings.triton_url, timeout_s=rt.settings.scoring_timeout_ms / 1000
     )
+    app.extensions[routes.TRITON_METRICS] = TritonMetrics(rt.settings.triton_metrics_endpoint())
     if init:
         rt.init()
 
     app.register_blueprint(routes.blueprint)
+    # before_request hooks run in this order, after_request hooks in the reverse one: the
+    # access line is written last, with the final status.
+    app.before_request(access.start)
+    auth = _api_key_auth(rt)
+    if auth is not None:
+        app.before_request(auth.take)  # first: no later code sees the Authorization header
     app.before_request(routes.assign_request_id)
+    if auth is not None:
+        app.before_request(auth.check)
+    app.after_request(access.log_request)
     app.after_request(routes.echo_request_id)
     if rt.settings.cors_origins:  # AML_CORS_ORIGINS
         cors = Cors(rt.settings.cors_origins)
@@ -86,3 +89,22 @@ def create_app(
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(Exception, unexpected_error)
     return app
+
+
+def _api_key_auth(rt: Runtime) -> ApiKeyAuth | None:
+    """The API key check, when ``SCORE_API_KEYS`` or ``SCORE_API_KEYS_FILE`` is set."""
+    settings = rt.settings
+    if not settings.auth_enabled:
+        return None
+    auth = ApiKeyAuth(
+        KeyStore(settings.api_keys, settings.api_keys_file or None),
+        settings.auth_exempt,
+        on_failure=rt.metrics.auth_failed,
+    )
+    exempt = f"; open without a key: {', '.join(settings.auth_exempt)}"
+    log.info(
+        "API keys required (%d valid now) on every route but / and /v2/health/*%s",
+        auth.keys.count,
+        exempt if settings.auth_exempt else "",
+    )
+    return auth

@@ -6,13 +6,18 @@ APIs answer 403 here.
 Clients written for Triton (``tritonclient``, ``perf_analyzer``, curl against
 ``/v2/models/<m>/versions/<v>/infer``) work against the scoring port unchanged, binary
 tensor extension included: bodies and the ``Inference-Header-Content-Length`` header pass
-through untouched.
+through untouched. ``Authorization`` never does: it holds the client's key for this server
+(or an AzureML endpoint's), which is no business of Triton's.
+
+:class:`TritonMetrics` fetches Triton's Prometheus metrics (``nv_inference_*``) for
+``GET /metrics/triton``, since Triton's metrics port is not reachable from outside.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 from geventhttpclient import HTTPClient
 
@@ -45,6 +50,9 @@ _DROP = {
     "upgrade",
     "host",
     "content-length",
+    # Credentials for this server (SCORE_API_KEYS) or the AzureML endpoint, not for Triton.
+    "authorization",
+    "cookie",
 }
 
 
@@ -92,3 +100,44 @@ class TritonForwarder:
             raise TritonUnavailable(f"Triton is unreachable: {type(exc).__name__}") from exc
         kept = [(k, v) for k, v in response.items() if k.lower() not in _DROP]
         return response.status_code, content, kept
+
+
+class TritonMetrics:
+    """Triton's Prometheus endpoint (``http://host:8002/metrics`` by default), fetched on demand.
+
+    :param url: ``http://host:port/path``, as :meth:`Settings.triton_metrics_endpoint` gives.
+    """
+
+    def __init__(self, url: str, *, timeout_s: float = 10.0) -> None:
+        parts = urlsplit(url)
+        self.url = url
+        self.path = parts.path or "/metrics"
+        self._client = HTTPClient(
+            parts.hostname or "localhost",
+            port=parts.port or 8002,
+            concurrency=2,
+            connection_timeout=min(timeout_s, 5.0),
+            network_timeout=timeout_s,
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def scrape(self) -> tuple[int, bytes, str]:
+        """Status, body and content type of Triton's metrics page.
+
+        :raises TritonUnavailable: Triton's metrics endpoint cannot be reached (503).
+        """
+        try:
+            response = self._client.get(self.path)
+            content = response.read()
+            response.release()
+        except (TimeoutError, OSError) as exc:
+            raise TritonUnavailable(
+                f"Triton's metrics endpoint is unreachable: {type(exc).__name__} "
+                "(SCORE_TRITON_METRICS_URL)"
+            ) from exc
+        content_type = response.get("content-type") or "text/plain; version=0.0.4"
+        if isinstance(content_type, list):
+            content_type = content_type[0]
+        return response.status_code, content, content_type

@@ -206,12 +206,20 @@ def build_openapi(rt: Any) -> dict[str, Any]:
         # @output_schema (inference-schema's OpenAPI 3.0 form), else open objects.
         schemas["ServiceInput"], schemas["ServiceOutput"] = rt.entry_script.schemas()
         paths["/score"] = {"post": _entry_script_operation()}
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.0.3",
         "info": {"title": "triton-score", "version": __version__},
         "paths": paths,
         "components": {"schemas": schemas},
     }
+    if rt.settings.auth_enabled:  # SCORE_API_KEYS: a bearer key everywhere but the probes
+        document["components"]["securitySchemes"] = {
+            "apiKey": {"type": "http", "scheme": "bearer", "description": "an API key"}
+        }
+        document["security"] = [{"apiKey": []}]
+        for path in ("/", "/v2/health/ready"):
+            paths[path]["get"]["security"] = []
+    return document
 
 
 def _entry_script_operation() -> dict[str, Any]:

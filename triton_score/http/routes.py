@@ -10,7 +10,11 @@
 ``/v2/...``                 forwarded to Triton unchanged (metadata, infer, stats...)
 ``GET /swagger.json``       OpenAPI 3 document built from the models and processors
 ``GET /metrics``            Prometheus metrics of all workers
+``GET /metrics/triton``     Triton's own metrics (``nv_inference_*``), fetched from its port
 ==========================  ======================================================
+
+With API keys (``SCORE_API_KEYS``/``SCORE_API_KEYS_FILE``) every route but ``/`` and
+``/v2/health/*`` needs ``Authorization: Bearer <key>``: see :mod:`triton_score.http.auth`.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ from triton_score.errors import (
     TritonError,
     TritonUnavailable,
 )
-from triton_score.http.forward import TritonForwarder
+from triton_score.http.access import record_stage
+from triton_score.http.forward import TritonForwarder, TritonMetrics
 from triton_score.http.responses import error_response, json_response, runtime
 from triton_score.runtime import Runtime
 
@@ -42,6 +47,8 @@ log = logging.getLogger("triton_score")
 blueprint = Blueprint("triton_score", __name__)
 #: Where the app keeps its ``/v2`` forwarder.
 FORWARDER = "triton_score.forwarder"
+#: Where the app keeps its :class:`TritonMetrics` (``/metrics/triton``).
+TRITON_METRICS = "triton_score.triton_metrics"
 
 #: Failures counted in score_triton_errors_total, by kind.
 TRITON_FAILURES = {
@@ -167,6 +174,7 @@ def _run_entry_script(script: EntryScript) -> Response:
     """run()'s output as a response (a response object as it is, anything else as JSON),
     with azmlinfsrv's ``x-ms-run-fn-exec-ms`` and ``x-ms-run-function-failed``."""
     result = script.run(request._get_current_object(), g.request_id)  # type: ignore[attr-defined]
+    record_stage("run", result.elapsed_ms / 1000)
     if isinstance(result.output, Response):  # AMLResponse (ours or azmlinfsrv's) and friends
         response = result.output
     else:
@@ -242,6 +250,7 @@ def score(model: str | None = None) -> Response:
         return error_response(exc)
     finally:
         label = _model_label(model)
+        g.model = label
         metrics.in_flight.dec()
         metrics.requests.labels(label, str(status)).inc()
         metrics.duration.labels(label).observe(time.perf_counter() - started)
@@ -257,6 +266,7 @@ def forward(path: str = "") -> Response:
     target = "/v2/" + path if path else "/v2"
     if request.query_string:
         target += "?" + request.query_string.decode("latin-1")
+    started = time.perf_counter()
     try:
         with _deadline(rt.settings.scoring_timeout_ms):
             forwarder: TritonForwarder = current_app.extensions[FORWARDER]
@@ -265,6 +275,8 @@ def forward(path: str = "") -> Response:
             )
     except ScoringError as exc:
         return error_response(exc)
+    finally:
+        record_stage("forward", time.perf_counter() - started)
     return Response(body, status=status, headers=headers)
 
 
@@ -281,3 +293,14 @@ def swagger() -> Response:
 def metrics() -> Response:
     body, content_type = runtime().metrics.render()
     return Response(body, mimetype=content_type.split(";")[0], content_type=content_type)
+
+
+@blueprint.get("/metrics/triton")
+def triton_metrics() -> Response:
+    """Triton's own metrics (``nv_inference_*``), scrapeable through the scoring port."""
+    scraper: TritonMetrics = current_app.extensions[TRITON_METRICS]
+    try:
+        status, body, content_type = scraper.scrape()
+    except ScoringError as exc:
+        return error_response(exc)
+    return Response(body, status=status, content_type=content_type)

@@ -1,0 +1,127 @@
+"""The log without Gunicorn: formats, request ids on every line, print() capture, access lines."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+from fake_triton import FakeTriton
+from flask import Flask, g
+
+from triton_score.http.app import create_app
+from triton_score.logs import (
+    LOGGER,
+    JsonFormatter,
+    LogWriter,
+    RequestContextFilter,
+    _Handler,
+    configure_logging,
+    logfmt,
+)
+from triton_score.settings import Settings
+
+
+@pytest.fixture()
+def restore_logging():
+    logger = logging.getLogger(LOGGER)
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate
+
+
+def test_logfmt_quotes_and_escapes() -> None:
+    assert logfmt("plain") == "plain"
+    assert logfmt("two words") == '"two words"'
+    assert logfmt("") == '""'
+    assert logfmt("/score/a\nforged line") == '"/score/a\\nforged line"'
+    assert logfmt("/score/\u2028x") == '"/score/\\u2028x"'
+
+
+def records_to(stream: io.StringIO, log_format: str) -> None:
+    configure_logging(log_format, "INFO")
+    (handler,) = [h for h in logging.getLogger(LOGGER).handlers if isinstance(h, _Handler)]
+    handler.setStream(stream)
+
+
+def test_lines_of_a_request_carry_its_ids_text_and_json(restore_logging) -> None:
+    app = Flask("t")
+    for log_format in ("text", "json"):
+        stream = io.StringIO()
+        records_to(stream, log_format)
+        logging.getLogger("triton_score.x").info("outside")
+        with app.test_request_context("/"):
+            g.request_id, g.trace_id = "req-1", "4bf92f3577b34da6a3ce929d0e0e4736"
+            logging.getLogger("triton_score.x").info("inside %s", "a request")
+        outside, inside = stream.getvalue().splitlines()
+        if log_format == "text":
+            assert outside.endswith("triton_score.x: outside")
+            assert inside.endswith(
+                "triton_score.x: inside a request request_id=req-1 "
+                "trace_id=4bf92f3577b34da6a3ce929d0e0e4736"
+            )
+        else:
+            assert "request_id" not in json.loads(outside)
+            entry = json.loads(inside)
+            assert entry["message"] == "inside a request" and entry["logger"] == "triton_score.x"
+            assert entry["request_id"] == "req-1" and entry["level"] == "INFO"
+            assert entry["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def test_json_lines_hold_access_fields_and_tracebacks() -> None:
+    formatter = JsonFormatter()
+    record = logging.LogRecord("triton_score.access", logging.INFO, "", 0, "GET / 200", (), None)
+    record.access = {"status": 200, "stages_ms": {"infer": 1.5}}
+    RequestContextFilter().filter(record)
+    assert json.loads(formatter.format(record))["stages_ms"] == {"infer": 1.5}
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        import sys
+
+        failed = logging.LogRecord("x", logging.ERROR, "", 0, "failed", (), sys.exc_info())
+    entry = json.loads(formatter.format(failed))
+    assert "RuntimeError: boom" in entry["exception"] and entry["message"] == "failed"
+
+
+def test_print_becomes_log_lines_with_the_request_id(restore_logging) -> None:
+    stream, fallback = io.StringIO(), io.StringIO()
+    writer = LogWriter(logging.getLogger("triton_score.stdout"), fallback)
+    logger = logging.getLogger(LOGGER)
+    logger.handlers[:] = [h for h in logger.handlers if not isinstance(h, _Handler)]
+    print("before logging is configured", file=writer)  # no handler yet: as it is
+    assert fallback.getvalue() == "before logging is configured\n"
+    records_to(stream, "json")
+    app = Flask("t")
+    with app.test_request_context("/"):
+        g.request_id = "req-9"
+        print("two", "words", file=writer)
+        writer.write("partial ")
+        writer.write("line\nand the rest")
+        writer.flush()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [e["message"] for e in lines] == ["two words", "partial line", "and the rest"]
+    assert {e["request_id"] for e in lines} == {"req-9"}
+    assert {e["logger"] for e in lines} == {"triton_score.stdout"}
+
+
+def test_the_access_line_of_a_forwarded_request(restore_logging, capsys) -> None:
+    with FakeTriton() as fake:
+        settings = Settings(
+            triton_url=fake.url, processors=("none",), metadata_refresh_s=0, log_format="json"
+        )
+        app = create_app(settings, init=False)
+        response = app.test_client().get(
+            "/v2/models/m/config?x=secret-in-query", headers={"x-request-id": "acc-1"}
+        )
+    assert response.status_code == 200
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line]
+    (access,) = [e for e in lines if e["logger"] == "triton_score.access"]
+    assert access["request_id"] == "acc-1" and access["status"] == 200
+    assert access["method"] == "GET" and access["path"] == "/v2/models/m/config"
+    assert access["route"] == "/v2/<path:path>" and access["model"] == "m"
+    assert set(access["stages_ms"]) == {"forward"} and access["duration_ms"] > 0
+    assert "secret-in-query" not in json.dumps(access)  # no query string in the log

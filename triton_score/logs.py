@@ -1,0 +1,182 @@
+"""The server's log: plain text or JSON lines, every line of a request with its request id.
+
+- :func:`configure_logging` sets up the ``triton_score`` logger (``SCORE_LOG_FORMAT``,
+  ``SCORE_LOG_LEVEL``): one handler on stderr, as Gunicorn's own log;
+- every record emitted while a request is handled carries ``request_id`` (and ``trace_id``
+  when tracing put one in ``flask.g.trace_id``): a suffix ``request_id=...`` in text, fields
+  in JSON;
+- :class:`LogWriter` stands in for ``sys.stdout`` in Gunicorn workers
+  (:func:`capture_stdout`), so a processor's ``print()`` becomes a log line of logger
+  ``triton_score.stdout``, with the request id of the request that printed. The request
+  context is per greenlet under gevent, so concurrent requests keep their own ids;
+- the access line (one per request, logger ``triton_score.access``) is written by
+  :mod:`triton_score.http.access` with its fields in ``record.access``, which the JSON
+  formatter puts at the top level.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import sys
+import threading
+import time
+from typing import Any, TextIO
+
+LOGGER = "triton_score"
+ACCESS_LOGGER = "triton_score.access"
+STDOUT_LOGGER = "triton_score.stdout"
+TEXT_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s%(context)s"
+#: A line a process prints without a newline is logged once this long.
+MAX_PENDING = 64 * 1024
+
+
+def request_context() -> dict[str, str]:
+    """``request_id`` (and ``trace_id``, when set) of the request being handled, if any."""
+    try:
+        from flask import g, has_request_context  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - flask is a dependency
+        return {}
+    if not has_request_context():
+        return {}
+    fields = {}
+    request_id = g.get("request_id")
+    if request_id:
+        fields["request_id"] = str(request_id)
+    trace_id = g.get("trace_id")
+    if trace_id:
+        fields["trace_id"] = str(trace_id)
+    return fields
+
+
+def logfmt(value: object) -> str:
+    """``value`` as one token of a ``key=value`` line: quoted when it has spaces or quotes,
+    control characters escaped (a percent-decoded path may hold a newline)."""
+    text = str(value)
+    if not text or not text.isprintable() or any(c in text for c in ' "='):
+        return json.dumps(text)
+    return text
+
+
+class RequestContextFilter(logging.Filter):
+    """Adds ``request_id``/``trace_id`` (and the text ``context`` suffix) to every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fields = getattr(record, "request_fields", None)
+        if fields is None:
+            fields = request_context()
+            record.request_fields = fields
+        record.context = "".join(f" {k}={logfmt(v)}" for k, v in fields.items())
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time``, ``level``, ``logger``, ``pid``, ``message``, the
+    request's ids, an access line's fields, ``exception`` (the traceback) when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "pid": record.process,
+            "message": record.getMessage(),
+        }
+        entry.update(getattr(record, "request_fields", None) or {})
+        entry.update(getattr(record, "access", None) or {})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Ours, so that configuring again replaces it (and leaves anyone else's alone)."""
+
+
+def configure_logging(log_format: str = "text", level: str | int = "INFO") -> None:
+    """(Re)configure the ``triton_score`` logger: one handler on stderr in ``log_format``."""
+    logger = logging.getLogger(LOGGER)
+    for handler in list(logger.handlers):
+        if isinstance(handler, _Handler):
+            logger.removeHandler(handler)
+    handler = _Handler(sys.stderr)
+    handler.addFilter(RequestContextFilter())
+    handler.setFormatter(JsonFormatter() if log_format == "json" else _text_formatter())
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+def _text_formatter() -> logging.Formatter:
+    return logging.Formatter(TEXT_FORMAT, defaults={"context": ""})
+
+
+class LogWriter(io.TextIOBase):
+    """A text stream whose every line becomes an INFO record of ``logger``.
+
+    Partial lines wait for their newline per thread (per greenlet under gevent), so two
+    requests printing at once do not mix their words. Until the ``triton_score`` log has a
+    handler (early in a worker's life), and for anything the log itself would print here,
+    lines go to ``fallback`` as they are.
+    """
+
+    def __init__(self, logger: logging.Logger, fallback: TextIO | None) -> None:
+        super().__init__()
+        self._logger = logger
+        self._fallback = fallback
+        self._pending: dict[int, str] = {}
+        self._emitting: set[int] = set()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, text: str) -> int:
+        ident = threading.get_ident()
+        buffered = self._pending.pop(ident, "") + text
+        *lines, rest = buffered.split("\n")
+        for line in lines:
+            self._emit(ident, line)
+        if len(rest) > MAX_PENDING:
+            self._emit(ident, rest)
+        elif rest:
+            self._pending[ident] = rest
+        return len(text)
+
+    def flush(self) -> None:
+        ident = threading.get_ident()
+        rest = self._pending.pop(ident, "")
+        if rest:
+            self._emit(ident, rest)
+
+    def _emit(self, ident: int, line: str) -> None:
+        line = line.rstrip("\r")
+        configured = any(isinstance(h, _Handler) for h in logging.getLogger(LOGGER).handlers)
+        if ident in self._emitting or not configured:
+            if self._fallback is not None:
+                self._fallback.write(line + "\n")
+                self._fallback.flush()
+            return
+        self._emitting.add(ident)
+        try:
+            self._logger.info("%s", line)
+        finally:
+            self._emitting.discard(ident)
+
+
+def capture_stdout() -> None:
+    """Send this process's ``print()`` output to the log (a Gunicorn worker calls it)."""
+    if not isinstance(sys.stdout, LogWriter):
+        sys.stdout = LogWriter(logging.getLogger(STDOUT_LOGGER), sys.stdout)
