@@ -9,12 +9,19 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import requests
 
 from triton_score.local import LocalTriton
 from triton_score.local.processes import free_port, stop_process_group
+
+if TYPE_CHECKING:  # imported by pytest itself, as a plugin (its asserts rewritten)
+    from triton_score.testing import TritonServers
+
+#: The plugin processor tests use (``score new`` writes tests that load it too).
+pytest_plugins = ["triton_score.testing"]
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "models" / "triton"
@@ -33,18 +40,16 @@ def start_triton(repository: Path, **kwargs: object) -> LocalTriton:
 
 
 @pytest.fixture(scope="session")
-def triton() -> Iterator[LocalTriton]:
+def triton(triton_score_servers: TritonServers) -> LocalTriton:
     """The example model repository served by a real tritonserver for the whole session.
 
-    LocalTriton runs the model builders beside the repository first (triton_score.builds), so
-    the generated imagenet_lite0 is built (models/build_imagenet.py; at once when its stamp is
-    current) and served with the committed models.
+    The very server of the ``triton_score.testing`` plugin (``triton_score_triton``), so the
+    tests ``score new`` writes into tests/ share it. LocalTriton runs the model builders
+    beside the repository first (triton_score.builds), so the generated imagenet_lite0 is
+    built (models/build_imagenet.py; at once when its stamp is current) and served with the
+    committed models.
     """
-    server = start_triton(EXAMPLES)
-    try:
-        yield server
-    finally:
-        server.stop()
+    return triton_score_servers.get(EXAMPLES)
 
 
 class ScoreServer:
