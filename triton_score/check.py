@@ -366,7 +366,7 @@ def check_repository(repository: Path) -> list[Row]:
             subject = f"{model.onnx_filename} vs " + (
                 "config.pbtxt" if config is not None else "its auto-completed config"
             )
-            prefix = f"model {model.name!r} "
+            prefix = f"model {model.name!r}, "
             problems = [p.removeprefix(prefix) for p in check_model(model)]
         else:
             backend = (config.backend or config.platform) if config is not None else ""

@@ -245,7 +245,7 @@ def check_model(model: Any) -> list[str]:
         return [f"model {model.name!r}: no version folder has {model.onnx_filename}"]
     for version in versions:
         onnx_file = version / model.onnx_filename
-        origin = f"model {model.name!r} ({version.name}/{model.onnx_filename})"
+        origin = f"model {model.name!r}, {version.name}/{model.onnx_filename}"
         try:
             graph = read_graph(onnx_file)
         except Exception as exc:  # noqa: BLE001 - a file onnx cannot read: say so, go on
