@@ -101,3 +101,23 @@ def test_when_you_need_more_example_runs_against_triton(triton: LocalTriton, mor
     assert doc["requestBody"]["content"]["application/json"]["example"] == {"images": [[0] * 64]}
     assert set(doc["responses"]["200"]["content"]) == {"application/json", "text/csv"}
     rt.close()
+
+
+def test_processors_page_testing_example_runs(
+    triton_score_client, triton_score_model_info, triton_score_preprocess, monkeypatch
+) -> None:
+    """The plugin example of "Testing a processor", with the fixtures it names."""
+    text = (ROOT / "docs" / "processors.md").read_text()
+    section = text[text.index("## Testing a processor") : text.index("## When you need more")]
+    namespace: dict[str, object] = {}
+    exec(python_blocks_of(section)[0], namespace)  # noqa: S102 - the page's own example
+    assert namespace["pytest_plugins"] == ["triton_score.testing"]
+    monkeypatch.chdir(ROOT)  # its paths are the project's
+    namespace["test_digits"](triton_score_client)  # type: ignore[operator]
+    namespace["test_preprocess_offline"](  # type: ignore[operator]
+        triton_score_model_info, triton_score_preprocess
+    )
+
+
+def python_blocks_of(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)

@@ -14,6 +14,7 @@ import json
 import keyword
 import os
 import re
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -348,13 +349,15 @@ def test_preprocess_fits_the_model_config(triton_score_model_info, triton_score_
     tensors = triton_score_preprocess(PROCESSOR, triton_score_model_info(MODEL))
     assert sorted(tensors) == {_inline(inputs)}
 '''
-    about = (
-        "The first test needs no server: it reads the model's config.pbtxt. The other starts a\n"
-        if has_config
-        else "It starts a\n"
-    ) + (
-        "local Triton on the model repository (once per test session: a few seconds) and posts\n"
-        f"the processor's request_example to /score/{model.name}, as a client would."
+    about = textwrap.fill(
+        (
+            "The first test needs no server: it reads the model's config.pbtxt. The other starts "
+            if has_config
+            else "It starts "
+        )
+        + "a local Triton on the model repository (once per test session: a few seconds) and "
+        f"posts the processor's request_example to /score/{model.name}, as a client would.",
+        width=92,
     )
     return f'''"""Tests of the processor of model {model.name!r}: yours to edit.
 
