@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-import requests
 
 from triton_score.local import LocalTriton
 from triton_score.local.processes import free_port, stop_process_group
@@ -73,6 +72,8 @@ class ScoreServer:
         return Path(self.log_path).read_text(errors="replace")
 
     def wait_ready(self, timeout: float = 120) -> ScoreServer:
+        import requests  # the [test] extra's; a processor author's tests ([dev]) never get here
+
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -361,3 +361,20 @@ def test_serve_refuses_a_processor_module_that_cannot_be_found(
     assert not _no_module("my_procs")  # found in the working folder, as a worker finds it
     assert not _no_module("json:JSONDecoder")
     assert not _no_module("score/processors.py")
+
+
+def test_the_template_conftest_needs_only_the_dev_extra() -> None:
+    """`pip install -e '.[dev]'` runs the tests `score new` writes into tests/, beside the
+    template's conftest.py: it may import only the standard library, pytest and the runtime."""
+    import ast
+
+    tree = ast.parse((ROOT / "tests" / "conftest.py").read_text())
+    imported = {
+        name.split(".")[0]
+        for node in tree.body
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for name in (
+            [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+        )
+    }
+    assert imported <= set(sys.stdlib_module_names) | {"__future__", "pytest", "triton_score"}
