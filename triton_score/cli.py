@@ -300,6 +300,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         overrides["code_directory"] = args.code_dir
     settings = resolve_settings(Settings.from_env(None, **overrides))
     if repository is not None:
+        if args.build:  # the generated models first, as a local Triton would have them
+            from triton_score.builds import BuildError, run_builds
+
+            try:
+                run_builds(repository, progress=_say)
+            except BuildError as exc:
+                report.errors.append(str(exc))
         report.repository = check_repository(repository)
     registry = None
     try:
