@@ -378,3 +378,20 @@ def test_the_template_conftest_needs_only_the_dev_extra() -> None:
         )
     }
     assert imported <= set(sys.stdlib_module_names) | {"__future__", "pytest", "triton_score"}
+
+
+def test_score_new_names_the_missing_model_folder_before_starting_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from triton_score.cli import main
+    from triton_score.local.processes import free_port
+
+    (tmp_path / "models" / "triton" / "iris").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TRITON_URL", f"127.0.0.1:{free_port()}")  # nothing answers there
+    monkeypatch.delenv("SCORE_MODEL_REPOSITORY", raising=False)
+    assert main(["new", "irsi"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "error: models/triton has no model folder 'irsi' (it has ['iris']); "
+        "add the model first: docs/first-processor.md"
+    )

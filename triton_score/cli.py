@@ -238,6 +238,13 @@ def cmd_new(args: argparse.Namespace) -> int:
         settings = Settings.from_env()
         code = find_code_directory(args.code_dir or settings.code_directory, settings.entry_script)
         code = code or Path("score")
+        url = (args.triton_url or settings.triton_url).removeprefix("http://")
+        if repository is not None and not (repository / model_name).is_dir() and not _answers(url):
+            folders = sorted(p.name for p in repository.iterdir() if p.is_dir())
+            raise CommandError(
+                f"{_shown(repository)} has no model folder {model_name!r} (it has {folders}); "
+                "add the model first: docs/first-processor.md"
+            )
         with _triton(args, repository, models=[model_name]) as url:
             gateway = TritonGateway(url, concurrency=1, timeout_s=30)
             try:
