@@ -48,11 +48,18 @@ class DigitsClassifier:
         ]
     }
 
+    def load(self, model: ModelInfo) -> None:
+        """Optional: runs once per worker at start-up (read a vocabulary, a label map...)."""
+        self.max_images = model.max_batch_size  # 16: more is a 400 that says so
+
     def preprocess(self, request: Request, model: ModelInfo) -> dict[str, np.ndarray]:
+        """The decoded request -> {input name: array}, validated against the model's metadata."""
         payload = request.json
         if not isinstance(payload, dict) or not ({"image", "images"} & payload.keys()):
             raise BadRequest('send {"image": <8x8 grid of numbers 0..16>} or {"images": [...]}')
         images = payload["images"] if "images" in payload else [payload["image"]]
+        if isinstance(images, list) and len(images) > self.max_images:
+            raise BadRequest(f"send at most {self.max_images} images at a time")
         try:
             pixels = np.asarray(images, dtype=np.float32)
         except (TypeError, ValueError):
@@ -68,6 +75,7 @@ class DigitsClassifier:
     def postprocess(
         self, outputs: dict[str, np.ndarray], request: Request, model: ModelInfo
     ) -> Any:
+        """{output name: array} -> what the client receives (JSON-able, or bytes)."""
         predictions = []
         for row in outputs["probabilities"]:
             top = []

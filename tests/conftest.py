@@ -9,12 +9,18 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-import requests
 
 from triton_score.local import LocalTriton
 from triton_score.local.processes import free_port, stop_process_group
+
+if TYPE_CHECKING:  # imported by pytest itself, as a plugin (its asserts rewritten)
+    from triton_score.testing import TritonServers
+
+#: The plugin processor tests use (``score new`` writes tests that load it too).
+pytest_plugins = ["triton_score.testing"]
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The console script, as a user runs it (``python -m`` would import a shadowing
@@ -36,18 +42,16 @@ def start_triton(repository: Path, **kwargs: object) -> LocalTriton:
 
 
 @pytest.fixture(scope="session")
-def triton() -> Iterator[LocalTriton]:
+def triton(triton_score_servers: TritonServers) -> LocalTriton:
     """The example model repository served by a real tritonserver for the whole session.
 
-    LocalTriton runs the model builders beside the repository first (triton_score.builds), so
-    the generated imagenet_lite0 is built (models/build_imagenet.py; at once when its stamp is
-    current) and served with the committed models.
+    The very server of the ``triton_score.testing`` plugin (``triton_score_triton``), so the
+    tests ``score new`` writes into tests/ share it. LocalTriton runs the model builders
+    beside the repository first (triton_score.builds), so the generated imagenet_lite0 is
+    built (models/build_imagenet.py; at once when its stamp is current) and served with the
+    committed models.
     """
-    server = start_triton(EXAMPLES)
-    try:
-        yield server
-    finally:
-        server.stop()
+    return triton_score_servers.get(EXAMPLES)
 
 
 class ScoreServer:
@@ -71,6 +75,8 @@ class ScoreServer:
         return Path(self.log_path).read_text(errors="replace")
 
     def wait_ready(self, timeout: float = 120) -> ScoreServer:
+        import requests  # the [test] extra's; a processor author's tests ([dev]) never get here
+
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

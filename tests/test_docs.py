@@ -19,44 +19,30 @@ def python_blocks(markdown: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", markdown.read_text(), flags=re.DOTALL)
 
 
-@pytest.fixture()
-def docs_example(tmp_path: Path) -> Path:
+def test_processors_page_example_is_the_code_directorys_own() -> None:
+    """One digits example: the page shows score/processors.py itself, not a variant of it."""
     blocks = python_blocks(ROOT / "docs" / "processors.md")
     assert blocks, "docs/processors.md has no python example"
-    path = tmp_path / "processors.py"
-    path.write_text(blocks[0])
-    return path
+    assert blocks[0] == (ROOT / "score" / "processors.py").read_text()
 
 
-def test_processors_page_example_runs_against_triton(triton: LocalTriton, docs_example) -> None:
-    app = create_app(Settings(triton_url=triton.url, processors=(str(docs_example),)))
-    client = app.test_client()
-    images, labels = held_out_digits()
-    for image, label in zip(images[:5], labels[:5], strict=True):
-        response = client.post("/score/digits_onnx", json={"pixels": image.ravel().tolist()})
-        assert response.status_code == 200, response.text
-        body = response.json
-        assert body["digit"] == label
-        assert 0 < body["confidence"] <= 1 and body["runner_up"] != body["digit"]
-    bad = client.post("/score/digits_onnx", json={"pixels": [1, 2, 3]})
-    assert bad.status_code == 400 and bad.json["error"] == "expected 64 pixels, got 3"
-    app.extensions["triton_score"].gateway.close()
-
-
-def test_processors_page_curl_example_answers_what_the_page_says(
-    triton: LocalTriton, docs_example
-) -> None:
+def test_processors_page_curl_example_answers_what_the_page_says(triton: LocalTriton) -> None:
     text = (ROOT / "docs" / "processors.md").read_text()
-    pixels = re.search(r'"pixels": (\[[0-9,]+\])', text)
-    claimed = re.search(r'# \{"digit":(\d+)', text)
-    assert pixels is not None and claimed is not None
-    app = create_app(Settings(triton_url=triton.url, processors=(str(docs_example),)))
-    response = app.test_client().post(
-        "/score/digits_onnx", data=pixels.group(0).join("{}"), content_type="application/json"
+    body = re.search(r"-d '(\{\"image\": \[\[[0-9,\[\]]+\]\]\})'", text)
+    claimed = re.search(r'# (\{"predictions":\[\{"digit":(\d+),"label":"(\w+)")', text)
+    assert body is not None and claimed is not None
+    app = create_app(Settings(triton_url=triton.url, code_directory=str(ROOT / "score")))
+    client = app.test_client()
+    response = client.post(
+        "/score/digits_onnx", data=body.group(1), content_type="application/json"
     )
     assert response.status_code == 200, response.text
-    assert response.json["digit"] == int(claimed.group(1))
-    app.extensions["triton_score"].gateway.close()
+    prediction = response.json["predictions"][0]
+    assert (prediction["digit"], prediction["label"]) == (int(claimed.group(2)), claimed.group(3))
+    images, labels = held_out_digits()
+    many = client.post("/score/digits_onnx", json={"images": images[:17].tolist()})
+    assert many.status_code == 400 and many.json["error"] == "send at most 16 images at a time"
+    app.extensions["triton_score"].close()
 
 
 @pytest.fixture()
@@ -115,3 +101,23 @@ def test_when_you_need_more_example_runs_against_triton(triton: LocalTriton, mor
     assert doc["requestBody"]["content"]["application/json"]["example"] == {"images": [[0] * 64]}
     assert set(doc["responses"]["200"]["content"]) == {"application/json", "text/csv"}
     rt.close()
+
+
+def test_processors_page_testing_example_runs(
+    triton_score_client, triton_score_model_info, triton_score_preprocess, monkeypatch
+) -> None:
+    """The plugin example of "Testing a processor", with the fixtures it names."""
+    text = (ROOT / "docs" / "processors.md").read_text()
+    section = text[text.index("## Testing a processor") : text.index("## When you need more")]
+    namespace: dict[str, object] = {}
+    exec(python_blocks_of(section)[0], namespace)  # noqa: S102 - the page's own example
+    assert namespace["pytest_plugins"] == ["triton_score.testing"]
+    monkeypatch.chdir(ROOT)  # its paths are the project's
+    namespace["test_digits"](triton_score_client)  # type: ignore[operator]
+    namespace["test_preprocess_offline"](  # type: ignore[operator]
+        triton_score_model_info, triton_score_preprocess
+    )
+
+
+def python_blocks_of(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)

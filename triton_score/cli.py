@@ -1,5 +1,6 @@
 """The ``score`` command: ``score triton`` runs a local Triton, ``score serve`` the scorer,
-``score build`` generates the models that the repository does not commit.
+``score build`` generates the models that the repository does not commit, ``score new``
+writes a processor and its test for a model, ``score check`` finds what would fail.
 
 Each sub-command is a small function over parsed arguments; the exit code is returned, never
 ``sys.exit``-ed from deep inside, so the commands are callable from tests.
@@ -8,12 +9,18 @@ Each sub-command is a small function over parsed arguments; the exit code is ret
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shlex
 import signal
 import sys
 import time
-from collections.abc import Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
 
 def _say(line: str) -> None:
@@ -141,6 +148,209 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+class CommandError(RuntimeError):
+    """A command cannot go on; the message is the one line it prints."""
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{url}/v2/health/live", timeout=1.0) as response:
+            return int(response.status) == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def _triton(
+    args: argparse.Namespace, repository: Path | None, models: Sequence[str] | None = None
+) -> Iterator[str]:
+    """The Triton a command talks to: the one at ``--triton-url`` (``$TRITON_URL``) when it
+    answers, else a local one on ``repository`` (free ports; only ``models``, when given),
+    stopped when the command is done. Yields its ``host:port``."""
+    from triton_score.local import LocalTriton, TritonNotFound, find_tritonserver
+    from triton_score.local.processes import free_port
+    from triton_score.locations import is_local_address
+    from triton_score.settings import Settings
+
+    url = (args.triton_url or Settings.from_env().triton_url).removeprefix("http://")
+    if _answers(url):
+        _say(f"{args.command}: using the Triton running at {url}")
+        yield url
+        return
+    host = url.rpartition(":")[0]
+    if not is_local_address(host):
+        raise CommandError(f"nothing answers at TRITON_URL={url} (not a local address)")
+    if repository is None:
+        raise CommandError(f"nothing answers at TRITON_URL={url}, and no model repository found")
+    try:
+        install = find_tritonserver(args.tritonserver)
+    except TritonNotFound as exc:
+        raise CommandError(f"nothing answers at TRITON_URL={url}, and {exc}") from None
+    triton = LocalTriton(
+        repository,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        install=install,
+        progress=_say,
+        build=args.build,
+        models=models,
+    )
+    try:
+        triton.start(timeout=180)
+        yield triton.url
+    finally:
+        triton.stop()
+
+
+def _repository(args: argparse.Namespace) -> Path | None:
+    from triton_score.locations import find_model_repository
+
+    try:
+        return find_model_repository(args.models)
+    except FileNotFoundError:
+        if args.models:
+            raise
+        return None
+
+
+def _shown(path: Path | str) -> str:
+    """A path as the user would type it: relative to the working folder when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    """Write a processor for a model, and its test, from the model's live metadata."""
+    from triton_score.errors import ModelNotFound, ScoringError
+    from triton_score.local import TritonStartError
+    from triton_score.locations import find_code_directory
+    from triton_score.scaffold import ScaffoldError, write_scaffold
+    from triton_score.settings import Settings
+    from triton_score.triton import TritonGateway
+
+    model_name = args.model or args.name
+    command = "score new " + " ".join(shlex.quote(a) for a in args.argv if a != "--force")
+    try:
+        repository = _repository(args)
+        settings = Settings.from_env()
+        code = find_code_directory(args.code_dir or settings.code_directory, settings.entry_script)
+        code = code or Path("score")
+        url = (args.triton_url or settings.triton_url).removeprefix("http://")
+        if repository is not None and not (repository / model_name).is_dir() and not _answers(url):
+            folders = sorted(p.name for p in repository.iterdir() if p.is_dir())
+            raise CommandError(
+                f"{_shown(repository)} has no model folder {model_name!r} (it has {folders}); "
+                "add the model first: docs/first-processor.md"
+            )
+        with _triton(args, repository, models=[model_name]) as url:
+            gateway = TritonGateway(url, concurrency=1, timeout_s=30)
+            try:
+                model = gateway.model_info(model_name)
+            except ModelNotFound:
+                served = gateway.ready_model_names()
+                raise CommandError(
+                    f"Triton at {url} serves no model {model_name!r}"
+                    + (f"; it serves {served}" if served else "")
+                    + (f" (is models/{model_name}/ in {repository}?)" if repository else "")
+                ) from None
+            finally:
+                gateway.close()
+        folder = repository / model_name if repository is not None else None
+        if folder is not None and folder.is_dir():
+            from dataclasses import replace
+
+            model = replace(model, directory=folder.resolve())
+        written = write_scaffold(
+            model,
+            args.name,
+            code_directory=code,
+            tests_directory=Path(args.tests),
+            repository=repository if repository is not None else Path("models/triton"),
+            command=command,
+            force=args.force,
+        )
+    except (CommandError, FileNotFoundError, ScaffoldError, TritonStartError) as exc:
+        _say(f"error: {exc}")
+        return 1
+    except ScoringError as exc:
+        _say(f"error: {exc.message}")
+        return 1
+    _say(f"new: wrote {_shown(written.processor)} (the processor of model {model_name!r})")
+    _say(f"new: wrote {_shown(written.test)} (its test)")
+    _say(f"next: python -m pytest {_shown(written.test)}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Check the model repository and the processors; exit 1 on any problem."""
+    from triton_score.check import Report, check_processors, check_repository, render
+    from triton_score.errors import ScoringError
+    from triton_score.local import TritonStartError
+    from triton_score.processors.loading import ProcessorLoadError, load_processors
+    from triton_score.runtime import resolve_settings
+    from triton_score.settings import Settings
+    from triton_score.triton import TritonGateway
+
+    report = Report()
+    try:
+        repository = _repository(args)
+    except FileNotFoundError as exc:
+        _say(f"error: {exc}")
+        return 2
+    overrides: dict[str, Any] = {"model_repository": str(repository or "")}
+    if args.processors is not None:
+        overrides["processors"] = tuple(p.strip() for p in args.processors.split(",") if p.strip())
+    if args.code_dir is not None:
+        overrides["code_directory"] = args.code_dir
+    settings = resolve_settings(Settings.from_env(None, **overrides))
+    if repository is not None:
+        if args.build:  # the generated models first, as a local Triton would have them
+            from triton_score.builds import BuildError, run_builds
+
+            try:
+                run_builds(repository, progress=_say)
+            except BuildError as exc:
+                report.errors.append(str(exc))
+        report.repository = check_repository(repository)
+    registry = None
+    try:
+        registry = load_processors(
+            settings.processors,
+            code_directory=settings.code_directory or None,
+            model_repository=settings.model_repository or None,
+        )
+    except (ProcessorLoadError, Exception) as exc:  # noqa: BLE001 - any import failure
+        report.errors.append(f"processors cannot be loaded: {exc}")
+    broken = {row.model for row in report.repository if row.failed}
+    # A model the repository check refused would stop Triton: load the others only.
+    loaded = [row.model for row in report.repository if not row.failed] if broken else None
+    where = "?"
+    try:
+        with _triton(args, repository, models=loaded) as url:
+            where = url
+            gateway = TritonGateway(url, concurrency=1, timeout_s=60)
+            try:
+                models = gateway.load_models()
+                if registry is not None:
+                    report.processors = check_processors(registry, models, gateway, broken)
+            finally:
+                gateway.close()
+    except (CommandError, TritonStartError) as exc:
+        report.errors.append(f"Triton: {exc}")
+    except ScoringError as exc:
+        report.errors.append(f"Triton at {where}: {exc.message}")
+    header = (
+        f"score check: model repository {_shown(repository) if repository else '(none)'}, "
+        f"code directory {_shown(settings.code_directory) if settings.code_directory else '(none)'}"
+        f", Triton {where}"
+    )
+    render(report, header)
+    return 1 if report.problems else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="score", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -218,11 +428,63 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models_argument(build)
     build.add_argument("--force", action="store_true", help="rebuild even what is up to date")
     build.set_defaults(func=cmd_build)
+
+    new = commands.add_parser(
+        "new",
+        help="write a processor for a model (in the code directory) and its pytest file, "
+        "from the model's live metadata",
+    )
+    new.add_argument("name", help="the processor's name: writes <name>_processor.py")
+    new.add_argument("--model", default=None, help="the model, as Triton names it (default: NAME)")
+    _add_triton_arguments(new)
+    new.add_argument(
+        "--code-dir",
+        default=None,
+        help="where the processor goes (default: $SCORE_CODE_DIR, the entry script's folder, "
+        "else ./score)",
+    )
+    new.add_argument("--tests", default="tests", help="where its test goes (default: ./tests)")
+    new.add_argument(
+        "--triton-url",
+        default=None,
+        help="a running Triton to read the metadata from (default $TRITON_URL); when nothing "
+        "answers there, a local one is started on the repository for the moment it takes",
+    )
+    new.add_argument("--force", action="store_true", help="overwrite files that exist")
+    new.set_defaults(func=cmd_new)
+
+    check = commands.add_parser(
+        "check",
+        help="check the model repository (ONNX files against config.pbtxt) and every "
+        "processor (its request_example against Triton's metadata); exit 1 on a problem",
+    )
+    _add_triton_arguments(check)
+    check.add_argument(
+        "--processors",
+        default=None,
+        help="processor modules or .py files, comma-separated, checked before those of the "
+        "code directory (default: $SCORE_PROCESSORS)",
+    )
+    check.add_argument(
+        "--code-dir",
+        default=None,
+        help="the code directory (default: $SCORE_CODE_DIR, the entry script's folder, "
+        "else ./score)",
+    )
+    check.add_argument(
+        "--triton-url",
+        default=None,
+        help="a running Triton to check against (default $TRITON_URL); when nothing answers "
+        "there, a local one is started on the repository for the check",
+    )
+    check.set_defaults(func=cmd_check)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv[1:]  # for the files `score new` writes: the command that wrote them
     return int(args.func(args))
 
 

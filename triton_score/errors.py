@@ -158,7 +158,8 @@ class RunFunctionFailed(ProcessorError):
 
 
 class TritonError(ScoringError):
-    """Triton answered with an error; ``status_code`` is Triton's own."""
+    """Triton answered with an error: a 4xx keeps Triton's status and message; anything else
+    is a 500 whose message names only what failed (Triton's own message is logged)."""
 
     code = "triton_error"
 

@@ -67,7 +67,8 @@ def find_code_directory(explicit: str = "", entry_script: str = "") -> Path | No
     """The deployment's code directory, where processors are looked for first.
 
     Order: ``explicit`` (``SCORE_CODE_DIR``), the entry script's folder, then ``./score``
-    when it holds a ``score.py`` (the template's layout). ``None`` when there is none.
+    when it holds a ``score.py`` (the template's layout) or a processor file (what
+    ``score new`` writes there). ``None`` when there is none.
     """
     if explicit:
         return Path(explicit)
@@ -75,6 +76,10 @@ def find_code_directory(explicit: str = "", entry_script: str = "") -> Path | No
         return Path(entry_script).parent
     template = DEFAULT_CODE_DIRECTORY
     if (template / "score.py").is_file():
+        return template
+    from triton_score.processors.loading import code_directory_files  # noqa: PLC0415
+
+    if code_directory_files(template):
         return template
     return None
 

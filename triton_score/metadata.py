@@ -9,7 +9,7 @@ these objects, never raw JSON.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,18 @@ class TensorSpec:
 class ModelInfo:
     """A served model: name, version, tensors and batching, as one immutable object.
 
+    The server builds it from Triton (:meth:`from_triton`); a test builds it from the
+    model's ``config.pbtxt`` (:meth:`from_config_file`) or by hand::
+
+        ModelInfo("iris", max_batch_size=16,
+                  inputs=(TensorSpec("input", "FP32", (-1, 4)),),
+                  outputs=(TensorSpec("probabilities", "FP32", (-1, 3)),))
+
+    :param platform: Triton's ``platform`` (``onnxruntime_onnx``...); informative only.
+    :param backend: Triton's ``backend`` (``python``, ``onnxruntime``...); informative only.
+    :param max_batch_size: the config's; above 0, the first dimension of every tensor's
+        ``shape`` is the batch dimension (``-1``).
+    :param dynamic_batching: whether the config turns dynamic batching on.
     :param parameters: the ``parameters`` of the model's config (``config.pbtxt``:
         ``parameters: {key: "k" value: {string_value: "v"}}``) as ``{"k": "v"}``.
     :param directory: the model's folder in the model repository (the original one, never a
@@ -71,12 +83,12 @@ class ModelInfo:
     """
 
     name: str
-    version: str
-    platform: str
-    backend: str
-    max_batch_size: int
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
+    version: str = "1"
+    platform: str = ""
+    backend: str = ""
+    max_batch_size: int = 0
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
     dynamic_batching: bool = False
     parameters: Mapping[str, str] = field(default_factory=dict, hash=False)
     directory: Path | None = None
@@ -94,7 +106,9 @@ class ModelInfo:
 
     @classmethod
     def from_triton(cls, metadata: Mapping[str, Any], config: Mapping[str, Any]) -> ModelInfo:
-        """Build from the JSON of ``/v2/models/<m>`` and ``/v2/models/<m>/config``."""
+        """Build from the JSON of ``/v2/models/<m>`` and ``/v2/models/<m>/config``, as a
+        worker does (``tritonclient.http``'s ``get_model_metadata`` and ``get_model_config``
+        return exactly these)."""
         config_inputs = {i["name"]: i for i in config.get("input", [])}
         config_outputs = {o["name"]: o for o in config.get("output", [])}
 
@@ -122,3 +136,49 @@ class ModelInfo:
                 for key, value in (config.get("parameters") or {}).items()
             },
         )
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], version: str = "1") -> ModelInfo:
+        """Build from a model config alone (the JSON form of ``config.pbtxt``), the way
+        Triton derives the metadata from it: datatypes without ``TYPE_`` (``TYPE_STRING`` is
+        ``BYTES``), and the batch dimension ``-1`` before the ``dims`` of a batching model."""
+        batching = int(config.get("max_batch_size", 0) or 0) > 0
+
+        def tensor(entry: Mapping[str, Any]) -> dict[str, Any]:
+            dims = [int(d) for d in entry.get("dims", [])]
+            return {
+                "name": entry["name"],
+                "datatype": config_datatype(str(entry.get("data_type", "TYPE_INVALID"))),
+                "shape": [-1, *dims] if batching else dims,
+            }
+
+        metadata = {
+            "name": config["name"],
+            "versions": [version],
+            "platform": config.get("platform", ""),
+            "inputs": [tensor(i) for i in config.get("input", [])],
+            "outputs": [tensor(o) for o in config.get("output", [])],
+        }
+        return cls.from_triton(metadata, config)
+
+    @classmethod
+    def from_config_file(cls, path: str | Path) -> ModelInfo:
+        """Build from a model folder (or its ``config.pbtxt``), offline: the model Triton
+        would serve from it, at its highest numbered version, with ``directory`` set.
+
+        :raises triton_score.model_config.ModelConfigError: no readable ``config.pbtxt``.
+        """
+        from triton_score.model_config import read_model_config  # noqa: PLC0415
+
+        path = Path(path)
+        folder = path if path.is_dir() else path.parent
+        config = read_model_config(path)
+        versions = sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+        info = cls.from_config(config, version=str(versions[-1]) if versions else "1")
+        return replace(info, directory=folder.resolve())
+
+
+def config_datatype(data_type: str) -> str:
+    """A config ``data_type`` (``TYPE_FP32``) as a metadata datatype (``FP32``)."""
+    name = data_type.removeprefix("TYPE_")
+    return "BYTES" if name == "STRING" else name

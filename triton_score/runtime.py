@@ -19,6 +19,7 @@ from triton_score.entry_script import EntryScript, is_native
 from triton_score.locations import find_code_directory, find_model_repository
 from triton_score.metrics import Metrics
 from triton_score.pipeline import Scorer
+from triton_score.processors import ProcessorRegistry
 from triton_score.processors.loading import load_processors
 from triton_score.refresh import MetadataRefresher
 from triton_score.settings import Settings
@@ -93,11 +94,18 @@ def resolve_settings(settings: Settings) -> Settings:
     )
 
 
-def build_runtime(settings: Settings | None = None, *, as_entry_script: bool = False) -> Runtime:
+def build_runtime(
+    settings: Settings | None = None,
+    *,
+    as_entry_script: bool = False,
+    registry: ProcessorRegistry | None = None,
+) -> Runtime:
     """Build (not start) a runtime from ``settings`` (default: the environment).
 
     :param as_entry_script: the caller *is* the entry script (``triton_score.entry`` under
         azmlinfsrv): serve natively and never load ``AZUREML_ENTRY_SCRIPT`` again.
+    :param registry: these processors instead of those the settings lead to (tests choose
+        theirs: :mod:`triton_score.testing`).
     """
     settings = resolve_settings(settings or Settings.from_env())
     gateway = TritonGateway(
@@ -114,10 +122,11 @@ def build_runtime(settings: Settings | None = None, *, as_entry_script: bool = F
             runtime.entry_script = script
             return runtime
         log.info("entry script %s is triton_score's own: serving natively", script.path)
-    registry = load_processors(
-        settings.processors,
-        code_directory=settings.code_directory or None,
-        model_repository=settings.model_repository or None,
-    )
+    if registry is None:
+        registry = load_processors(
+            settings.processors,
+            code_directory=settings.code_directory or None,
+            model_repository=settings.model_repository or None,
+        )
     runtime.scorer = Scorer(settings, gateway, registry, observe=metrics.observe_stage)
     return runtime

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.machinery
 import json
 import os
 import shutil
@@ -102,6 +103,21 @@ def _model_names(triton_url: str) -> list[str]:
         return []
 
 
+def _no_module(spec: str) -> bool:
+    """Is ``spec`` (``pkg.module`` or ``pkg.module:Class``) a module no worker will find?
+
+    Only the top-level package is looked up (nothing is imported), on the path a Gunicorn
+    worker has: the working folder first.
+    """
+    target = spec.strip().partition(":")[0]
+    if not target or target.endswith(".py") or "/" in target:
+        return False
+    top = target.split(".")[0]
+    if top in sys.modules:
+        return False
+    return importlib.machinery.PathFinder.find_spec(top, [os.getcwd(), *sys.path]) is None
+
+
 class Supervisor:
     """Runs and watches the two processes; :meth:`run` returns the exit code."""
 
@@ -148,6 +164,10 @@ class Supervisor:
             ]
             if missing:
                 self.say(f"error: processor file {missing[0].strip()!r} does not exist")
+                return 2
+            unknown = [spec.strip() for spec in opts.processors.split(",") if _no_module(spec)]
+            if unknown:
+                self.say(f"error: processor module {unknown[0]!r} cannot be found")
                 return 2
         refused = self._check_entry_script()
         if refused:

@@ -36,8 +36,16 @@ def _is_timeout(exc: BaseException) -> bool:
 
 
 @contextmanager
-def translate_errors(what: str) -> Iterator[None]:
-    """Turn tritonclient and socket failures into :mod:`triton_score.errors` exceptions."""
+def translate_errors(what: str, request_id: str = "") -> Iterator[None]:
+    """Turn tritonclient and socket failures into :mod:`triton_score.errors` exceptions.
+
+    What a client may see: Triton's 4xx keep their status and message (they are about the
+    request: a shape, a datatype Triton refused); 404 is ``model_not_found``; 503 and a
+    server that cannot be reached are ``triton_unavailable`` (503, retry), a timeout 504.
+    Any other failure (a 5xx: the model raised, the backend failed) is the deployment's, and
+    its message may hold paths and internals: the client gets a 500 naming the model and the
+    request id, and the log gets Triton's message under that id.
+    """
     try:
         yield
     except InferenceServerException as exc:
@@ -56,7 +64,14 @@ def translate_errors(what: str) -> Iterator[None]:
             raise ModelNotFound(message) from exc
         if code == 503:
             raise TritonUnavailable(message) from exc
-        raise TritonError(message, status_code=code if 400 <= code < 600 else 502) from exc
+        if 400 <= code < 500:
+            raise TritonError(message, status_code=code) from exc
+        log.error("Triton failed %s (HTTP %d, request %s): %s", what, code, request_id, message)
+        raise TritonError(
+            f"Triton failed {what}; the server log has its message"
+            + (f" under request id {request_id}" if request_id else ""),
+            status_code=500,
+        ) from exc
     except Exception as exc:
         # Socket errors, connection refused/reset, gevent timeouts: the server is not there.
         if _is_timeout(exc):
@@ -158,7 +173,7 @@ class TritonGateway:
             httpclient.InferRequestedOutput(name, binary_data=True, class_count=count)
             for name, count in wanted.items()
         ]
-        with translate_errors(f"inference on model {model.name!r}"):
+        with translate_errors(f"inference on model {model.name!r}", request_id):
             result = self._client.infer(
                 model.name,
                 infer_inputs,

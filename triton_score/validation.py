@@ -98,6 +98,15 @@ def _check_shape(model: ModelInfo, spec: TensorSpec, array: np.ndarray) -> None:
         )
 
 
+def validate_input(model: ModelInfo, spec: TensorSpec, value: object) -> np.ndarray:
+    """One input as an array of its datatype, or the 400 naming it (see
+    :func:`validate_inputs`)."""
+    array = value if isinstance(value, np.ndarray) else np.asarray(value)
+    array = _check_dtype(spec, array)
+    _check_shape(model, spec, array)
+    return array
+
+
 def validate_inputs(model: ModelInfo, inputs: Mapping[str, object]) -> dict[str, np.ndarray]:
     """Return the inputs as arrays of the model's datatypes, or raise a 400 naming the input.
 
@@ -118,10 +127,7 @@ def validate_inputs(model: ModelInfo, inputs: Mapping[str, object]) -> dict[str,
                 spec.name,
                 f"is required (datatype {spec.datatype}, shape {expected_shape(model, spec)})",
             )
-        value = inputs[spec.name]
-        array = value if isinstance(value, np.ndarray) else np.asarray(value)
-        array = _check_dtype(spec, array)
-        _check_shape(model, spec, array)
+        array = validate_input(model, spec, inputs[spec.name])
         checked[spec.name] = array
         if model.batching:
             batch_sizes[spec.name] = array.shape[0]

@@ -9,6 +9,9 @@ that runs the very same ``.onnx`` file with the ``onnxruntime`` package on CPU.
 What clients see is kept: model name, input/output names, datatypes, dims, ``max_batch_size``,
 dynamic batching, instance groups, label files (so the classification extension works) and
 versions. What differs: the metadata's ``platform`` is empty and ``backend`` is ``python``.
+What does not: a model the onnxruntime backend would refuse to load (an ONNX file whose
+inputs or outputs do not match its ``config.pbtxt``, or are not tensors) is refused here too,
+before the server starts (:mod:`triton_score.local.onnx_check`).
 
 A model directory counts as ONNX when its ``config.pbtxt`` says ``platform:
 "onnxruntime_onnx"`` or ``backend: "onnxruntime"``, or when it has no ``config.pbtxt`` and a
@@ -24,6 +27,7 @@ The user's repository is never modified: the scratch copy links to its files.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,17 +209,36 @@ def _link(src: Path, dst: Path) -> None:
     dst.symlink_to(src.resolve(), target_is_directory=src.is_dir())
 
 
-def prepare_repository(repository: Path, scratch: Path) -> tuple[Path, list[str]]:
+def prepare_repository(
+    repository: Path, scratch: Path, only: Collection[str] | None = None
+) -> tuple[Path, list[str]]:
     """Build a scratch repository in which ONNX models run on the python backend.
 
+    Each ONNX model is first checked as Triton's onnxruntime backend checks it when it
+    loads it (:mod:`triton_score.local.onnx_check`): a model production would refuse is
+    refused here, before any server starts, rather than failing on its first request.
+
+    :param only: the models the server will load (explicit model control); the others are
+        linked as they are, neither checked nor wrapped. ``None``: every model.
     :return: the scratch repository path and the names of the wrapped models.
+    :raises ModelRepositoryError: a model the onnxruntime backend would not load, with
+        every problem found, one per line.
     """
+    from triton_score.local.onnx_check import check_model  # noqa: PLC0415
+
     models = scan_repository(repository)
+    loaded = {m.name for m in models if only is None or m.name in only}
+    problems = [p for m in models if m.name in loaded and m.is_onnx for p in check_model(m)]
+    if problems:
+        raise ModelRepositoryError(
+            "Triton's onnxruntime backend would refuse to load this repository:\n  "
+            + "\n  ".join(problems)
+        )
     target = scratch / "model_repository"
     target.mkdir(parents=True)
     wrapped = []
     for model in models:
-        if not model.is_onnx:
+        if not model.is_onnx or model.name not in loaded:
             _link(model.path, target / model.name)
             continue
         config = wrapped_config(model)

@@ -80,6 +80,8 @@ class LocalTriton:
     :param extra_args: more ``tritonserver`` arguments.
     :param progress: called with one line of human-readable progress at a time.
     :param build: run the model builders first (:func:`triton_score.builds.run_builds`).
+    :param models: load only these models (Triton's explicit model control mode); ``None``
+        loads the whole repository, and one model that fails to load stops the server.
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class LocalTriton:
         extra_args: Sequence[str] = (),
         progress: Callable[[str], None] | None = None,
         build: bool = True,
+        models: Sequence[str] | None = None,
     ) -> None:
         self.model_repository = Path(model_repository)
         self.host = host
@@ -108,6 +111,7 @@ class LocalTriton:
         self.extra_args = list(extra_args)
         self.progress = progress or (lambda line: None)
         self.build = build
+        self.models = list(models) if models is not None else None
         self.process: subprocess.Popen[bytes] | None = None
         self.shm_prefix = f"triton_score_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
         self.wrapped_models: list[str] = []
@@ -156,8 +160,14 @@ class LocalTriton:
             f"--allow-gpu-metrics={'true' if has_nvidia_gpu() else 'false'}",
             f"--exit-timeout-secs={self.exit_timeout}",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            *self._model_control(),
             *self.extra_args,
         ]
+
+    def _model_control(self) -> list[str]:
+        if self.models is None:
+            return []
+        return ["--model-control-mode=explicit", *(f"--load-model={m}" for m in self.models)]
 
     def start(self, timeout: float = 120.0) -> LocalTriton:
         """Start the server and wait until it is ready (or raise :class:`TritonStartError`)."""
@@ -207,9 +217,17 @@ class LocalTriton:
             wrap = not self.install.has_backend("onnxruntime")
         if not wrap:
             return self.model_repository.resolve()
-        from triton_score.local.onnx_wrapper import prepare_repository  # noqa: PLC0415
+        from triton_score.local.onnx_wrapper import (  # noqa: PLC0415
+            ModelRepositoryError,
+            prepare_repository,
+        )
 
-        repository, self.wrapped_models = prepare_repository(self.model_repository, self._scratch)
+        try:
+            repository, self.wrapped_models = prepare_repository(
+                self.model_repository, self._scratch, only=self.models
+            )
+        except ModelRepositoryError as exc:
+            raise TritonStartError(str(exc)) from None
         if self.wrapped_models:
             self.progress(
                 "triton: no onnxruntime backend in this tritonserver; serving ONNX models "
