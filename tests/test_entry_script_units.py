@@ -397,7 +397,10 @@ def test_cors_origins_exact_wildcard_and_patterns() -> None:
 
 # -- /swagger.json ---------------------------------------------------------------------------
 def test_swagger_of_an_undecorated_script_is_azmlinfsrvs_open_object(tmp_path: Path) -> None:
+    from triton_score.settings import Settings
+
     class Runtime:
+        settings = Settings()
         scorer = None
         entry_script = EntryScript(write_script(tmp_path, "plain", RUNS["plain"][0]))
 
