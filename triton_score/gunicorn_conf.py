@@ -11,7 +11,9 @@ Environment (read here because this is Gunicorn's own configuration file):
 - ``WORKER_TIMEOUT`` (300): seconds a silent worker is given before it is restarted;
 - ``SCORE_HOST`` / ``SCORE_PORT`` (127.0.0.1 / 5001): the bind address; images bind 0.0.0.0;
 - ``SCORE_WORKER_CONNECTIONS`` (256): concurrent requests per worker;
-- ``SCORE_GRACEFUL_TIMEOUT`` (30): seconds in-flight requests get to finish on SIGTERM;
+- ``SCORE_GRACEFUL_TIMEOUT`` (30): seconds in-flight requests get to finish on SIGTERM
+  (``score serve`` first answers readiness 503 for ``SCORE_DRAIN_S``: see
+  :mod:`triton_score.serve`);
 - ``SCORE_ACCESS_LOG`` (unset): set to ``-`` for Gunicorn's own access log on stdout, beside
   ours. The app writes one access line per request itself (logger ``triton_score.access``,
   with the request id, model and stage timings, in ``SCORE_LOG_FORMAT``), so this is only for
