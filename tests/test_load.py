@@ -476,5 +476,7 @@ def test_worker_killed_under_load_only_its_requests_fail(triton: LocalTriton) ->
     # Counters never go down, and keep the dead worker's counts.
     assert all(b >= a for a, b in zip(sums, sums[1:], strict=False)), sums
     assert after_total >= before_kill
-    assert after_total == len(answered)
+    # Every answer was counted; a request the dead worker had counted but not yet sent back
+    # is one the client saw fail.
+    assert len(answered) <= after_total <= len(answered) + len(failed)
     assert after_in_flight == 0
