@@ -100,7 +100,7 @@ def test_readiness_is_503_while_the_drain_file_exists(triton: LocalTriton, tmp_p
         assert response.json["code"] == "draining"
         assert response.json["ready"] is False and response.json["draining"] is True
         # Still scoring while draining.
-        body = {"inputs": {"image": image()}}
+        body = {"inputs": {"image": [image()]}}
         assert client.post("/score/digits_onnx", json=body).status_code == 200
         drain.unlink()
         assert client.get("/v2/health/ready").status_code == 200
