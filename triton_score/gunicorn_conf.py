@@ -43,6 +43,35 @@ proc_name = "triton-score"
 control_socket_disable = True
 
 
+def post_worker_init(worker):  # noqa: ANN001, ANN201 - gunicorn hook signature
+    """When ``score serve`` stops (the drain file exists), let SIGTERM shrink the listen
+    queue to its minimum first.
+
+    Gunicorn's worker keeps accepting for up to a second after SIGTERM, then closes the
+    listening socket, and the kernel resets every connection still in its queue, accepted
+    by the kernel but by no worker: the client sees a reset, not a refusal. With the queue at
+    its minimum, new connections wait at the SYN instead (the client tries again and is
+    refused once the socket is closed), and at most one is reset. Only when draining: SIGTERM
+    also ends the old workers of a reload, which share the socket with the new ones.
+    """
+    drain_file = os.environ.get("SCORE_DRAIN_FILE", "")
+    if not drain_file:
+        return
+    import contextlib
+    import signal
+
+    stop = worker.handle_exit
+
+    def handle_exit(signum, frame):  # noqa: ANN001, ANN202
+        if os.path.exists(drain_file):
+            for sock in worker.sockets:
+                with contextlib.suppress(OSError):
+                    sock.listen(0)
+        stop(signum, frame)
+
+    signal.signal(signal.SIGTERM, handle_exit)
+
+
 def post_fork(server, worker):  # noqa: ANN001, ANN201 - gunicorn hook signature
     """In the new worker: what processors print() becomes log lines with the request id."""
     from triton_score.logs import capture_stdout
