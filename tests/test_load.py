@@ -37,9 +37,9 @@ from loadgen import LoadGenerator, Results  # noqa: E402
 pytestmark = [pytest.mark.integration, pytest.mark.load]
 
 CONCURRENCY = 16
-SOAK_REQUESTS = int(os.environ.get("LOAD_SOAK_REQUESTS", "3000"))
+SOAK_REQUESTS = int(os.environ.get("LOAD_SOAK_REQUESTS", "2000"))
 #: How long the fault tests keep the load on after the fault (full runs: longer).
-FAULT_SECONDS = float(os.environ.get("LOAD_FAULT_SECONDS", "3"))
+FAULT_SECONDS = float(os.environ.get("LOAD_FAULT_SECONDS", "2"))
 
 DIGIT = [[0, 0, 5, 13, 9, 1, 0, 0], [0, 0, 13, 15, 10, 15, 5, 0], [0, 3, 15, 2, 0, 11, 8, 0]]
 DIGIT += [[0, 4, 12, 0, 0, 8, 8, 0], [0, 5, 8, 0, 0, 9, 8, 0], [0, 4, 11, 0, 1, 12, 7, 0]]
@@ -425,7 +425,7 @@ def test_worker_killed_under_load_only_its_requests_fail(triton: LocalTriton) ->
             while not scraping.is_set():
                 with_time = (time.time(), *requests_total(server))
                 totals.append(with_time)
-                time.sleep(0.1)
+                time.sleep(0.2)
 
         scraper = threading.Thread(target=scrape, daemon=True)
         scraper.start()
