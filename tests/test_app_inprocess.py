@@ -86,3 +86,23 @@ def test_body_over_the_limit_is_a_413(triton: LocalTriton) -> None:
     response = app.test_client().post("/score/digits_onnx", data=b"x" * 5000)
     assert response.status_code == 413
     assert response.json["code"] == "request_entity_too_large"
+
+
+def test_readiness_is_503_while_the_drain_file_exists(triton: LocalTriton, tmp_path: Path) -> None:
+    drain = tmp_path / "draining"
+    app = create_app(Settings(triton_url=triton.url, processors=("none",), drain_file=str(drain)))
+    client = app.test_client()
+    try:
+        assert client.get("/v2/health/ready").status_code == 200
+        drain.touch()
+        response = client.get("/v2/health/ready")
+        assert response.status_code == 503
+        assert response.json["code"] == "draining"
+        assert response.json["ready"] is False and response.json["draining"] is True
+        # Still scoring while draining.
+        body = {"inputs": {"image": [image()]}}
+        assert client.post("/score/digits_onnx", json=body).status_code == 200
+        drain.unlink()
+        assert client.get("/v2/health/ready").status_code == 200
+    finally:
+        app.extensions["triton_score"].gateway.close()

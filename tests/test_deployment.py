@@ -805,7 +805,8 @@ def test_kubernetes_manifests_agree_with_the_image(environment: Any, image: Imag
     assert str(pod["securityContext"]["runAsUser"]) == image.user.split(":")[0]
     # SIGTERM drains in-flight requests: the pod must be given at least the drain time.
     drain_s = int(env.get("SCORE_GRACEFUL_TIMEOUT", "30"))
-    assert pod["terminationGracePeriodSeconds"] > drain_s
+    # ... after SCORE_DRAIN_S seconds of readiness 503 while still serving.
+    assert pod["terminationGracePeriodSeconds"] > drain_s + float(env.get("SCORE_DRAIN_S", "0"))
     scoring_s = int(env.get("SCORING_TIMEOUT_MS", image.env["SCORING_TIMEOUT_MS"])) / 1000
     assert drain_s >= scoring_s, "a request in flight at SIGTERM must be able to finish"
 

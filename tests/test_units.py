@@ -40,8 +40,10 @@ def test_settings_from_env() -> None:
             "SCORE_PROCESSORS": "a.py, b.mod;c:Cls",
             "SCORING_TIMEOUT_MS": "1500",
             "SCORE_MODEL": "m",
+            "SCORE_DRAIN_FILE": "/run/score/draining",
         }
     )
+    assert settings.drain_file == "/run/score/draining"
     assert settings.triton_url == "triton:9000"
     assert settings.processors == ("a.py", "b.mod", "c:Cls")
     assert settings.scoring_timeout_ms == 1500

@@ -11,7 +11,9 @@ Environment (read here because this is Gunicorn's own configuration file):
 - ``WORKER_TIMEOUT`` (300): seconds a silent worker is given before it is restarted;
 - ``SCORE_HOST`` / ``SCORE_PORT`` (127.0.0.1 / 5001): the bind address; images bind 0.0.0.0;
 - ``SCORE_WORKER_CONNECTIONS`` (256): concurrent requests per worker;
-- ``SCORE_GRACEFUL_TIMEOUT`` (30): seconds in-flight requests get to finish on SIGTERM;
+- ``SCORE_GRACEFUL_TIMEOUT`` (30): seconds in-flight requests get to finish on SIGTERM
+  (``score serve`` first answers readiness 503 for ``SCORE_DRAIN_S``: see
+  :mod:`triton_score.serve`);
 - ``SCORE_ACCESS_LOG`` (unset): set to ``-`` for Gunicorn's own access log on stdout, beside
   ours. The app writes one access line per request itself (logger ``triton_score.access``,
   with the request id, model and stage timings, in ``SCORE_LOG_FORMAT``), so this is only for
@@ -39,6 +41,35 @@ proc_name = "triton-score"
 # Gunicorn >= 24 opens a control socket at a fixed path under $HOME: two servers on one
 # machine (tests, several deployments) would fight over it, and nothing here uses it.
 control_socket_disable = True
+
+
+def post_worker_init(worker):  # noqa: ANN001, ANN201 - gunicorn hook signature
+    """When ``score serve`` stops (the drain file exists), let SIGTERM shrink the listen
+    queue to its minimum first.
+
+    Gunicorn's worker keeps accepting for up to a second after SIGTERM, then closes the
+    listening socket, and the kernel resets every connection still in its queue, accepted
+    by the kernel but by no worker: the client sees a reset, not a refusal. With the queue at
+    its minimum, new connections wait at the SYN instead (the client tries again and is
+    refused once the socket is closed), and at most one is reset. Only when draining: SIGTERM
+    also ends the old workers of a reload, which share the socket with the new ones.
+    """
+    drain_file = os.environ.get("SCORE_DRAIN_FILE", "")
+    if not drain_file:
+        return
+    import contextlib
+    import signal
+
+    stop = worker.handle_exit
+
+    def handle_exit(signum, frame):  # noqa: ANN001, ANN202
+        if os.path.exists(drain_file):
+            for sock in worker.sockets:
+                with contextlib.suppress(OSError):
+                    sock.listen(0)
+        stop(signum, frame)
+
+    signal.signal(signal.SIGTERM, handle_exit)
 
 
 def post_fork(server, worker):  # noqa: ANN001, ANN201 - gunicorn hook signature

@@ -6,9 +6,21 @@
 2. Start Gunicorn with :mod:`triton_score.gunicorn_conf` (``WORKER_COUNT`` gevent workers, each
    building its own Triton client after the fork).
 3. Wait until ``/v2/health/ready`` answers, print where to send requests.
-4. Supervise: if either process dies, stop the other and exit non-zero. SIGTERM/SIGINT
-   drain Gunicorn (in-flight requests finish, up to ``SCORE_GRACEFUL_TIMEOUT``), then stop
-   Triton, and exit 0.
+4. Supervise: if either process dies, stop the other and exit non-zero.
+5. On SIGTERM/SIGINT, stop in this order, and exit 0:
+
+   a. *draining*: ``/v2/health/ready`` answers 503 (``"draining": true``) in every worker
+      while scoring goes on as usual, for ``SCORE_DRAIN_S`` seconds (default 0), so a load
+      balancer that polls readiness stops sending new requests before connections are
+      refused. A second signal ends this wait;
+   b. Gunicorn stops accepting (new connections are refused) and its workers finish the
+      requests they have, up to ``SCORE_GRACEFUL_TIMEOUT`` seconds (answers go out with
+      ``Connection: close``);
+   c. Triton stops last.
+
+   The workers learn of (a) from a file, ``SCORE_DRAIN_FILE``, which ``score serve`` names
+   and creates when the signal comes: a file, not a signal, since Gunicorn's workers treat
+   SIGTERM as "stop now".
 """
 
 from __future__ import annotations
@@ -127,10 +139,21 @@ class Supervisor:
         self.triton: LocalTriton | None = None
         self.gunicorn: subprocess.Popen[bytes] | None = None
         self.stopping = False
+        #: Signals received (SIGTERM/SIGINT): a second one ends the drain early.
+        self.signals = 0
         self._metrics_dir: str | None = None
+        self._state_dir: str | None = None
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
+        self.signals += 1
+        if self.drain_file is not None and self.gunicorn is not None:
+            self.drain_file.touch()  # readiness 503 now, not at the next supervision tick
+
+    @property
+    def drain_file(self) -> Path | None:
+        """The file whose existence makes the workers' readiness 503 (``SCORE_DRAIN_FILE``)."""
+        return Path(self._state_dir, "draining") if self._state_dir else None
 
     def run(self) -> int:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -255,12 +278,14 @@ class Supervisor:
         # Prometheus chooses per-process or shared values at import time: the directory must
         # exist (and be empty) before any worker imports prometheus_client.
         self._metrics_dir = tempfile.mkdtemp(prefix="triton-score-metrics-")
+        self._state_dir = tempfile.mkdtemp(prefix="triton-score-state-")
         env.update(
             TRITON_URL=triton_url,
             SCORE_MODEL_REPOSITORY=str(repository),
             SCORE_HOST=opts.host,
             SCORE_PORT=str(opts.port),
             PROMETHEUS_MULTIPROC_DIR=self._metrics_dir,
+            SCORE_DRAIN_FILE=str(self.drain_file),
         )
         if self.triton is not None:  # ours: its metrics port, for /metrics/triton
             host = self.triton.url.rpartition(":")[0]
@@ -314,8 +339,29 @@ class Supervisor:
         self.say("score: stopping (draining in-flight requests)")
         return 0
 
+    def _drain(self) -> None:
+        """Readiness 503 in every worker, then wait ``SCORE_DRAIN_S`` seconds (or until a
+        second signal, or until Gunicorn is gone) with scoring still served."""
+        assert self.gunicorn is not None and self.drain_file is not None
+        self.drain_file.touch()
+        try:
+            drain_s = float(os.environ.get("SCORE_DRAIN_S", "0") or 0)
+        except ValueError:
+            drain_s = 0.0
+        if drain_s <= 0:
+            return
+        self.say(f"score: draining: readiness is 503, still serving for {drain_s:g} s")
+        signals = self.signals
+        deadline = time.monotonic() + drain_s
+        while time.monotonic() < deadline and self.signals == signals:
+            if self.gunicorn.poll() is not None:
+                return
+            time.sleep(0.05)
+
     def shutdown(self) -> None:
         if self.gunicorn is not None and self.gunicorn.poll() is None:
+            if self.stopping:  # asked to stop: not a crash of Triton or of Gunicorn
+                self._drain()
             try:
                 self.gunicorn.send_signal(signal.SIGTERM)  # graceful: workers finish requests
                 self.gunicorn.wait(
@@ -329,5 +375,6 @@ class Supervisor:
                 os.killpg(self.gunicorn.pid, signal.SIGKILL)
         if self.triton is not None:
             self.triton.stop()
-        if self._metrics_dir:
-            shutil.rmtree(self._metrics_dir, ignore_errors=True)
+        for folder in (self._metrics_dir, self._state_dir):
+            if folder:
+                shutil.rmtree(folder, ignore_errors=True)

@@ -68,6 +68,10 @@ class Settings:
     #: a model Triton reloads (new config or version) is picked up without a restart
     #: (``SCORE_METADATA_REFRESH_S``); 0 turns it off.
     metadata_refresh_s: float = 10.0
+    #: While this file exists, ``/v2/health/ready`` answers 503 (``SCORE_DRAIN_FILE``):
+    #: ``score serve`` creates it on SIGTERM, ``SCORE_DRAIN_S`` seconds before Gunicorn stops
+    #: accepting; under a plain Gunicorn, create it yourself (a Kubernetes preStop hook).
+    drain_file: str = ""
     #: API keys a client must send as ``Authorization: Bearer <key>`` (``SCORE_API_KEYS``,
     #: comma-separated). With these or :attr:`api_keys_file`, every route but ``/`` and
     #: ``/v2/health/*`` (and the :attr:`auth_exempt` groups) needs one.
@@ -160,6 +164,8 @@ class Settings:
             values["log_format"] = env["SCORE_LOG_FORMAT"].strip().lower()
         if env.get("SCORE_LOG_LEVEL", "").strip():
             values["log_level"] = env["SCORE_LOG_LEVEL"].strip().upper()
+        if "SCORE_DRAIN_FILE" in env:
+            values["drain_file"] = env["SCORE_DRAIN_FILE"].strip()
         if "SCORE_TRITON_METRICS_URL" in env:
             values["triton_metrics_url"] = env["SCORE_TRITON_METRICS_URL"].strip()
         numeric = {

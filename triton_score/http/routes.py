@@ -3,7 +3,8 @@
 ==========================  ======================================================
 ``GET /``                   liveness: 200 ``Healthy`` while the worker runs
 ``GET /v2/health/live``     liveness, Triton style
-``GET /v2/health/ready``    200 only when the models are loaded and Triton is ready
+``GET /v2/health/ready``    200 only when the models are loaded and Triton is ready; 503
+                            from SIGTERM on (``SCORE_DRAIN_FILE``, see ``serve``)
 ``POST /score``             score on the default model (the only one, or SCORE_MODEL); with
                             an entry script, its run() (also GET, and OPTIONS for @rawhttp)
 ``POST /score/<model>``     score on a named model
@@ -20,6 +21,7 @@ With API keys (``SCORE_API_KEYS``/``SCORE_API_KEYS_FILE``) every route but ``/``
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from contextlib import AbstractContextManager, nullcontext
@@ -137,6 +139,11 @@ def live() -> Response:
 @blueprint.get("/v2/health/ready")
 def ready() -> Response:
     rt = runtime()
+    if rt.settings.drain_file and os.path.exists(rt.settings.drain_file):
+        # Shutting down (score serve got SIGTERM): still scoring, but send no new requests.
+        draining = HTTPFailure("the server is shutting down", 503, "draining")
+        draining.details = {"ready": False, "draining": True}
+        return error_response(draining)
     if rt.is_ready():
         return json_response({"ready": True})
     not_ready = TritonUnavailable(
