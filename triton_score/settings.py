@@ -19,6 +19,21 @@ def _split(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.replace(";", ",").split(",") if part.strip())
 
 
+#: ``SCORE_TRACING`` values: what turns tracing off, and what turns OpenTelemetry on.
+TRACING_OFF = ("", "off", "none", "false", "0")
+TRACING_OTEL = ("otel", "opentelemetry")
+
+
+def tracing_mode(value: str) -> str:
+    """``"otel"`` or ``""`` (off), from a ``SCORE_TRACING`` value; anything else is an error."""
+    mode = value.strip().lower()
+    if mode in TRACING_OFF:
+        return ""
+    if mode in TRACING_OTEL:
+        return "otel"
+    raise ValueError(f"SCORE_TRACING={value!r}: use 'otel' (OpenTelemetry) or 'off'")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the scoring runtime can be told; see :meth:`from_env` for the variables."""
@@ -57,6 +72,10 @@ class Settings:
     #: a model Triton reloads (new config or version) is picked up without a restart
     #: (``SCORE_METADATA_REFRESH_S``); 0 turns it off.
     metadata_refresh_s: float = 10.0
+    #: OpenTelemetry tracing, ``"otel"`` or off (``""``, the default) (``SCORE_TRACING``):
+    #: spans for each scoring request and its stages, exported as the standard ``OTEL_*``
+    #: variables say, and a ``traceparent`` to Triton; see :mod:`triton_score.tracing`.
+    tracing: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -83,6 +102,8 @@ class Settings:
             values["prometheus_multiproc_dir"] = env["PROMETHEUS_MULTIPROC_DIR"]
         if "SCORE_MODELS" in env:
             values["models"] = _split(env["SCORE_MODELS"])
+        if "SCORE_TRACING" in env:
+            values["tracing"] = tracing_mode(env["SCORE_TRACING"])
         numeric = {
             "SCORING_TIMEOUT_MS": ("scoring_timeout_ms", int),
             "SCORE_TRITON_WAIT_S": ("triton_wait_s", float),
