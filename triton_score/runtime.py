@@ -22,6 +22,7 @@ from triton_score.pipeline import Scorer
 from triton_score.processors.loading import load_processors
 from triton_score.refresh import MetadataRefresher
 from triton_score.settings import Settings
+from triton_score.tracing import NO_TRACING, Tracing, start_tracing
 from triton_score.triton import TritonGateway
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ class Runtime:
     scorer: Scorer | None = None
     entry_script: EntryScript | None = None
     refresher: MetadataRefresher | None = None
+    #: Spans for requests and their stages (``SCORE_TRACING``); off: :data:`NO_TRACING`.
+    tracing: Tracing = NO_TRACING
 
     def init(self) -> None:
         """What a worker does at boot: wait for Triton and read metadata, or ``init()``;
@@ -71,6 +74,7 @@ class Runtime:
             self.refresher.stop()
             self.refresher = None
         self.gateway.close()
+        self.tracing.shutdown()
 
 
 def resolve_settings(settings: Settings) -> Settings:
@@ -106,7 +110,9 @@ def build_runtime(settings: Settings | None = None, *, as_entry_script: bool = F
         timeout_s=settings.scoring_timeout_ms / 1000,
     )
     metrics = Metrics(settings.prometheus_multiproc_dir)
-    runtime = Runtime(settings=settings, gateway=gateway, metrics=metrics)
+    runtime = Runtime(
+        settings=settings, gateway=gateway, metrics=metrics, tracing=start_tracing(settings)
+    )
     if settings.entry_script and not as_entry_script:
         script = EntryScript(settings.entry_script)
         if not is_native(script):
@@ -119,5 +125,7 @@ def build_runtime(settings: Settings | None = None, *, as_entry_script: bool = F
         code_directory=settings.code_directory or None,
         model_repository=settings.model_repository or None,
     )
-    runtime.scorer = Scorer(settings, gateway, registry, observe=metrics.observe_stage)
+    runtime.scorer = Scorer(
+        settings, gateway, registry, observe=metrics.observe_stage, tracing=runtime.tracing
+    )
     return runtime
