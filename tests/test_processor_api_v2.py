@@ -61,7 +61,7 @@ class FakeGateway:
         self.fail: Exception | None = None
         self.closed = False
 
-    def infer(self, model, inputs, outputs=None, *, request_id=""):
+    def infer(self, model, inputs, outputs=None, *, request_id="", headers=None):
         self.calls.append((model.name, inputs, outputs, request_id))
         if self.fail is not None:
             raise self.fail

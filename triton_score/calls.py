@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from triton_score.metadata import ModelInfo
+from triton_score.tracing import NO_TRACING, Tracing
 from triton_score.validation import validate_inputs, validate_outputs
 
 if TYPE_CHECKING:
@@ -32,14 +33,21 @@ class Triton:
     :param gateway: the worker's gateway.
     :param lookup: model name -> :class:`ModelInfo` (the worker's cached metadata).
     :param request_id: passed on to Triton with every call.
+    :param tracing: each call's validation is a ``validate`` span, and the current span's
+        ``traceparent`` (the request's ``infer`` span) goes to Triton with the call.
     """
 
     def __init__(
-        self, gateway: TritonGateway, lookup: Callable[[str], ModelInfo], request_id: str = ""
+        self,
+        gateway: TritonGateway,
+        lookup: Callable[[str], ModelInfo],
+        request_id: str = "",
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self._gateway = gateway
         self._lookup = lookup
         self.request_id = request_id
+        self._tracing = tracing
 
     def model(self, name: str) -> ModelInfo:
         """The metadata of model ``name`` (any model Triton serves; read once per worker)."""
@@ -58,6 +66,9 @@ class Triton:
         :return: output name -> numpy array, as ``postprocess`` receives them.
         """
         info = model if isinstance(model, ModelInfo) else self._lookup(model)
-        checked = validate_inputs(info, inputs)
-        wanted = validate_outputs(info, outputs)
-        return self._gateway.infer(info, checked, wanted, request_id=self.request_id)
+        with self._tracing.span("validate", info.name, self.request_id):
+            checked = validate_inputs(info, inputs)
+            wanted = validate_outputs(info, outputs)
+        return self._gateway.infer(
+            info, checked, wanted, request_id=self.request_id, headers=self._tracing.headers()
+        )

@@ -51,6 +51,22 @@ def _add_triton_arguments(parser: argparse.ArgumentParser) -> None:
         help="tritonserver binary (default: $TRITONSERVER, PATH, /opt/tritonserver, "
         "then the nvidia-pytriton wheel)",
     )
+    parser.add_argument(
+        "--triton-arg",
+        dest="triton_args",
+        action="append",
+        default=None,
+        metavar="ARG",
+        help="one more argument for the local tritonserver, repeatable, written with '=' "
+        "(--triton-arg=--trace-config=rate=1); default: $SCORE_TRITON_ARGS, split as a "
+        "shell would",
+    )
+
+
+def _triton_args(args: argparse.Namespace) -> tuple[str, ...]:
+    if args.triton_args is not None:
+        return tuple(args.triton_args)
+    return tuple(shlex.split(os.environ.get("SCORE_TRITON_ARGS", "")))
 
 
 def cmd_triton(args: argparse.Namespace) -> int:
@@ -73,6 +89,7 @@ def cmd_triton(args: argparse.Namespace) -> int:
             grpc_port=args.grpc_port,
             metrics_port=args.metrics_port,
             install=find_tritonserver(args.tritonserver),
+            extra_args=_triton_args(args),
             progress=_say,
             build=args.build,
         )
@@ -124,6 +141,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         triton_metrics_port=args.triton_metrics_port,
         ready_timeout=args.ready_timeout,
         build=args.build,
+        triton_args=_triton_args(args),
     )
     return Supervisor(options, _say).run()
 

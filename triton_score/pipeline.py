@@ -34,6 +34,7 @@ from triton_score.locations import is_local_address
 from triton_score.metadata import ModelInfo
 from triton_score.processors import Processor, ProcessorRegistry
 from triton_score.settings import Settings
+from triton_score.tracing import NO_TRACING, Tracing, log_ids
 from triton_score.triton import TritonGateway
 from triton_score.validation import validate_inputs, validate_outputs
 
@@ -51,6 +52,8 @@ class Scorer:
     gateway: TritonGateway
     processors: ProcessorRegistry
     observe: StageObserver = field(default=lambda stage, model, seconds: None)
+    #: Spans for the stages (preprocess, validate, infer, postprocess); off by default.
+    tracing: Tracing = NO_TRACING
     models: dict[str, ModelInfo] = field(default_factory=dict)
     #: Models a ``predict()`` called that are not served at ``/score`` (``SCORE_MODELS``).
     helpers: dict[str, ModelInfo] = field(default_factory=dict)
@@ -200,37 +203,48 @@ class Scorer:
         if len(request.body) > limit:
             raise BodyTooLarge(limit, len(request.body), source=source)
 
+        tracing, name = self.tracing, model.name
         started = time.perf_counter()
-        processor.check_request(request)
-        raw_inputs = self._call(processor, "preprocess", processor.preprocess, request, model)
-        _expect(processor, "preprocess", raw_inputs, Mapping, "a mapping of input name to array")
+        with tracing.span("preprocess", name, request.id):
+            processor.check_request(request)
+            raw_inputs = self._call(processor, "preprocess", processor.preprocess, request, model)
+            _expect(
+                processor, "preprocess", raw_inputs, Mapping, "a mapping of input name to array"
+            )
         if processor.has_predict:
             inputs, wanted = dict(raw_inputs), None  # predict() validates each of its calls
         else:
-            inputs = validate_inputs(model, raw_inputs)
-            chosen = self._call(processor, "outputs", processor.outputs, request, model)
-            if chosen is not None:
-                _expect(processor, "outputs", chosen, Mapping, "a mapping of output to class_count")
-            wanted = validate_outputs(model, chosen)
-        self.observe("preprocess", model.name, time.perf_counter() - started)
+            with tracing.span("validate", name, request.id):
+                inputs = validate_inputs(model, raw_inputs)
+                chosen = self._call(processor, "outputs", processor.outputs, request, model)
+                if chosen is not None:
+                    what = "a mapping of output to class_count"
+                    _expect(processor, "outputs", chosen, Mapping, what)
+                wanted = validate_outputs(model, chosen)
+        self.observe("preprocess", name, time.perf_counter() - started)
 
         started = time.perf_counter()
-        if processor.has_predict:
-            triton = Triton(self.gateway, self.lookup, request.id)
-            outputs = self._call(
-                processor, "predict", processor.predict, inputs, request, model, triton
+        with tracing.span("infer", name, request.id):
+            if processor.has_predict:
+                triton = Triton(self.gateway, self.lookup, request.id, tracing)
+                outputs = self._call(
+                    processor, "predict", processor.predict, inputs, request, model, triton
+                )
+                what = "a mapping of output name to array"
+                _expect(processor, "predict", outputs, Mapping, what)
+            else:
+                outputs = self.gateway.infer(
+                    model, inputs, wanted, request_id=request.id, headers=tracing.headers()
+                )
+        self.observe("infer", name, time.perf_counter() - started)
+
+        started = time.perf_counter()
+        with tracing.span("postprocess", name, request.id):
+            result = self._call(
+                processor, "postprocess", processor.postprocess, outputs, request, model
             )
-            _expect(processor, "predict", outputs, Mapping, "a mapping of output name to array")
-        else:
-            outputs = self.gateway.infer(model, inputs, wanted, request_id=request.id)
-        self.observe("infer", model.name, time.perf_counter() - started)
-
-        started = time.perf_counter()
-        result = self._call(
-            processor, "postprocess", processor.postprocess, outputs, request, model
-        )
-        _expect(processor, "postprocess", result, object, "a JSON-able value or bytes")
-        self.observe("postprocess", model.name, time.perf_counter() - started)
+            _expect(processor, "postprocess", result, object, "a JSON-able value or bytes")
+        self.observe("postprocess", name, time.perf_counter() - started)
         return result
 
     # -- fresh metadata --------------------------------------------------------------------
@@ -286,8 +300,9 @@ class Scorer:
         content_type = header(headers, "content-type")
         return self.score(decode_request(body, content_type, headers, header(headers, REQUEST_ID)))
 
-    @staticmethod
-    def _call(processor: Processor, stage: str, function: Callable[..., Any], *args: Any) -> Any:
+    def _call(
+        self, processor: Processor, stage: str, function: Callable[..., Any], *args: Any
+    ) -> Any:
         try:
             return function(*args)
         except ScoringError:
@@ -295,7 +310,8 @@ class Scorer:
         except Exception as exc:
             request = next((a for a in args if isinstance(a, Request)), None)
             request_id = request.id if request else ""
-            log.exception("%s of %s failed (request %s)", stage, processor.name, request_id)
+            ids = log_ids(request_id, self.tracing.trace_id())
+            log.exception("%s of %s failed (%s)", stage, processor.name, ids)
             raise ProcessorError(
                 f"{stage} failed in processor {processor.name}; see the server log for "
                 f"request id {request_id}",

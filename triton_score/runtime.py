@@ -23,6 +23,7 @@ from triton_score.processors import ProcessorRegistry
 from triton_score.processors.loading import load_processors
 from triton_score.refresh import MetadataRefresher
 from triton_score.settings import Settings
+from triton_score.tracing import NO_TRACING, Tracing, start_tracing
 from triton_score.triton import TritonGateway
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ class Runtime:
     scorer: Scorer | None = None
     entry_script: EntryScript | None = None
     refresher: MetadataRefresher | None = None
+    #: Spans for requests and their stages (``SCORE_TRACING``); off: :data:`NO_TRACING`.
+    tracing: Tracing = NO_TRACING
 
     def init(self) -> None:
         """What a worker does at boot: wait for Triton and read metadata, or ``init()``;
@@ -72,6 +75,7 @@ class Runtime:
             self.refresher.stop()
             self.refresher = None
         self.gateway.close()
+        self.tracing.shutdown()
 
 
 def resolve_settings(settings: Settings) -> Settings:
@@ -114,7 +118,9 @@ def build_runtime(
         timeout_s=settings.scoring_timeout_ms / 1000,
     )
     metrics = Metrics(settings.prometheus_multiproc_dir)
-    runtime = Runtime(settings=settings, gateway=gateway, metrics=metrics)
+    runtime = Runtime(
+        settings=settings, gateway=gateway, metrics=metrics, tracing=start_tracing(settings)
+    )
     if settings.entry_script and not as_entry_script:
         script = EntryScript(settings.entry_script)
         if not is_native(script):
@@ -128,5 +134,7 @@ def build_runtime(
             code_directory=settings.code_directory or None,
             model_repository=settings.model_repository or None,
         )
-    runtime.scorer = Scorer(settings, gateway, registry, observe=metrics.observe_stage)
+    runtime.scorer = Scorer(
+        settings, gateway, registry, observe=metrics.observe_stage, tracing=runtime.tracing
+    )
     return runtime

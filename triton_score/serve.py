@@ -44,6 +44,8 @@ from types import FrameType
 
 from triton_score.local import LocalTriton, TritonNotFound, TritonStartError, find_tritonserver
 from triton_score.locations import find_model_repository, resolve_entry_script
+from triton_score.settings import tracing_mode
+from triton_score.tracing import check_tracing, otlp_traces_url, triton_trace_args
 
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
 #: Run in a child process by :meth:`Supervisor._check_entry_script`.
@@ -68,6 +70,8 @@ class ServeOptions:
     ready_timeout: float = 300.0
     #: Run the model builders (``build_*.py`` beside the repository) before a local Triton.
     build: bool = True
+    #: More ``tritonserver`` arguments for a local Triton (``--triton-arg``).
+    triton_args: tuple[str, ...] = ()
 
 
 def _http_status(url: str, timeout: float = 1.0) -> int:
@@ -196,6 +200,10 @@ class Supervisor:
         if refused:
             self.say(refused)
             return 2
+        refused = check_tracing(os.environ)
+        if refused:
+            self.say(f"error: {refused}")
+            return 2
         try:
             repository = find_model_repository(opts.models).resolve()
             triton_url = opts.triton_url or os.environ.get("TRITON_URL") or "localhost:8000"
@@ -222,6 +230,7 @@ class Supervisor:
                 grpc_port=opts.triton_grpc_port,
                 metrics_port=opts.triton_metrics_port,
                 install=install,
+                extra_args=self._triton_args(),
                 progress=self.say,
                 build=opts.build,
             )
@@ -235,6 +244,24 @@ class Supervisor:
             return 0
         self._start_gunicorn(repository, triton_url)
         return self._supervise(triton_url)
+
+    def _triton_args(self) -> list[str]:
+        """``--triton-arg``s, after Triton's OpenTelemetry flags when ``SCORE_TRACING=otel``
+        and those arguments say nothing of tracing (:func:`triton_trace_args`)."""
+        args = list(self.options.triton_args)
+        if tracing_mode(os.environ.get("SCORE_TRACING", "")) != "otel" or any(
+            arg.startswith("--trace") for arg in args
+        ):
+            return args
+        trace = triton_trace_args(os.environ)
+        if trace:
+            self.say(
+                "score: Triton traces the requests that bring a traceparent, "
+                f"to {otlp_traces_url(os.environ)}"
+            )
+        else:
+            self.say("score: Triton exports OTLP/HTTP only: its spans are not exported")
+        return [*trace, *args]
 
     def _check_entry_script(self) -> str:
         """Load the entry script (``--entry-script`` or ``AZUREML_ENTRY_SCRIPT``) as a worker

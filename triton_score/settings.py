@@ -28,6 +28,19 @@ LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 #: Triton's default metrics port, beside ``TRITON_URL``'s host.
 TRITON_METRICS_PORT = 8002
+#: ``SCORE_TRACING`` values: what turns tracing off, and what turns OpenTelemetry on.
+TRACING_OFF = ("", "off", "none", "false", "0")
+TRACING_OTEL = ("otel", "opentelemetry")
+
+
+def tracing_mode(value: str) -> str:
+    """``"otel"`` or ``""`` (off), from a ``SCORE_TRACING`` value; anything else is an error."""
+    mode = value.strip().lower()
+    if mode in TRACING_OFF:
+        return ""
+    if mode in TRACING_OTEL:
+        return "otel"
+    raise ValueError(f"SCORE_TRACING={value!r}: use 'otel' (OpenTelemetry) or 'off'")
 
 
 @dataclass(frozen=True)
@@ -88,6 +101,11 @@ class Settings:
     #: Triton's Prometheus endpoint, proxied at ``/metrics/triton`` (``SCORE_TRITON_METRICS_URL``:
     #: ``host:port`` or a URL); empty: ``TRITON_URL``'s host, port 8002, ``/metrics``.
     triton_metrics_url: str = ""
+
+    #: OpenTelemetry tracing, ``"otel"`` or off (``""``, the default) (``SCORE_TRACING``):
+    #: spans for each scoring request and its stages, exported as the standard ``OTEL_*``
+    #: variables say, and a ``traceparent`` to Triton; see :mod:`triton_score.tracing`.
+    tracing: str = ""
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.auth_exempt) - set(AUTH_GROUPS))
@@ -168,6 +186,8 @@ class Settings:
             values["drain_file"] = env["SCORE_DRAIN_FILE"].strip()
         if "SCORE_TRITON_METRICS_URL" in env:
             values["triton_metrics_url"] = env["SCORE_TRITON_METRICS_URL"].strip()
+        if "SCORE_TRACING" in env:
+            values["tracing"] = tracing_mode(env["SCORE_TRACING"])
         numeric = {
             "SCORING_TIMEOUT_MS": ("scoring_timeout_ms", int),
             "SCORE_TRITON_WAIT_S": ("triton_wait_s", float),

@@ -155,10 +155,13 @@ class TritonGateway:
         outputs: OutputRequest | None = None,
         *,
         request_id: str = "",
+        headers: Mapping[str, str] | None = None,
     ) -> dict[str, np.ndarray]:
         """Run one inference; inputs must already be validated against ``model``.
 
         :param outputs: which outputs to return and their ``class_count``; ``None`` = all, raw.
+        :param headers: HTTP headers for Triton, e.g. the ``traceparent`` that puts Triton's
+            spans in the caller's trace (:meth:`triton_score.tracing.Tracing.headers`).
         :return: output name -> numpy array (BYTES outputs are object arrays of ``bytes``).
         """
         infer_inputs = []
@@ -179,5 +182,6 @@ class TritonGateway:
                 infer_inputs,
                 outputs=requested,
                 request_id=request_id,
+                headers=dict(headers) if headers else None,
             )
         return {name: result.as_numpy(name) for name in wanted}

@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 from triton_score.codecs.response import encode_json
 from triton_score.errors import HTTPFailure, InternalError, ScoringError
 from triton_score.runtime import Runtime
+from triton_score.tracing import log_ids
 
 log = logging.getLogger("triton_score")
 #: Where the app keeps its :class:`Runtime` (``app.extensions[EXTENSION]``).
@@ -48,5 +49,5 @@ def unexpected_error(exc: Exception) -> Response:
     if isinstance(exc, HTTPException):
         return http_error(exc)
     request_id = g.get("request_id", "")
-    log.exception("unhandled error (request %s)", request_id)
+    log.exception("unhandled error (%s)", log_ids(request_id, g.get("trace_id", "")))
     return error_response(InternalError(request_id))

@@ -234,6 +234,13 @@ def score(model: str | None = None) -> Response:
     metrics.in_flight.inc()
     status = 500
     triton_failure = ""
+    # The request's span (SCORE_TRACING), child of the caller's traceparent; free when off.
+    route = "/score/{model}" if model else "/score"
+    traced = rt.tracing.request(
+        request.method, route, request.headers, g.request_id, lambda: _model_label(model)
+    )
+    if traced.trace_id:
+        g.trace_id = traced.trace_id  # for the log lines of this request
     try:
         with _deadline(rt.settings.scoring_timeout_ms):
             if rt.entry_script is not None:
@@ -241,14 +248,17 @@ def score(model: str | None = None) -> Response:
                 status = response.status_code
                 return response
             assert rt.scorer is not None
-            decoded = decode_request(
-                _read_body(*rt.body_limit(model)),
-                request.content_type or "",
-                dict(request.headers),
-                g.request_id,
-                query=request.args.to_dict(),  # first value of a repeated parameter
-            )
-            encoded = render(rt.scorer.score(decoded, model))  # a Response keeps its status
+            with traced.stage("decode"):
+                decoded = decode_request(
+                    _read_body(*rt.body_limit(model)),
+                    request.content_type or "",
+                    dict(request.headers),
+                    g.request_id,
+                    query=request.args.to_dict(),  # first value of a repeated parameter
+                )
+            result = rt.scorer.score(decoded, model)
+            with traced.stage("encode"):
+                encoded = render(result)  # a Response keeps its status
         status = encoded.status
         return _send(encoded)
     except ScoringError as exc:
@@ -258,6 +268,7 @@ def score(model: str | None = None) -> Response:
     finally:
         label = _model_label(model)
         g.model = label
+        traced.finish(status, label)
         metrics.in_flight.dec()
         metrics.requests.labels(label, str(status)).inc()
         metrics.duration.labels(label).observe(time.perf_counter() - started)

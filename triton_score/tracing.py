@@ -1,0 +1,185 @@
+"""Tracing: a span per scoring request and per stage, joined with Triton's own spans.
+
+Off by default (``SCORE_TRACING`` unset), and then free: :data:`NO_TRACING` answers every
+call with a shared no-op object, and nothing imports OpenTelemetry. ``SCORE_TRACING=otel``
+builds an :class:`~triton_score.otel.OtelTracing` instead (the OpenTelemetry SDK, configured
+by the standard ``OTEL_*`` variables; the ``tracing`` extra), which:
+
+- continues the caller's trace when the request carries a W3C ``traceparent``;
+- opens a server span for the request (``POST /score/{model}``) with child spans for the
+  stages ``decode``, ``preprocess``, ``validate``, ``infer``, ``postprocess``, ``encode``,
+  each tagged with :data:`MODEL` and :data:`REQUEST_ID`;
+- sends the ``infer`` span's ``traceparent`` to Triton with the inference call, so that a
+  Triton started with ``--trace-config mode=opentelemetry`` puts its own spans
+  (``InferRequest`` > model > ``compute``) under it, in the same trace.
+
+The pipeline and the routes only ever call :meth:`Tracing.span`, :meth:`Tracing.request`,
+:meth:`Tracing.headers` and :meth:`Tracing.trace_id`. A later joint Triton call for several
+requests (coalescing) would open its own span, linked to each member's span, and send that
+span's ``traceparent``: the stage spans are plain OpenTelemetry spans, whose contexts can be
+linked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, Any
+
+from triton_score.settings import tracing_mode
+
+if TYPE_CHECKING:
+    from triton_score.settings import Settings
+
+#: Span attributes of ours; Triton's spans carry ``triton.model_name``/``triton.request_id``.
+MODEL = "score.model_name"
+REQUEST_ID = "score.request_id"
+#: The request's stages, in order, as span names.
+STAGES = ("decode", "preprocess", "validate", "infer", "postprocess", "encode")
+
+_NULL: AbstractContextManager[Any] = nullcontext()
+
+
+class RequestSpan:
+    """One request's server span, as the routes see it; this one does nothing."""
+
+    #: The trace id, 32 lower-case hex digits, or ``""`` when there is no span.
+    trace_id = ""
+
+    def stage(self, name: str) -> AbstractContextManager[Any]:
+        """A child span for stage ``name`` of this request."""
+        return _NULL
+
+    def finish(self, status: int, model: str = "") -> None:
+        """End the span with the response's status and the model that served it."""
+
+
+NO_REQUEST_SPAN = RequestSpan()
+
+
+class Tracing:
+    """Tracing turned off: every method is a constant answer, nothing is recorded."""
+
+    enabled = False
+
+    def request(
+        self,
+        method: str,
+        route: str,
+        headers: Any,
+        request_id: str,
+        model: Callable[[], str] = str,
+    ) -> RequestSpan:
+        """Open the server span of one request, the caller's ``traceparent`` its parent.
+
+        :param headers: the request's headers (any mapping whose ``get`` ignores case).
+        :param model: called once, only when tracing, for the model to tag the span with.
+        """
+        return NO_REQUEST_SPAN
+
+    def span(
+        self, stage: str, model: str = "", request_id: str = ""
+    ) -> AbstractContextManager[Any]:
+        """A child span of the current one, for one stage of one request."""
+        return _NULL
+
+    def headers(self) -> dict[str, str] | None:
+        """What to send to Triton with an inference call: the current span's ``traceparent``
+        (when it is sampled), else ``None``."""
+        return None
+
+    def trace_id(self) -> str:
+        """The current trace id (hex), for the log; ``""`` when there is none."""
+        return ""
+
+    def shutdown(self) -> None:
+        """Export what is still buffered, and stop."""
+
+
+#: The one :class:`Tracing` used when ``SCORE_TRACING`` is off.
+NO_TRACING = Tracing()
+
+
+def start_tracing(settings: Settings) -> Tracing:
+    """The tracing ``settings`` ask for: :data:`NO_TRACING`, or OpenTelemetry."""
+    if settings.tracing != "otel":
+        return NO_TRACING
+    try:
+        from triton_score.otel import OtelTracing  # noqa: PLC0415 - only when turned on
+    except ImportError as exc:
+        raise RuntimeError(
+            f"SCORE_TRACING=otel needs the OpenTelemetry SDK ({exc.name} is missing): "
+            "pip install 'triton-score[tracing]'"
+        ) from exc
+    return OtelTracing.from_env()
+
+
+def log_ids(request_id: str, trace_id: str = "") -> str:
+    """``request <id>``, and ``, trace <id>`` when there is one: how log lines name a request."""
+    return f"request {request_id}, trace {trace_id}" if trace_id else f"request {request_id}"
+
+
+def otlp_traces_url(environ: Mapping[str, str]) -> str:
+    """Where the OTLP/HTTP exporter sends spans, as the ``OTEL_*`` variables say."""
+    url = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+    if url:
+        return url
+    base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or "http://localhost:4318"
+    return base.rstrip("/") + "/v1/traces"
+
+
+def triton_trace_args(environ: Mapping[str, str]) -> list[str]:
+    """``tritonserver`` flags that send Triton's spans where ours go, for ``score serve``.
+
+    OpenTelemetry mode, timestamps, and only the requests that bring a ``traceparent``
+    (``rate=0``: Triton then traces exactly the requests the scorer sampled), exported to
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, else ``OTEL_EXPORTER_OTLP_ENDPOINT`` +
+    ``/v1/traces``. ``OTEL_BSP_SCHEDULE_DELAY`` is passed on too. Triton exports OTLP/HTTP
+    only: nothing (``[]``) when our exporters are not OTLP/HTTP.
+    """
+    exporters = [
+        name.strip().lower()
+        for name in environ.get("OTEL_TRACES_EXPORTER", "otlp").split(",")
+        if name.strip()
+    ]
+    protocol = (
+        environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    ).strip()
+    if "none" in exporters or not {"otlp", "otlp_proto_http"} & set(exporters):
+        return []
+    if "otlp_proto_http" not in exporters and protocol != "http/protobuf":
+        return []
+    settings = [
+        "mode=opentelemetry",
+        "level=TIMESTAMPS",
+        "rate=0",
+        "count=-1",
+        f"opentelemetry,url={otlp_traces_url(environ)}",
+    ]
+    delay = environ.get("OTEL_BSP_SCHEDULE_DELAY", "").strip()
+    if delay.isdigit():
+        settings.append(f"opentelemetry,bsp_schedule_delay={delay}")
+    return [f"--trace-config={setting}" for setting in settings]
+
+
+def check_tracing(environ: Mapping[str, str]) -> str:
+    """Why ``SCORE_TRACING`` cannot work as set (one line), or ``""``; for ``score serve``,
+    before any worker fails to boot on it."""
+    try:
+        mode = tracing_mode(environ.get("SCORE_TRACING", ""))
+        if not mode:
+            return ""
+        from triton_score.otel import exporter_names, find_exporter  # noqa: PLC0415
+
+        for name in exporter_names(environ):
+            find_exporter(name)
+    except ImportError as exc:
+        return (
+            f"SCORE_TRACING=otel needs the OpenTelemetry SDK ({exc.name} is missing): "
+            "pip install 'triton-score[tracing]'"
+        )
+    except ValueError as exc:
+        return str(exc)
+    return ""
