@@ -41,6 +41,7 @@ ONNX_TO_CONFIG = {
     11: "TYPE_FP64",
     12: "TYPE_UINT32",
     13: "TYPE_UINT64",
+    16: "TYPE_BF16",
 }
 #: ONNX element type names, for messages.
 ONNX_NAMES = {

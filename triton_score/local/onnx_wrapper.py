@@ -32,30 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from triton_score.local.onnx_check import ONNX_TO_CONFIG
+
 ONNX_PLATFORM = "onnxruntime_onnx"
 ONNX_BACKEND = "onnxruntime"
 DEFAULT_ONNX_FILENAME = "model.onnx"
 #: Triton's own default for auto-completed batching models (``default-max-batch-size``).
 DEFAULT_MAX_BATCH_SIZE = 4
 WRAPPER_SOURCE = Path(__file__).with_name("onnx_model.py")
-
-# ONNX TensorProto element types -> Triton config data types.
-_ONNX_TO_TRITON = {
-    1: "TYPE_FP32",
-    2: "TYPE_UINT8",
-    3: "TYPE_INT8",
-    4: "TYPE_UINT16",
-    5: "TYPE_INT16",
-    6: "TYPE_INT32",
-    7: "TYPE_INT64",
-    8: "TYPE_STRING",
-    9: "TYPE_BOOL",
-    10: "TYPE_FP16",
-    11: "TYPE_FP64",
-    12: "TYPE_UINT32",
-    13: "TYPE_UINT64",
-    16: "TYPE_BF16",
-}
 
 
 class ModelRepositoryError(ValueError):
@@ -152,13 +136,13 @@ def autocomplete_config(name: str, onnx_file: Path) -> Any:
     for values, target in ((inputs, config.input), (outputs, config.output)):
         for value in values:
             elem = value.type.tensor_type.elem_type
-            if elem not in _ONNX_TO_TRITON:
+            if elem not in ONNX_TO_CONFIG:
                 raise ModelRepositoryError(
                     f"model {name!r}: tensor {value.name!r} has ONNX element type {elem}, "
                     "which Triton cannot serve"
                 )
             tensor = target.add(name=value.name)
-            tensor.data_type = pb.DataType.Value(_ONNX_TO_TRITON[elem])
+            tensor.data_type = pb.DataType.Value(ONNX_TO_CONFIG[elem])
             dims = shapes[value.name][1:] if batching else shapes[value.name]
             tensor.dims.extend(dims)
     if batching:
