@@ -20,6 +20,7 @@ from triton_score.locations import find_code_directory, find_model_repository
 from triton_score.metrics import Metrics
 from triton_score.pipeline import Scorer
 from triton_score.processors.loading import load_processors
+from triton_score.script_clients import adapt_script_clients
 from triton_score.settings import Settings
 from triton_score.triton import TritonGateway
 
@@ -88,6 +89,9 @@ def build_runtime(settings: Settings | None = None, *, as_entry_script: bool = F
     metrics = Metrics(settings.prometheus_multiproc_dir)
     runtime = Runtime(settings=settings, gateway=gateway, metrics=metrics)
     if settings.entry_script and not as_entry_script:
+        # Before the script is imported: the Triton clients it creates share one gevent
+        # worker's requests, so they get connections enough and queue fairly for them.
+        adapt_script_clients(settings.triton_concurrency)
         script = EntryScript(settings.entry_script)
         if not is_native(script):
             log.info("serving AzureML entry script %s (its init() and run())", script.path)
