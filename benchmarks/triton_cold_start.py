@@ -9,20 +9,14 @@ waits for ``/v2/health/ready``, stops it (time not counted) and prints a markdow
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import time
 from pathlib import Path
 
 from triton_score.local import LocalTriton, find_tritonserver
+from triton_score.local.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def main() -> None:
