@@ -1,22 +1,32 @@
 #!/usr/bin/env python
-"""Benchmark: direct Triton (``tritonclient.http``) vs the scoring middleware (``POST /score``).
+"""Benchmark: the ways of serving one model, side by side, in one command.
 
 One run starts its own Triton (``triton_score.local.LocalTriton`` on free ports, serving
-``models/triton``), measures the direct path, then starts ``score serve`` once per worker
-count (``--triton-url`` pointing at that Triton, so every cell hits the same server) and
-measures ``POST /score/<model>``; it prints a markdown table and stops everything it started.
+``models/triton``) and, in front of it, every server it compares; then, for each of
+``--runs`` rounds, each concurrency and each path, it measures a cell; it prints one
+markdown table of the per-cell medians, with ratios to direct Triton and to the seed stack,
+and stops everything it started. The paths (``--paths``, all by default):
+
+- ``direct``: Triton's own ``/v2/models/<m>/infer`` (binary tensors), the floor;
+- ``seed``: the stack entry-script mode replaces: AzureML's inference server ``azmlinfsrv``
+  (its stock Gunicorn settings: sync workers) running the seed-style entry script
+  (``tests/fixtures/seed_score.py``: ``import tritonhttpclient``, one client built in
+  ``init()``, metadata + infer per request);
+- ``entry``: ``score serve --entry-script`` with the same script, unmodified;
+- ``score``: ``score serve``'s ``POST /score/<m>`` with the default codec (no processors).
+
+The seed script hard-codes ``localhost:8000``; the benchmark serves a copy of it with that
+address replaced by its own Triton's (so it needs no fixed port). Both servers get
+``--workers`` workers (``WORKER_COUNT``).
 
     .venv/bin/python benchmarks/bench_score.py
-    .venv/bin/python benchmarks/bench_score.py --duration 5 --concurrency 1,4,16 --wrk
+    .venv/bin/python benchmarks/bench_score.py --paths seed,entry --concurrency 8 --runs 5
 
-Load generator: this process, on gevent greenlets (no monkey patching), one persistent
-HTTP connection per greenlet: a ``tritonclient.http`` client each for the direct path (binary
-tensors), a ``geventhttpclient`` client each for the middleware. With ``--wrk``, every cell is
-measured a second time with ``wrk`` (one thread, ``-c`` connections). Either way the load
-generator runs on the same cores as Triton and Gunicorn: the numbers are for comparing the
-two paths on one machine, not capacity figures.
+Load generator: ``wrk`` (one thread, ``-c`` connections) when installed, else this process
+on gevent greenlets (``--tool``); the table says which. Either way it runs on the same cores
+as Triton and the servers: the numbers compare paths on one machine, they are not capacity.
 
-Progress goes to stderr, the table to stdout. See ``benchmarks/README.md`` for the columns.
+Progress goes to stderr, the table to stdout. See ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -27,9 +37,10 @@ import json
 import os
 import platform
 import resource
+import shlex
 import shutil
 import signal
-import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,9 +58,13 @@ import tritonclient.http as httpclient
 from geventhttpclient import HTTPClient
 
 from triton_score.local import LocalTriton
+from triton_score.local.processes import descendants, free_port, process_table, stop_process_group
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODELS = ROOT / "models" / "triton"
+SEED_SCRIPT = ROOT / "tests" / "fixtures" / "seed_score.py"
+#: The address the seed script hard-codes; the served copy points at the benchmark's Triton.
+SEED_TRITON = "localhost:8000"
 #: ``score`` console script of this interpreter's environment, else ``python -m triton_score``.
 _SCORE_SCRIPT = Path(sys.executable).with_name("score")
 SCORE_CMD = (
@@ -59,17 +74,41 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 NETWORK_TIMEOUT_S = 10.0
 #: A cell during which other processes used more CPU than this (cores) is flagged.
 DISTURBED_CORES = 0.25
+PATHS = ("direct", "seed", "entry", "score")
+#: The goal for ``entry`` against ``seed`` at every concurrency: at least its throughput, and
+#: a p99 within this factor + this many ms of its p99.
+GOAL_P99_FACTOR, GOAL_P99_SLACK_MS = 1.1, 1.0
+
+#: azmlinfsrv's console script, bound to 127.0.0.1 instead of its hard-coded 0.0.0.0 (as in
+#: tests/test_azmlinfsrv.py: azmlinfsrv has no host option or variable).
+AZMLINFSRV_LAUNCHER = """\
+import sys
+from importlib.metadata import entry_points
+
+import azureml_inference_server_http.constants as constants
+
+constants.DEFAULT_HOST = "127.0.0.1"  # before amlserver does `from .constants import *`
+(script,) = entry_points(group="console_scripts", name="azmlinfsrv")
+sys.argv[0] = "azmlinfsrv"
+sys.exit(script.load()())
+"""
+#: Inherited variables that would change what azmlinfsrv or the script serve.
+AZMLINFSRV_CLEARED_ENV = (
+    "AML_APP_ROOT",
+    "AZUREML_CONFIG_FILE",
+    "AZUREML_ENTRY_SCRIPT",
+    "AZUREML_MODEL_DIR",
+    "AZUREML_SOURCE_DIRECTORY",
+    "GUNICORN_CMD_ARGS",
+    "HEALTH_PORT",
+    "PROMETHEUS_MULTIPROC_DIR",
+    "SEPERATE_HEALTH_ENDPOINT",
+    "SERVER_PORT",
+)
 
 
 def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def http_json(url: str, *, data: bytes | None = None, timeout: float = 5.0) -> tuple[int, object]:
@@ -86,57 +125,16 @@ def http_json(url: str, *, data: bytes | None = None, timeout: float = 5.0) -> t
     try:
         return status, json.loads(body) if body else None
     except ValueError:
-        return status, None
+        return status, body
 
 
 # -- CPU accounting --------------------------------------------------------------------------
-def _proc_table() -> dict[int, tuple[int, int]]:
-    """pid -> (ppid, utime + stime in clock ticks), for every process we can read."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()  # after "pid (comm) "
-        table[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
-    return table
-
-
-def descendants(root: int, table: dict[int, tuple[int, int]] | None = None) -> list[int]:
-    """``root`` and every process below it."""
-    table = table if table is not None else _proc_table()
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        if pid in table:
-            found.append(pid)
-        todo.extend(children.get(pid, ()))
-    return found
-
-
-def _start_time(pid: int) -> int | None:
-    """The process's start time (clock ticks after boot), or None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    return int(stat[stat.rfind(b")") + 2 :].split()[19])
-
-
 def tree_cpu_seconds(root: int | None) -> float:
     """CPU seconds used so far by ``root`` and its live descendants."""
     if root is None:
         return 0.0
-    table = _proc_table()
-    return sum(table[pid][1] for pid in descendants(root, table)) / CLK_TCK
+    table = process_table()
+    return sum(table[pid].cpu_ticks for pid in descendants(root, table)) / CLK_TCK
 
 
 def machine_busy_seconds() -> float:
@@ -160,8 +158,6 @@ def own_cpu_seconds() -> float:
 class TritonStats:
     inferences: int = 0
     executions: int = 0
-    success_count: int = 0
-    success_ns: int = 0
 
     @classmethod
     def read(cls, triton_url: str, model: str) -> TritonStats:
@@ -169,77 +165,23 @@ class TritonStats:
         if status != 200 or not isinstance(body, dict) or not body.get("model_stats"):
             raise RuntimeError(f"cannot read Triton statistics of {model!r} (HTTP {status})")
         stats = body["model_stats"][0]
-        inference = stats.get("inference_stats", {})
-        return cls(
-            inferences=int(stats.get("inference_count", 0)),
-            executions=int(stats.get("execution_count", 0)),
-            success_count=int(inference.get("success", {}).get("count", 0)),
-            success_ns=int(inference.get("success", {}).get("ns", 0)),
-        )
+        return cls(int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0)))
 
     def __sub__(self, other: TritonStats) -> TritonStats:
-        return TritonStats(
-            *(getattr(self, f) - getattr(other, f) for f in self.__dataclass_fields__)
-        )
+        return TritonStats(self.inferences - other.inferences, self.executions - other.executions)
 
 
-def score_timings(port: int | None, model: str) -> tuple[float, float, float]:
-    """(request count, seconds inside the app, seconds in the Triton call) from the
-    middleware's own Prometheus histograms (all workers), or zeros without a middleware."""
-    if port is None:
-        return 0.0, 0.0, 0.0
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            text = response.read().decode()
-    except OSError:
-        return 0.0, 0.0, 0.0
-    values = {"count": 0.0, "total": 0.0, "infer": 0.0}
-    wanted = {
-        f'score_request_duration_seconds_count{{model="{model}"}}': "count",
-        f'score_request_duration_seconds_sum{{model="{model}"}}': "total",
-        f'score_stage_duration_seconds_sum{{model="{model}",stage="infer"}}': "infer",
-    }
-    for line in text.splitlines():
-        name, _, value = line.rpartition(" ")
-        if name in wanted:
-            values[wanted[name]] = float(value)
-    return values["count"], values["total"], values["infer"]
-
-
-# -- one measured cell -------------------------------------------------------------------------
+# -- load generators ---------------------------------------------------------------------------
 @dataclass
-class Cell:
-    path: str  # "direct" or "score"
-    tool: str  # "python" or "wrk"
-    workers: int | None
-    concurrency: int
-    requests: int = 0
-    errors: int = 0
-    elapsed_s: float = 0.0
-    p50_ms: float = float("nan")
-    p99_ms: float = float("nan")
-    stats: TritonStats = field(default_factory=TritonStats)
-    app_ms: float = float("nan")  # mean time inside the middleware's view function
-    app_infer_ms: float = float("nan")  # ... of which the Triton call
-    cpu_gen: float = 0.0
-    cpu_triton: float = 0.0
-    cpu_score: float | None = None
-    cpu_machine: float = 0.0
+class Load:
+    """What one load generator run measured."""
+
+    requests: int  # successful
+    errors: int
+    elapsed_s: float
+    p50_ms: float
+    p99_ms: float
     first_error: str = ""
-
-    @property
-    def rps(self) -> float:
-        return self.requests / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-    @property
-    def per_execution(self) -> float:
-        return self.stats.inferences / self.stats.executions if self.stats.executions else 0.0
-
-    @property
-    def triton_ms(self) -> float:
-        """Mean time a request spent inside Triton (queue + compute), from its statistics."""
-        s = self.stats
-        return s.success_ns / s.success_count / 1e6 if s.success_count else float("nan")
 
 
 Call = Callable[[], None]  # one request; raises on failure
@@ -247,11 +189,21 @@ Call = Callable[[], None]  # one request; raises on failure
 Connect = Callable[[], tuple[Call, Callable[[], None]]]
 
 
-def greenlet_load(calls: list[Call], duration: float) -> tuple[list[float], int, float, str]:
-    """Run one greenlet per call (per connection), each in a loop, for ``duration`` seconds.
+@contextlib.contextmanager
+def connections(connect: Connect, count: int) -> Iterator[list[Call]]:
+    """``count`` persistent connections, closed on exit."""
+    opened = [connect() for _ in range(count)]
+    try:
+        yield [call for call, _ in opened]
+    finally:
+        for _, close in opened:
+            with contextlib.suppress(Exception):
+                close()
 
-    :return: latencies of successful requests (s), error count, elapsed seconds, first error.
-    """
+
+def greenlet_load(connect: Connect, concurrency: int, duration: float) -> Load:
+    """One greenlet per connection, each sending its next request as soon as the previous one
+    is answered (closed loop), for ``duration`` seconds."""
     latencies: list[float] = []
     errors = [0]
     first_error: list[str] = []
@@ -272,45 +224,19 @@ def greenlet_load(calls: list[Call], duration: float) -> tuple[list[float], int,
                 continue
             latencies.append(clock() - started)
 
-    started = time.perf_counter()
-    deadline = started + duration
-    greenlets = [gevent.spawn(worker, call, deadline) for call in calls]
-    gevent.joinall(greenlets, timeout=duration + NETWORK_TIMEOUT_S + 5)
-    elapsed = time.perf_counter() - started
-    gevent.killall(greenlets, timeout=2)
-    return latencies, errors[0], elapsed, first_error[0] if first_error else ""
-
-
-def wrk_load(
-    wrk: str, url: str, script: Path, concurrency: int, duration: float
-) -> tuple[int, int, float, float, float, str]:
-    """Run ``wrk``; returns requests, errors, elapsed s, p50 ms, p99 ms, first error."""
-    cmd = [
-        wrk,
-        "-t1",
-        f"-c{concurrency}",
-        f"-d{max(1, round(duration))}s",
-        f"--timeout={int(NETWORK_TIMEOUT_S)}s",
-        "-s",
-        str(script),
-        url,
-    ]
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=duration + 30, stdin=subprocess.DEVNULL
+    with connections(connect, concurrency) as calls:
+        started = time.perf_counter()
+        deadline = started + duration
+        greenlets = [gevent.spawn(worker, call, deadline) for call in calls]
+        gevent.joinall(greenlets, timeout=duration + NETWORK_TIMEOUT_S + 5)
+        elapsed = time.perf_counter() - started
+        gevent.killall(greenlets, timeout=2)
+    p50, p99 = (
+        (float(v) * 1000 for v in np.percentile(latencies, [50, 99]))
+        if latencies
+        else (float("nan"), float("nan"))
     )
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")), "")
-    if proc.returncode != 0 or not line:
-        return 0, 1, duration, float("nan"), float("nan"), (proc.stderr or proc.stdout)[-300:]
-    requests, status_errors, errors, duration_us, p50_us, p99_us = line.split()[1:7]
-    note = f"{errors} wrk errors (non-2xx or socket)" if int(errors) else ""
-    return (
-        int(requests) - int(status_errors),
-        int(errors),
-        int(duration_us) / 1e6,
-        float(p50_us) / 1000,
-        float(p99_us) / 1000,
-        note,
-    )
+    return Load(len(latencies), errors[0], elapsed, p50, p99, first_error[0] if first_error else "")
 
 
 WRK_SCRIPT = """
@@ -329,6 +255,36 @@ end
 """
 
 
+def wrk_load(wrk: str, url: str, script: Path, concurrency: int, duration: float) -> Load:
+    """``wrk -t1 -c<concurrency>`` with a Lua script that sends the request and reports."""
+    cmd = [
+        wrk,
+        "-t1",
+        f"-c{concurrency}",
+        f"-d{max(1, round(duration))}s",
+        f"--timeout={int(NETWORK_TIMEOUT_S)}s",
+        "-s",
+        str(script),
+        url,
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=duration + 30, stdin=subprocess.DEVNULL
+    )
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")), "")
+    if proc.returncode != 0 or not line:
+        nan = float("nan")
+        return Load(0, 1, duration, nan, nan, (proc.stderr or proc.stdout)[-300:])
+    requests, status_errors, errors, duration_us, p50_us, p99_us = line.split()[1:7]
+    return Load(
+        int(requests) - int(status_errors),
+        int(errors),
+        int(duration_us) / 1e6,
+        float(p50_us) / 1000,
+        float(p99_us) / 1000,
+        f"{errors} wrk errors (non-2xx or socket)" if int(errors) else "",
+    )
+
+
 def write_wrk_script(
     scratch: Path, name: str, path: str, body: bytes, headers: dict[str, str]
 ) -> Path:
@@ -340,69 +296,167 @@ def write_wrk_script(
     return script
 
 
-# -- the two paths -------------------------------------------------------------------------
-def sample_inputs(triton_url: str, model: str) -> dict[str, np.ndarray]:
-    """One batch-1 request for ``model``: a digit from scikit-learn for ``digits_onnx``,
-    a fixed array shaped from Triton's metadata for any other model."""
-    status, meta = http_json(f"http://{triton_url}/v2/models/{model}")
-    if status != 200 or not isinstance(meta, dict):
-        raise RuntimeError(f"Triton does not serve {model!r} (HTTP {status})")
-    inputs = {}
-    for spec in meta["inputs"]:
-        shape = [1 if d < 0 else d for d in spec["shape"]]
-        if model == "digits_onnx" and spec["name"] == "image":
-            from sklearn.datasets import load_digits  # noqa: PLC0415 - only needed here
-
-            inputs["image"] = load_digits().images[:1].astype(np.float32)  # [1, 8, 8]
-        elif spec["datatype"] == "BYTES":
-            inputs[spec["name"]] = np.full(shape, b"benchmark", dtype=np.object_)
-        else:
-            dtype = httpclient.triton_to_np_dtype(spec["datatype"])
-            size = int(np.prod(shape))
-            inputs[spec["name"]] = (np.arange(size) % 7).astype(dtype).reshape(shape)
-    return inputs
+def wrk_version(wrk: str) -> str:
+    proc = subprocess.run([wrk, "--version"], capture_output=True, text=True, timeout=10)
+    words = (proc.stdout or proc.stderr).split()  # "wrk debian/4.1.0-3+b2 [epoll] ..."
+    if len(words) > 1 and words[0] == "wrk":
+        return f"wrk {words[1].rpartition('/')[2].split('-')[0]}"
+    return "wrk"
 
 
-def triton_infer_args(
-    triton_url: str, model: str, inputs: dict[str, np.ndarray]
-) -> tuple[list[httpclient.InferInput], list[httpclient.InferRequestedOutput], list[str]]:
-    status, meta = http_json(f"http://{triton_url}/v2/models/{model}")
-    assert status == 200 and isinstance(meta, dict)
-    datatypes = {spec["name"]: spec["datatype"] for spec in meta["inputs"]}
-    infer_inputs = []
-    for name, array in inputs.items():
-        infer_input = httpclient.InferInput(name, list(array.shape), datatypes[name])
-        infer_input.set_data_from_numpy(array, binary_data=True)
-        infer_inputs.append(infer_input)
-    names = [spec["name"] for spec in meta["outputs"]]
-    outputs = [httpclient.InferRequestedOutput(n, binary_data=True) for n in names]
-    return infer_inputs, outputs, names
+# -- servers -------------------------------------------------------------------------------------
+class Server:
+    """A server process we start in its own session and stop by its process group."""
+
+    def __init__(self, name: str, scratch: Path) -> None:
+        self.name = name
+        self.port = free_port()
+        self.log_path = scratch / f"{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def launch(self, cmd: list[str], env: dict[str, str], cwd: Path) -> None:
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                cmd,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        say(f"bench: {self.name} (pid {self.process.pid}) on 127.0.0.1:{self.port}")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.is_file() else ""
+
+    def wait_for(self, ready: Callable[[], bool], timeout: float = 120.0) -> None:
+        assert self.process is not None
+        started = time.monotonic()
+        while not ready():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited early:\n{self.log_tail()}")
+            if time.monotonic() - started > timeout:
+                raise RuntimeError(
+                    f"{self.name} not ready after {timeout:.0f} s\n{self.log_tail()}"
+                )
+            time.sleep(0.2)
+        say(f"bench: {self.name} ready in {time.monotonic() - started:.1f} s")
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def stop(self) -> None:
+        """SIGTERM (it drains), SIGKILL after 20 s, then SIGKILL what is left of its group."""
+        if self.process is not None:
+            stop_process_group(self.process, grace=20)
+            self.process = None
 
 
-def direct_connector(triton_url: str, model: str, inputs: dict[str, np.ndarray]) -> Connect:
-    """Direct path: a ``tritonclient.http`` client (binary tensors) per connection."""
-    infer_inputs, outputs, _ = triton_infer_args(triton_url, model, inputs)
-
-    def connect() -> tuple[Call, Callable[[], None]]:
-        client = httpclient.InferenceServerClient(
-            triton_url,
-            concurrency=1,
-            connection_timeout=NETWORK_TIMEOUT_S,
-            network_timeout=NETWORK_TIMEOUT_S,
-        )
-
-        def call() -> None:
-            client.infer(model, infer_inputs, outputs=outputs)
-
-        return call, client.close
-
-    return connect
+def start_score_serve(
+    name: str, scratch: Path, triton_url: str, models: Path, workers: int, *extra: str
+) -> Server:
+    """``score serve`` (Gunicorn, gevent workers) in front of the benchmark's Triton."""
+    server = Server(name, scratch)
+    env = dict(os.environ)
+    env.pop("SCORE_ACCESS_LOG", None)
+    env["SCORE_GRACEFUL_TIMEOUT"] = "5"  # idle at stop time; don't wait 30 s if not
+    cmd = [*SCORE_CMD, "serve", "--models", str(models), "--host", "127.0.0.1"]
+    cmd += ["--port", str(server.port), "--triton-url", triton_url, "--workers", str(workers)]
+    server.launch([*cmd, *extra], env, cwd=scratch)
+    server.wait_for(lambda: "score: ready" in server.log_text())
+    return server
 
 
-def score_connector(port: int, model: str, body: bytes) -> Connect:
-    """Middleware path: ``POST /score/<model>`` with a JSON body, one keep-alive connection."""
-    path = f"/score/{model}"
-    headers = {"Content-Type": "application/json"}
+def start_azmlinfsrv(scratch: Path, script: Path, workers: int) -> Server:
+    """azmlinfsrv as AzureML runs it: its stock Gunicorn settings (sync workers), so from a
+    folder with no ``gunicorn.conf.py``; bound to 127.0.0.1."""
+    server = Server("azmlinfsrv", scratch)
+    folder = scratch / "azmlinfsrv"
+    folder.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in AZMLINFSRV_CLEARED_ENV}
+    env["WORKER_COUNT"] = str(workers)
+    env["XDG_RUNTIME_DIR"] = str(folder)  # Gunicorn >= 25.1 puts a control socket there
+    cmd = [sys.executable, "-c", AZMLINFSRV_LAUNCHER, "--entry_script", str(script)]
+    server.launch([*cmd, "--port", str(server.port)], env, cwd=folder)
+    # Every worker has run the script's init() (GET / answers before the others have).
+    server.wait_for(
+        lambda: server.log_text().count("Users's init has completed successfully") >= workers
+    )
+    return server
+
+
+# -- one path, one cell ----------------------------------------------------------------------
+@dataclass
+class Target:
+    """One way of scoring the request: where it goes, what is sent, who serves it."""
+
+    name: str  # one of PATHS
+    label: str
+    host_port: str
+    path: str
+    body: bytes
+    headers: dict[str, str]
+    connect: Connect  # the python load generator's connection
+    server: Server | None = None  # None: Triton itself
+    wrk_script: Path | None = None
+
+
+@dataclass
+class Sample:
+    """One measured cell of one round."""
+
+    load: Load
+    per_execution: float
+    cpu_gen: float
+    cpu_triton: float
+    cpu_server: float | None
+    cpu_other: float
+
+    @property
+    def rps(self) -> float:
+        return self.load.requests / self.load.elapsed_s if self.load.elapsed_s > 0 else 0.0
+
+
+@dataclass
+class Cell:
+    """A path at a concurrency: one :class:`Sample` per round, reported by their medians."""
+
+    target: str
+    concurrency: int
+    samples: list[Sample] = field(default_factory=list)
+
+    def median(self, value: Callable[[Sample], float | None]) -> float:
+        values = [v for v in (value(s) for s in self.samples) if v is not None and v == v]
+        return statistics.median(values) if values else float("nan")
+
+    @property
+    def rps(self) -> float:
+        return self.median(lambda s: s.rps)
+
+    @property
+    def p50(self) -> float:
+        return self.median(lambda s: s.load.p50_ms)
+
+    @property
+    def p99(self) -> float:
+        return self.median(lambda s: s.load.p99_ms)
+
+    @property
+    def errors(self) -> int:
+        return sum(s.load.errors for s in self.samples)
+
+    @property
+    def cpu_other_max(self) -> float:
+        return max((s.cpu_other for s in self.samples), default=0.0)
+
+
+def http_connector(port: int, path: str, body: bytes, headers: dict[str, str]) -> Connect:
+    """``POST path`` with ``body`` over one keep-alive connection (``geventhttpclient``)."""
 
     def connect() -> tuple[Call, Callable[[], None]]:
         client = HTTPClient(
@@ -424,106 +478,68 @@ def score_connector(port: int, model: str, body: bytes) -> Connect:
     return connect
 
 
-@contextlib.contextmanager
-def connections(connect: Connect, count: int) -> Iterator[list[Call]]:
-    """``count`` persistent connections, closed on exit."""
-    opened = [connect() for _ in range(count)]
-    try:
-        yield [call for call, _ in opened]
-    finally:
-        for _, close in opened:
-            with contextlib.suppress(Exception):
-                close()
+def http_target(name: str, label: str, server: Server, path: str, body: bytes) -> Target:
+    """A path through one of our servers: a JSON body posted to ``path``."""
+    headers = {"Content-Type": "application/json"}
+    connect = http_connector(server.port, path, body, headers)
+    return Target(name, label, f"127.0.0.1:{server.port}", path, body, headers, connect, server)
 
 
-# -- score serve -----------------------------------------------------------------------------
-class ScoreServer:
-    """One ``score serve`` process (Gunicorn + gevent workers) in front of a given Triton."""
+def direct_connector(
+    triton_url: str,
+    model: str,
+    inputs: list[httpclient.InferInput],
+    outputs: list[httpclient.InferRequestedOutput],
+) -> Connect:
+    """Triton directly: a ``tritonclient.http`` client (binary tensors) per connection."""
 
-    def __init__(self, triton_url: str, models: Path, workers: int, scratch: Path) -> None:
-        self.triton_url = triton_url
-        self.models = models
-        self.workers = workers
-        self.port = free_port()
-        self.log_path = scratch / f"score-serve-w{workers}.log"
-        self.process: subprocess.Popen[bytes] | None = None
+    def connect() -> tuple[Call, Callable[[], None]]:
+        client = httpclient.InferenceServerClient(
+            triton_url,
+            concurrency=1,
+            connection_timeout=NETWORK_TIMEOUT_S,
+            network_timeout=NETWORK_TIMEOUT_S,
+        )
 
-    def start(self, timeout: float = 90.0) -> ScoreServer:
-        env = dict(os.environ)
-        env.pop("SCORE_ACCESS_LOG", None)
-        env["SCORE_GRACEFUL_TIMEOUT"] = "5"  # idle at stop time; don't wait 30 s if not
-        cmd = [
-            *SCORE_CMD,
-            "serve",
-            "--models",
-            str(self.models),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--triton-url",
-            self.triton_url,
-            "--workers",
-            str(self.workers),
-            # The default codec ({"inputs": {...}}), not models/processors.py: the request is
-            # the same tensor the direct path sends.
-            "--processors",
-            "none",
-        ]
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                cmd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        say(f"bench: score serve (pid {self.process.pid}) --workers {self.workers} :{self.port}")
-        started = time.monotonic()
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"score serve exited early:\n{self.log_tail()}")
-            if "score: ready" in self.log_path.read_text(errors="replace"):
-                break
-            if time.monotonic() - started > timeout:
-                raise RuntimeError(
-                    f"score serve not ready after {timeout:.0f} s\n{self.log_tail()}"
-                )
-            time.sleep(0.2)
-        say(f"bench: score serve ready in {time.monotonic() - started:.1f} s")
-        return self
+        def call() -> None:
+            client.infer(model, inputs, outputs=outputs)
 
-    def log_tail(self, lines: int = 30) -> str:
-        if not self.log_path.is_file():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return call, client.close
 
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
+    return connect
 
-    def stop(self) -> None:
-        """SIGTERM (drain, stop Gunicorn), then SIGKILL whatever of its tree is left, by PID."""
-        if self.process is None:
-            return
-        tree = {pid: _start_time(pid) for pid in descendants(self.process.pid)}
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                say(f"bench: score serve (pid {self.process.pid}) ignored SIGTERM; killing")
-        # Leftovers (a stuck Gunicorn, orphaned workers): only the very processes seen above,
-        # recognised by PID *and* start time, so a recycled PID is never hit.
-        for pid, started in tree.items():
-            if started is not None and _start_time(pid) == started:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=5)
-        self.process = None
+
+# -- the request ---------------------------------------------------------------------------------
+def sample_inputs(meta: dict, model: str) -> dict[str, np.ndarray]:
+    """One batch-1 request: a digit from scikit-learn for ``digits_onnx``, else a fixed array
+    shaped from Triton's metadata."""
+    inputs = {}
+    for spec in meta["inputs"]:
+        shape = [1 if d < 0 else d for d in spec["shape"]]
+        if model == "digits_onnx" and spec["name"] == "image":
+            from sklearn.datasets import load_digits  # noqa: PLC0415 - only needed here
+
+            inputs["image"] = load_digits().images[:1].astype(np.float32)  # [1, 8, 8]
+        elif spec["datatype"] == "BYTES":
+            inputs[spec["name"]] = np.full(shape, b"benchmark", dtype=np.object_)
+        else:
+            dtype = httpclient.triton_to_np_dtype(spec["datatype"])
+            size = int(np.prod(shape))
+            inputs[spec["name"]] = (np.arange(size) % 7).astype(dtype).reshape(shape)
+    return inputs
+
+
+def serve_seed_script(source: Path, triton_url: str, scratch: Path) -> Path:
+    """A copy of the entry script with its hard-coded ``localhost:8000`` replaced by
+    ``triton_url``: nothing else changes."""
+    text = source.read_text()
+    if SEED_TRITON not in text:
+        say(f"bench: {source.name} does not mention {SEED_TRITON}; served as it is")
+    folder = scratch / "script"
+    folder.mkdir()
+    copy = folder / source.name
+    copy.write_text(text.replace(SEED_TRITON, triton_url))
+    return copy
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -532,165 +548,171 @@ class Bench:
     args: argparse.Namespace
     triton: LocalTriton
     scratch: Path
-    cells: list[Cell] = field(default_factory=list)
-    wrk: str | None = None
+    wrk: str | None
+    targets: list[Target] = field(default_factory=list)
+    servers: list[Server] = field(default_factory=list)
+    cells: dict[tuple[str, int], Cell] = field(default_factory=dict)
+    first_errors: list[str] = field(default_factory=list)
 
-    def measure(
-        self,
-        cell: Cell,
-        warmup: Callable[[], object],
-        run: Callable[[], tuple[list[float] | None, int, int, float, float, float, str]],
-        server: ScoreServer | None,
-    ) -> Cell:
-        """Warm up, snapshot counters, run the load, snapshot again, fill ``cell``."""
-        label = cell.path + (f" w{cell.workers}" if cell.workers else "")
-        say(f"bench: {label} c{cell.concurrency} [{cell.tool}] ...")
-        warmup()
-        score_pid = server.pid if server else None
-        score_port = server.port if server else None
-
-        def snapshot() -> tuple[TritonStats, tuple[float, ...], tuple[float, float, float]]:
-            cpu = (
-                own_cpu_seconds(),
-                tree_cpu_seconds(self.triton.pid),
-                tree_cpu_seconds(score_pid),
-                machine_busy_seconds(),
-            )
-            return (
-                TritonStats.read(self.triton.url, self.args.model),
-                cpu,
-                score_timings(score_port, self.args.model),
-            )
-
-        stats0, cpu0, app0 = snapshot()
-        latencies, requests, errors, elapsed, p50, p99, first_error = run()
-        stats1, cpu1, app1 = snapshot()
-        if latencies is not None:
-            requests = len(latencies)
-            if latencies:
-                p50, p99 = (float(v) * 1000 for v in np.percentile(latencies, [50, 99]))
-        cell.requests, cell.errors, cell.elapsed_s = requests, errors, elapsed
-        cell.p50_ms, cell.p99_ms, cell.first_error = p50, p99, first_error
-        cell.stats = stats1 - stats0
-        cell.cpu_gen = (cpu1[0] - cpu0[0]) / elapsed
-        cell.cpu_triton = (cpu1[1] - cpu0[1]) / elapsed
-        cell.cpu_score = (cpu1[2] - cpu0[2]) / elapsed if score_pid else None
-        cell.cpu_machine = (cpu1[3] - cpu0[3]) / elapsed
-        count = app1[0] - app0[0]
-        if count > 0:
-            cell.app_ms = (app1[1] - app0[1]) / count * 1000
-            cell.app_infer_ms = (app1[2] - app0[2]) / count * 1000
-        say(
-            f"bench:   {cell.rps:.0f} req/s, p50 {cell.p50_ms:.2f} ms, p99 {cell.p99_ms:.2f} ms, "
-            f"{cell.errors} errors, {cell.per_execution:.2f} inferences/execution"
-            + (f"; first error: {first_error}" if first_error else "")
-        )
-        self.cells.append(cell)
-        return cell
-
-    def python_cell(self, cell: Cell, connect: Connect, server: ScoreServer | None) -> None:
-        with connections(connect, cell.concurrency) as calls:
-
-            def run():  # noqa: ANN202
-                latencies, errors, elapsed, first = greenlet_load(calls, self.args.duration)
-                return latencies, 0, errors, elapsed, 0.0, 0.0, first
-
-            self.measure(cell, lambda: greenlet_load(calls, self.args.warmup), run, server)
-
-    def wrk_cell(
-        self, cell: Cell, connect: Connect, url: str, script: Path, server: ScoreServer | None
-    ) -> None:
-        assert self.wrk is not None
-        wrk = self.wrk
-
-        def warmup() -> None:  # the server side warms up the same way as for python cells
-            with connections(connect, cell.concurrency) as calls:
-                greenlet_load(calls, self.args.warmup)
-
-        def run():  # noqa: ANN202
-            requests, errors, elapsed, p50, p99, first = wrk_load(
-                wrk, url, script, cell.concurrency, self.args.duration
-            )
-            return None, requests, errors, elapsed, p50, p99, first
-
-        self.measure(cell, warmup, run, server)
-
-    def run(self) -> None:
-        args = self.args
-        url = self.triton.url
-        inputs = sample_inputs(url, args.model)
-        body = json.dumps({"inputs": {k: v.tolist() for k, v in inputs.items()}}).encode()
-        infer_inputs, outputs, output_names = triton_infer_args(url, args.model, inputs)
-        direct_body, json_size = httpclient.InferenceServerClient.generate_request_body(
-            infer_inputs, outputs=outputs
-        )
+    def prepare(self) -> None:
+        """Start the servers, build each path's request and check its answer."""
+        args, url, model = self.args, self.triton.url, self.args.model
+        status, meta = http_json(f"http://{url}/v2/models/{model}")
+        if status != 200 or not isinstance(meta, dict):
+            raise RuntimeError(f"Triton does not serve {model!r} (HTTP {status})")
+        inputs = sample_inputs(meta, model)
+        datatypes = {spec["name"]: spec["datatype"] for spec in meta["inputs"]}
+        infer_inputs = []
+        for name, array in inputs.items():
+            infer_input = httpclient.InferInput(name, list(array.shape), datatypes[name])
+            infer_input.set_data_from_numpy(array, binary_data=True)
+            infer_inputs.append(infer_input)
+        output_names = [spec["name"] for spec in meta["outputs"]]
+        outputs = [httpclient.InferRequestedOutput(n, binary_data=True) for n in output_names]
         client = httpclient.InferenceServerClient(url)
         try:
-            reference = client.infer(args.model, infer_inputs, outputs=outputs)
+            result = client.infer(model, infer_inputs, outputs=outputs)
+            reference = {name: result.as_numpy(name) for name in output_names}
         finally:
             client.close()
 
-        direct_script = score_script = None
-        if self.wrk:
-            headers = {"Content-Type": "application/octet-stream"}
-            if json_size is not None:
-                headers["Inference-Header-Content-Length"] = str(json_size)
-            direct_script = write_wrk_script(
-                self.scratch, "direct", f"/v2/models/{args.model}/infer", direct_body, headers
-            )
-            score_script = write_wrk_script(
-                self.scratch,
-                "score",
-                f"/score/{args.model}",
-                body,
-                {"Content-Type": "application/json"},
-            )
-
-        connect_direct = direct_connector(url, args.model, inputs)
-        for concurrency in args.concurrency:
-            self.python_cell(Cell("direct", "python", None, concurrency), connect_direct, None)
-            if direct_script:
-                self.wrk_cell(
-                    Cell("direct", "wrk", None, concurrency),
-                    connect_direct,
-                    f"http://{url}",
-                    direct_script,
-                    None,
+        for name in args.paths:
+            if name == "direct":
+                body, json_size = httpclient.InferenceServerClient.generate_request_body(
+                    infer_inputs, outputs=outputs
                 )
+                headers = {"Content-Type": "application/octet-stream"}
+                if json_size is not None:
+                    headers["Inference-Header-Content-Length"] = str(json_size)
+                target = Target(
+                    name,
+                    "direct Triton",
+                    url,
+                    f"/v2/models/{model}/infer",
+                    body,
+                    headers,
+                    direct_connector(url, model, infer_inputs, outputs),
+                )
+            elif name == "score":
+                server = start_score_serve(
+                    "score-serve", self.scratch, url, args.models, args.workers,
+                    "--processors", "none",
+                )  # fmt: skip
+                self.servers.append(server)
+                body = json.dumps({"inputs": {k: v.tolist() for k, v in inputs.items()}}).encode()
+                target = http_target(name, f"POST /score/{model}", server, f"/score/{model}", body)
+                self.check_score(target, reference)
+            else:  # seed or entry: the same script, the same body
+                script = self.seed_script()
+                if name == "seed":
+                    server = start_azmlinfsrv(self.scratch, script, args.workers)
+                    label = "azmlinfsrv + script"
+                else:
+                    server = start_score_serve(
+                        "score-serve-entry", self.scratch, url, args.models, args.workers,
+                        "--entry-script", str(script),
+                    )  # fmt: skip
+                    label = "score serve --entry-script"
+                self.servers.append(server)
+                body = json.dumps({"image": inputs["image"][0].tolist()}).encode()
+                target = http_target(name, label, server, "/score", body)
+                self.check_script(target, reference)
+            if self.wrk:
+                target.wrk_script = write_wrk_script(
+                    self.scratch, name, target.path, target.body, target.headers
+                )
+            self.targets.append(target)
 
-        for workers in args.workers:
-            server = ScoreServer(url, args.models, workers, self.scratch)
-            try:
-                server.start()
-                self.check_score_response(server.port, body, reference, output_names)
-                connect_score = score_connector(server.port, args.model, body)
-                for concurrency in args.concurrency:
-                    self.python_cell(
-                        Cell("score", "python", workers, concurrency), connect_score, server
-                    )
-                    if score_script:
-                        self.wrk_cell(
-                            Cell("score", "wrk", workers, concurrency),
-                            connect_score,
-                            f"http://127.0.0.1:{server.port}",
-                            score_script,
-                            server,
-                        )
-            finally:
-                server.stop()
+    _seed: Path | None = None
 
-    def check_score_response(
-        self, port: int, body: bytes, reference: object, output_names: list[str]
-    ) -> None:
-        """The middleware must answer what Triton answers (before timing anything)."""
-        status, answer = http_json(f"http://127.0.0.1:{port}/score/{self.args.model}", data=body)
+    def seed_script(self) -> Path:
+        if self._seed is None:
+            if self.args.model != "digits_onnx":
+                raise RuntimeError("the seed and entry paths score digits_onnx only")
+            self._seed = serve_seed_script(self.args.entry_script, self.triton.url, self.scratch)
+        return self._seed
+
+    @staticmethod
+    def post(target: Target) -> tuple[int, object]:
+        return http_json(f"http://{target.host_port}{target.path}", data=target.body, timeout=30)
+
+    def check_score(self, target: Target, reference: dict[str, np.ndarray]) -> None:
+        """``/score`` must answer what Triton answers (before timing anything)."""
+        status, answer = self.post(target)
         if status != 200 or not isinstance(answer, dict):
-            raise RuntimeError(f"POST /score/{self.args.model} answered HTTP {status}: {answer}")
-        for name in output_names:
-            want = reference.as_numpy(name)  # type: ignore[attr-defined]
-            got = answer["outputs"][name]
+            raise RuntimeError(f"{target.label} answered HTTP {status}: {answer!r}")
+        for name, want in reference.items():
             if want.dtype != np.object_:
-                np.testing.assert_allclose(np.asarray(got, dtype=want.dtype), want, rtol=1e-5)
+                got = np.asarray(answer["outputs"][name], dtype=want.dtype)
+                np.testing.assert_allclose(got, want, rtol=1e-5)
+
+    def check_script(self, target: Target, reference: dict[str, np.ndarray]) -> None:
+        """The script's answer (top class) must be Triton's."""
+        status, answer = self.post(target)
+        probabilities = next(iter(reference.values()))[0]
+        if status != 200 or not isinstance(answer, dict):
+            raise RuntimeError(f"{target.label} answered HTTP {status}: {answer!r}")
+        if answer.get("index") != int(np.argmax(probabilities)) or not np.isclose(
+            answer.get("score", -1), float(np.max(probabilities)), atol=1e-5
+        ):
+            raise RuntimeError(f"{target.label} answered {answer}, Triton {probabilities}")
+
+    def measure(self, target: Target, concurrency: int) -> Sample:
+        args = self.args
+        greenlet_load(target.connect, concurrency, args.warmup)  # unmeasured; same server side
+        server_pid = target.server.pid if target.server else None
+
+        def snapshot() -> tuple[TritonStats, float, float, float, float]:
+            return (
+                TritonStats.read(self.triton.url, args.model),
+                own_cpu_seconds(),
+                tree_cpu_seconds(self.triton.pid),
+                tree_cpu_seconds(server_pid),
+                machine_busy_seconds(),
+            )
+
+        before = snapshot()
+        if self.wrk and target.wrk_script:
+            url = f"http://{target.host_port}"
+            load = wrk_load(self.wrk, url, target.wrk_script, concurrency, args.duration)
+        else:
+            load = greenlet_load(target.connect, concurrency, args.duration)
+        after = snapshot()
+        stats = after[0] - before[0]
+        elapsed = load.elapsed_s
+        gen, triton, server, machine = ((a - b) / elapsed for a, b in zip(after[1:], before[1:]))
+        if load.first_error:
+            self.first_errors.append(f"{target.name} c{concurrency}: {load.first_error}")
+        return Sample(
+            load,
+            stats.inferences / stats.executions if stats.executions else 0.0,
+            gen,
+            triton,
+            server if server_pid else None,
+            max(0.0, machine - gen - triton - (server if server_pid else 0.0)),
+        )
+
+    def run(self) -> None:
+        args = self.args
+        for round_ in range(1, args.runs + 1):
+            for concurrency in args.concurrency:
+                for target in self.targets:
+                    sample = self.measure(target, concurrency)
+                    cell = self.cells.setdefault(
+                        (target.name, concurrency), Cell(target.name, concurrency)
+                    )
+                    cell.samples.append(sample)
+                    say(
+                        f"bench: run {round_}/{args.runs} {target.name:6} c{concurrency:<3} "
+                        f"{sample.rps:6.0f} req/s  p50 {sample.load.p50_ms:7.2f} ms  "
+                        f"p99 {sample.load.p99_ms:7.2f} ms  {sample.load.errors} errors  "
+                        f"other CPU {sample.cpu_other:.2f}"
+                    )
+
+    def stop(self) -> None:
+        for server in reversed(self.servers):
+            server.stop()
+        self.servers.clear()
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -700,92 +722,125 @@ def fmt(value: float | None, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
-def render(cells: list[Cell], args: argparse.Namespace, total_s: float) -> str:
-    direct = {(c.tool, c.concurrency): c for c in cells if c.path == "direct"}
+def ratio(value: float, base: Cell | None, attribute: str) -> str:
+    if base is None:
+        return "-"
+    reference = getattr(base, attribute)
+    if not reference or reference != reference or value != value:
+        return "-"
+    return f"{value / reference:.2f}"
+
+
+def meets_goal(entry: Cell, seed: Cell) -> bool:
+    p99_limit = GOAL_P99_FACTOR * seed.p99 + GOAL_P99_SLACK_MS
+    return entry.rps >= seed.rps and entry.p99 <= p99_limit and not entry.errors
+
+
+def render(bench: Bench, tool: str, command: str, total_s: float) -> str:
+    args = bench.args
     head = (
-        "| path | tool | workers | conc | req/s | p50 ms | p99 ms | errors "
-        "| Triton inf/exec | Triton ms/req | app ms/req (infer call) | CPU gen/triton/score/other "
-        "| p50 overhead vs direct |"
+        "| path | conc | req/s | p50 ms | p99 ms | errors | req/s vs direct | p99 vs direct "
+        "| req/s vs seed | p99 vs seed | Triton inf/exec | CPU gen/triton/server/other "
+        "| req/s min–max |"
     )
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
-    busiest_other = 0.0
-    for c in cells:
-        if c.path == "score":
-            path = f"POST /score/{args.model}"
-        else:
-            path = "direct Triton" + (" (tritonclient.http)" if c.tool == "python" else "")
-        overhead = "-"
-        base = direct.get((c.tool, c.concurrency))
-        if c.path == "score" and base is not None:
-            diff = c.p50_ms - base.p50_ms
-            overhead = f"+{diff:.2f} ms" if diff >= 0 else f"{diff:.2f} ms"
-            if base.p50_ms > 0:
-                overhead += f" (x{c.p50_ms / base.p50_ms:.1f})"
-        other = max(0.0, c.cpu_machine - c.cpu_gen - c.cpu_triton - (c.cpu_score or 0.0))
-        busiest_other = max(busiest_other, other)
-        cpu = "/".join(
-            [fmt(c.cpu_gen, 1), fmt(c.cpu_triton, 1), fmt(c.cpu_score, 1), fmt(other, 1)]
-        ) + (" *" if other > DISTURBED_CORES else "")
-        app = "-" if c.app_ms != c.app_ms else f"{c.app_ms:.2f} ({c.app_infer_ms:.2f})"
-        rows.append(
-            f"| {path} | {c.tool} | {c.workers or '-'} | {c.concurrency} | {c.rps:.0f} "
-            f"| {fmt(c.p50_ms)} | {fmt(c.p99_ms)} | {c.errors} | {fmt(c.per_execution)} "
-            f"| {fmt(c.triton_ms)} | {app} | {cpu} | {overhead} |"
-        )
+    labels = {t.name: t.label for t in bench.targets}
+    disturbed = 0.0
+    for concurrency in args.concurrency:
+        direct = bench.cells.get(("direct", concurrency))
+        seed = bench.cells.get(("seed", concurrency))
+        for name in args.paths:
+            c = bench.cells.get((name, concurrency))
+            if c is None:
+                continue
+            disturbed = max(disturbed, c.cpu_other_max)
+            cpu = "/".join(
+                fmt(c.median(f), 1)
+                for f in (
+                    lambda s: s.cpu_gen,
+                    lambda s: s.cpu_triton,
+                    lambda s: s.cpu_server,
+                    lambda s: s.cpu_other,
+                )
+            ) + (" *" if c.cpu_other_max > DISTURBED_CORES else "")
+            rates = [s.rps for s in c.samples]
+            rows.append(
+                f"| {labels[name]} | {concurrency} | {c.rps:.0f} | {fmt(c.p50)} | {fmt(c.p99)} "
+                f"| {c.errors} | {ratio(c.rps, direct, 'rps')} | {ratio(c.p99, direct, 'p99')} "
+                f"| {ratio(c.rps, seed, 'rps')} | {ratio(c.p99, seed, 'p99')} "
+                f"| {fmt(c.median(lambda s: s.per_execution))} | {cpu} "
+                f"| {min(rates):.0f}–{max(rates):.0f} |"
+            )
     cpu_count = os.cpu_count() or 0
     notes = [
         "",
-        f"- {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
-        f"{cpu_count} CPU(s), Python {platform.python_version()}; "
-        f"model `{args.model}`, one batch-1 request per call; {args.duration:g} s per cell "
-        f"after {args.warmup:g} s warm-up (python rows); whole run {total_s:.0f} s.",
-        f"- The load generator (this process's gevent greenlets, or wrk) shares the {cpu_count} "
-        "cores with Triton and Gunicorn. `CPU gen/triton/score/other`: cores used during the "
-        "cell by the load generator, Triton (+ python-backend stubs), `score serve` "
-        f"(+ Gunicorn and its workers) and everything else on the machine (sum <= {cpu_count}). "
-        "Treat the numbers as a comparison of the two paths, not as capacity.",
-        "- `Triton inf/exec`: inferences per model execution during the cell "
-        "(> 1 means the dynamic batcher merged requests); `Triton ms/req`: mean time a "
-        "request spent inside Triton (queue + compute), from its statistics.",
-        "- `app ms/req (infer call)`: mean time inside the middleware's view function and, "
-        "in brackets, in its Triton call (the middleware's own `score_request_duration_seconds`"
-        ' and `score_stage_duration_seconds{stage="infer"}` histograms); the rest of the '
-        "client-side latency is Gunicorn, HTTP and waiting for the worker's event loop.",
+        f"- Command: `{command}` ({total_s:.0f} s).",
+        f"- {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu_count} CPU(s), "
+        f"Python {platform.python_version()}; model `{args.model}`, one batch-1 request per "
+        f"call; load generator: {tool}; {args.duration:g} s per cell after {args.warmup:g} s "
+        f"of warm-up; each value is the median of {args.runs} runs (the rounds interleave the "
+        f"paths); `--workers {args.workers}` for both servers.",
+        "- `vs direct`, `vs seed`: this row's median over the same concurrency's median of "
+        "direct Triton, and of azmlinfsrv + the script (the stack entry-script mode replaces).",
+        "- `Triton inf/exec`: inferences per model execution (> 1: the dynamic batcher merged "
+        "requests). `CPU gen/triton/server/other`: cores used by the load generator, Triton "
+        f"(+ stubs), the server in front of it and everything else (sum <= {cpu_count}).",
     ]
-    if busiest_other > DISTURBED_CORES:
+    if {"entry", "seed"} <= {name for name, _ in bench.cells}:
+        verdicts = []
+        for concurrency in args.concurrency:
+            entry, seed = bench.cells[("entry", concurrency)], bench.cells[("seed", concurrency)]
+            limit = GOAL_P99_FACTOR * seed.p99 + GOAL_P99_SLACK_MS
+            verdicts.append(
+                f"c={concurrency} {'met' if meets_goal(entry, seed) else 'MISSED'} "
+                f"({entry.rps:.0f} vs {seed.rps:.0f} req/s, p99 {entry.p99:.1f} vs <= {limit:.1f})"
+            )
         notes.append(
-            f"- `*`: other processes used more than {DISTURBED_CORES} cores during that cell "
-            f"(up to {busiest_other:.1f}): its numbers are disturbed; re-run on a quiet machine."
+            f"- Goal, entry vs seed (req/s >= seed's, p99 <= {GOAL_P99_FACTOR:g} x seed's + "
+            f"{GOAL_P99_SLACK_MS:g} ms, no errors): " + "; ".join(verdicts) + "."
         )
-    for c in cells:
-        if c.first_error:
-            notes.append(f"- first error ({c.path} c{c.concurrency} {c.tool}): {c.first_error}")
+    if disturbed > DISTURBED_CORES:
+        notes.append(
+            f"- `*`: in at least one run other processes used more than {DISTURBED_CORES} "
+            f"cores during that cell (up to {disturbed:.1f}): disturbed; re-run on a quiet "
+            "machine."
+        )
+    notes.extend(f"- first error ({e})" for e in bench.first_errors[:10])
     return "\n".join(rows + notes)
 
 
 def parse_ints(text: str) -> list[int]:
     values = [int(v) for v in text.replace(" ", "").split(",") if v]
     if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers like 1,16; got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected positive integers like 1,8,32; got {text!r}")
     return values
+
+
+def parse_paths(text: str) -> list[str]:
+    names = [v for v in text.replace(" ", "").split(",") if v]
+    unknown = [n for n in names if n not in PATHS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"paths are among {','.join(PATHS)}; got {text!r}")
+    return [n for n in PATHS if n in names]  # the table's order
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds per cell (3)")
-    parser.add_argument("--warmup", type=float, default=0.5, help="warm-up seconds per cell (0.5)")
-    parser.add_argument(
-        "--concurrency", type=parse_ints, default=[1, 16], help="requests in flight (1,16)"
-    )
-    parser.add_argument(
-        "--workers", type=parse_ints, default=[1, 2], help="Gunicorn worker counts (1,2)"
-    )
-    parser.add_argument("--model", default="digits_onnx", help="model to score (digits_onnx)")
-    parser.add_argument(
-        "--models", type=Path, default=DEFAULT_MODELS, help="model repository (models/triton)"
-    )
-    parser.add_argument(
-        "--wrk", action="store_true", help="also measure every cell with wrk (if installed)"
+    add = parser.add_argument
+    add("--paths", type=parse_paths, default=list(PATHS), help="direct,seed,entry,score (all)")
+    add("--concurrency", type=parse_ints, default=[1, 8, 32], help="connections (1,8,32)")
+    add("--runs", type=int, default=3, help="rounds; each cell reports the median (3)")
+    add("--duration", type=float, default=5.0, help="measured seconds per cell (5)")
+    add("--warmup", type=float, default=0.5, help="unmeasured seconds before each cell (0.5)")
+    add("--workers", type=int, default=2, help="WORKER_COUNT of every server (2)")
+    add("--tool", choices=("auto", "wrk", "python"), default="auto", help="load generator")
+    add("--model", default="digits_onnx", help="model for direct and score (digits_onnx)")
+    add("--models", type=Path, default=DEFAULT_MODELS, help="model repository (models/triton)")
+    add(
+        "--entry-script",
+        type=Path,
+        default=SEED_SCRIPT,
+        help="the script seed and entry serve (tests/fixtures/seed_score.py)",
     )
     return parser
 
@@ -805,14 +860,31 @@ def terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def command_line(argv: list[str]) -> str:
+    here = Path.cwd()
+    python = Path(sys.executable)
+    shown = str(python.relative_to(here)) if python.is_relative_to(here) else "python"
+    script = Path(__file__).resolve()
+    script_shown = str(script.relative_to(here)) if script.is_relative_to(here) else script.name
+    return shlex.join([shown, script_shown, *argv])
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    if args.duration <= 0 or args.warmup < 0:
-        say("error: --duration must be > 0 and --warmup >= 0")
+    if args.duration <= 0 or args.warmup < 0 or args.runs < 1 or args.workers < 1:
+        say("error: --duration and --runs and --workers must be > 0, --warmup >= 0")
         return 2
-    wrk = shutil.which("wrk") if args.wrk else None
-    if args.wrk and not wrk:
-        say("bench: --wrk given but wrk is not installed (apt-get install wrk); python mode only")
+    wrk = shutil.which("wrk") if args.tool in ("auto", "wrk") else None
+    if args.tool == "wrk" and not wrk:
+        say("error: --tool wrk, but wrk is not installed (apt-get install -y wrk)")
+        return 2
+    tool = (
+        f"{wrk_version(wrk)} (-t1 -cN)"
+        if wrk
+        else "python (gevent greenlets, one keep-alive connection each)"
+    )
+    say(f"bench: load generator: {tool}; load average {os.getloadavg()[0]:.2f}")
     started = time.monotonic()
     scratch = Path(tempfile.mkdtemp(prefix="bench-score-"))
     triton = LocalTriton(
@@ -822,11 +894,12 @@ def main(argv: list[str] | None = None) -> int:
         metrics_port=free_port(),
         progress=lambda line: say(f"bench: {line}"),
     )
-    bench = Bench(args, triton, scratch, wrk=wrk)
+    bench = Bench(args, triton, scratch, wrk)
     code = 0
     with terminate_as_interrupt():
         try:
             triton.start(timeout=120)
+            bench.prepare()
             bench.run()
         except KeyboardInterrupt:
             say("bench: interrupted; stopping what was started")
@@ -835,13 +908,14 @@ def main(argv: list[str] | None = None) -> int:
             say(f"error: {type(exc).__name__}: {exc}")
             code = 1
         finally:
+            bench.stop()
             triton.stop()
             shutil.rmtree(scratch, ignore_errors=True)
     total = time.monotonic() - started
-    say(f"bench: done in {total:.0f} s; Triton, score serve and their /dev/shm regions stopped")
+    say(f"bench: done in {total:.0f} s; Triton, the servers and their /dev/shm regions stopped")
     if bench.cells:
-        print(render(bench.cells, args, total))
-    if code == 0 and any(c.errors for c in bench.cells):
+        print(render(bench, tool, command_line(argv), total))
+    if code == 0 and any(c.errors for c in bench.cells.values()):
         code = 1
     return code
 

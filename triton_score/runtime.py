@@ -22,6 +22,7 @@ from triton_score.pipeline import Scorer
 from triton_score.processors import ProcessorRegistry
 from triton_score.processors.loading import load_processors
 from triton_score.refresh import MetadataRefresher
+from triton_score.script_clients import adapt_script_clients
 from triton_score.settings import Settings
 from triton_score.tracing import NO_TRACING, Tracing, start_tracing
 from triton_score.triton import TritonGateway
@@ -122,6 +123,9 @@ def build_runtime(
         settings=settings, gateway=gateway, metrics=metrics, tracing=start_tracing(settings)
     )
     if settings.entry_script and not as_entry_script:
+        # Before the script is imported: the Triton clients it creates share one gevent
+        # worker's requests, so they get connections enough and queue fairly for them.
+        adapt_script_clients(settings.triton_concurrency)
         script = EntryScript(settings.entry_script)
         if not is_native(script):
             log.info("serving AzureML entry script %s (its init() and run())", script.path)

@@ -69,7 +69,8 @@ class Settings:
     scoring_timeout_ms: int = 60_000
     #: How long ``init()`` waits for Triton to be ready, in seconds (``SCORE_TRITON_WAIT_S``).
     triton_wait_s: float = 120.0
-    #: Concurrent connections each worker keeps to Triton (``SCORE_TRITON_CONCURRENCY``).
+    #: Concurrent connections each worker keeps to Triton (``SCORE_TRITON_CONCURRENCY``); also
+    #: the default ``concurrency`` of the clients an entry script creates.
     triton_concurrency: int = 64
     #: Largest request body accepted, in bytes (``SCORE_MAX_BODY_BYTES``); more -> 413.
     max_body_bytes: int = 100 * 1024 * 1024

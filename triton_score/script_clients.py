@@ -1,0 +1,135 @@
+"""The Triton clients a user's entry script creates, made fit for a gevent worker.
+
+azmlinfsrv runs an entry script in *sync* workers: one request at a time per worker, so the
+``tritonclient.http.InferenceServerClient`` a script builds in ``init()`` — one connection
+by default (``concurrency=1``) — is never contended. ``score serve`` runs the same script in
+*gevent* workers, where every request in flight in the worker shares that one client, and
+its connection pool (``geventhttpclient``) then goes wrong twice:
+
+1. one connection serialises all of the worker's Triton calls: no two overlap, and Triton's
+   dynamic batcher never sees two requests at once;
+2. the pool's semaphore is not first come, first served: a freed connection goes to
+   whichever greenlet asks next in the same turn of the event loop — usually a request that
+   just arrived — rather than to one that has been waiting. Measured behind ``wrk -c32``
+   (two workers): 85 % of acquisitions jumped the queue, and the longest waits for the
+   connection reached 300–750 ms while the median request took 60 ms; p99 was 10x
+   azmlinfsrv's (``benchmarks/README.md``).
+
+:func:`adapt_script_clients` fixes both, for clients created afterwards in this process,
+without changing the script:
+
+- a client created without an explicit ``concurrency`` gets ``connections``
+  (``SCORE_TRITON_CONCURRENCY``, the connections each worker may keep to Triton). The pool
+  opens them lazily: a worker opens only as many as it has Triton calls in flight at once;
+- every client's connection pool hands a freed connection to the greenlet that has waited
+  longest (:class:`FairSemaphore`), so a script that does limit its connections queues
+  fairly.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections import deque
+from typing import Any
+
+import gevent.event
+import gevent.lock
+import tritonclient.http as httpclient
+
+log = logging.getLogger(__name__)
+
+#: Marks the wrapped ``InferenceServerClient.__init__`` (so adapting twice wraps once).
+_WRAPPED = "_triton_score_connections"
+
+
+class FairSemaphore:
+    """A counting semaphore for greenlets that serves waiters first come, first served.
+
+    ``release()`` hands the slot straight to the oldest waiter, so a greenlet that asks later
+    (even in the same turn of the event loop, before the waiter has run) cannot take it.
+    Only what ``geventhttpclient``'s connection pool uses: ``acquire()`` and ``release()``.
+    """
+
+    def __init__(self, value: int) -> None:
+        if value < 1:
+            raise ValueError(f"a semaphore needs at least one slot, got {value}")
+        self._free = value
+        self._waiters: deque[gevent.event.Event] = deque()
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return True
+        if not blocking:
+            return False
+        turn = gevent.event.Event()
+        self._waiters.append(turn)
+        try:
+            granted = turn.wait(timeout)
+        except BaseException:  # a gevent Timeout or a kill while waiting
+            if turn.is_set():  # the slot was handed over already: pass it on, or it is lost
+                self.release()
+            else:
+                self._waiters.remove(turn)
+            raise
+        if not granted:  # timed out (no greenlet switch since: it cannot be set now)
+            self._waiters.remove(turn)
+        return bool(granted)
+
+    def release(self) -> None:
+        if self._waiters:
+            self._waiters.popleft().set()  # the slot goes to the oldest waiter, not back
+        else:
+            self._free += 1
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+
+def make_pool_fair(client: httpclient.InferenceServerClient) -> bool:
+    """Give ``client``'s connection pool a :class:`FairSemaphore`; False if it has none we
+    recognise (another ``geventhttpclient`` layout), which leaves the client as it was."""
+    pool = getattr(getattr(client, "_client_stub", None), "_connection_pool", None)
+    semaphore = getattr(pool, "_semaphore", None)
+    size = getattr(pool, "size", None)
+    if isinstance(semaphore, FairSemaphore):
+        return True
+    if (
+        not isinstance(semaphore, gevent.lock.Semaphore)
+        or not isinstance(size, int)
+        or size < 1
+        or semaphore.counter != size  # in use already: swapping it now would lose slots
+    ):
+        log.debug("connection pool of %r not recognised; left as it is", client)
+        return False
+    pool._semaphore = FairSemaphore(size)  # type: ignore[union-attr]
+    return True
+
+
+def adapt_script_clients(connections: int) -> None:
+    """From now on in this process, ``tritonclient.http.InferenceServerClient`` (also under
+    its old name ``tritonhttpclient``) defaults to ``connections`` connections and queues
+    greenlets fairly for them. A ``concurrency`` the caller passes is kept. Idempotent; a
+    second call changes the default."""
+    if connections < 1:
+        raise ValueError(f"connections must be at least 1, got {connections}")
+    cls = httpclient.InferenceServerClient
+    current = cls.__init__
+    if hasattr(current, _WRAPPED):
+        setattr(current, _WRAPPED, connections)
+        return
+    original = current
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def __init__(self: httpclient.InferenceServerClient, *args: Any, **kwargs: Any) -> None:
+        if "concurrency" not in signature.bind_partial(self, *args, **kwargs).arguments:
+            kwargs["concurrency"] = getattr(__init__, _WRAPPED)
+        original(self, *args, **kwargs)
+        make_pool_fair(self)
+
+    setattr(__init__, _WRAPPED, connections)
+    cls.__init__ = __init__  # type: ignore[method-assign]
