@@ -10,8 +10,9 @@ server, passes it (see :mod:`triton_score.azureml.inputs`, and ``docs/entry-scri
 
 What ``run`` returns is sent back as JSON, or as it is when it is a response object. Scripts
 written for the AzureML-Triton image import ``tritonhttpclient`` (the old name of
-``tritonclient.http``), which this package provides; ``azureml.contrib.services.aml_request``
-and ``aml_response`` resolve as they do under azmlinfsrv, installed or not.
+``tritonclient.http``, which tritonclient itself still ships);
+``azureml.contrib.services.aml_request`` and ``aml_response`` resolve as they do under
+azmlinfsrv, installed or not.
 """
 
 from __future__ import annotations

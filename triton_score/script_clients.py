@@ -7,13 +7,13 @@ by default (``concurrency=1``) — is never contended. ``score serve`` runs the 
 its connection pool (``geventhttpclient``) then goes wrong twice:
 
 1. one connection serialises all of the worker's Triton calls: no two overlap, and Triton's
-   dynamic batcher never sees two requests at once;
+   dynamic batcher never gets more than one request per worker to merge;
 2. the pool's semaphore is not first come, first served: a freed connection goes to
    whichever greenlet asks next in the same turn of the event loop — usually a request that
    just arrived — rather than to one that has been waiting. Measured behind ``wrk -c32``
-   (two workers): 85 % of acquisitions jumped the queue, and the longest waits for the
-   connection reached 300–750 ms while the median request took 60 ms; p99 was 10x
-   azmlinfsrv's (``benchmarks/README.md``).
+   (two workers, quiet machine): 88–90 % of the acquisitions took the connection while other
+   requests were already waiting for it; the median wait was 0.03 ms, the longest 360–660 ms,
+   and p99 was 4–7x azmlinfsrv's (``benchmarks/README.md``).
 
 :func:`adapt_script_clients` fixes both, for clients created afterwards in this process,
 without changing the script:
