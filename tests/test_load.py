@@ -29,7 +29,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_resilience import sleepy_repository
 
 from triton_score.local import LocalTriton
-from triton_score.local.processes import descendants, free_port, process_info, process_table
+from triton_score.local.processes import (
+    descendants,
+    free_port,
+    process_environ,
+    process_info,
+    process_table,
+)
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from loadgen import LoadGenerator, Results  # noqa: E402
@@ -430,14 +436,20 @@ def test_worker_killed_under_load_only_its_requests_fail(triton: LocalTriton) ->
         scraper = threading.Thread(target=scrape, daemon=True)
         scraper.start()
         time.sleep(1.5)
+        # The kernel may give every keep-alive connection to one worker: kill one that holds
+        # some (it has counted /score requests: a counter_<pid>.db in the metrics directory).
+        metrics_dir = Path(process_environ(master)["PROMETHEUS_MULTIPROC_DIR"])
+        serving = [w for w in workers if (metrics_dir / f"counter_{w}.db").exists()]
+        assert serving, "no worker has served a request"
+        victim = serving[0]
         before_kill, _ = requests_total(server)
         killed = time.time()
-        os.kill(workers[0], signal.SIGKILL)
+        os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 60
         replaced: list[int] = []
         while time.monotonic() < deadline:
             _, now = workers_of(server)
-            if len(now) == 2 and workers[0] not in now:
+            if len(now) == 2 and victim not in now:
                 replaced = now
                 break
             time.sleep(0.05)
