@@ -288,8 +288,10 @@ def forward(path: str = "") -> Response:
     try:
         with _deadline(rt.settings.scoring_timeout_ms):
             forwarder: TritonForwarder = current_app.extensions[FORWARDER]
+            # The same limit as /score, so a chunked body above it is refused, not truncated.
+            body = _read_body(rt.settings.max_body_bytes, "SCORE_MAX_BODY_BYTES")
             status, body, headers = forwarder.forward(
-                request.method, target, request.get_data(cache=False), dict(request.headers)
+                request.method, target, body, dict(request.headers)
             )
     except ScoringError as exc:
         return error_response(exc)
