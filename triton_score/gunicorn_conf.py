@@ -18,7 +18,8 @@ Environment (read here because this is Gunicorn's own configuration file):
   ours. The app writes one access line per request itself (logger ``triton_score.access``,
   with the request id, model and stage timings, in ``SCORE_LOG_FORMAT``), so this is only for
   tools that expect Gunicorn's format;
-- ``SCORE_LOG_LEVEL`` (INFO): Gunicorn's level too.
+- ``SCORE_LOG_LEVEL`` (INFO): Gunicorn's level too; ``SCORE_LOG_FORMAT=json`` puts Gunicorn's
+  own lines in the same JSON lines as ours.
 
 In each worker, ``print()`` output goes to the log with the request id of the request that
 printed (:func:`triton_score.logs.capture_stdout`).
@@ -38,6 +39,34 @@ accesslog = os.environ.get("SCORE_ACCESS_LOG") or None
 errorlog = "-"
 loglevel = os.environ.get("SCORE_LOG_LEVEL", "").strip().lower() or "info"
 proc_name = "triton-score"
+if os.environ.get("SCORE_LOG_FORMAT", "").strip().lower() == "json":
+    # Gunicorn's own lines (booting, worker timeouts and restarts: what matters at 3 a.m.)
+    # in the same JSON lines as ours, so one log pipeline parses everything.
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "triton_score.logs.JsonFormatter"}},
+        "handlers": {
+            "error_console": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            },
+            "console": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stdout",
+            },
+        },
+        "loggers": {
+            "gunicorn.error": {
+                "level": loglevel.upper(),
+                "handlers": ["error_console"],
+                "propagate": False,
+            },
+            "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False},
+        },
+    }
 # Gunicorn >= 24 opens a control socket at a fixed path under $HOME: two servers on one
 # machine (tests, several deployments) would fight over it, and nothing here uses it.
 control_socket_disable = True
