@@ -253,7 +253,9 @@ def payload_table(
             label = IMAGE_DIRECT_LABEL if (payload == "image" and path == "direct") else (
                 PATH_LABELS.get(path, path)
             )  # fmt: skip
-            added = c.p50 - direct.p50 if direct is not None and path != "direct" else None
+            # A cell without one successful request has no latency to compare.
+            answered = direct is not None and path != "direct" and c.rps > 0
+            added = c.p50 - direct.p50 if answered else None  # type: ignore[union-attr]
             mark = " ⚠" if c.errors else ""
             rows.append(
                 f"| {label}{mark} | {conc} | {c.rps:.0f} | {fmt(c.p50)} | {fmt(c.p99)} "
@@ -307,7 +309,7 @@ def plot(
         peak = max(values, default=0.0) or 1.0
         draw.text((margin, top), f"payload: {payload}", fill="black", font=font)
         draw.line((margin, bottom, width - margin, bottom), fill="black")
-        group_w = (width - 2 * margin - 160) / max(1, len(concurrency))
+        group_w = (width - 2 * margin - 190) / max(1, len(concurrency))
         bar_w = max(4.0, (group_w - 20) / max(1, len(present)))
         for g, conc in enumerate(concurrency):
             x0 = margin + g * group_w + 10
@@ -319,15 +321,18 @@ def plot(
                 height = (bottom - top - 30) * c.rps / peak
                 x = x0 + b * bar_w
                 draw.rectangle((x, bottom - height, x + bar_w - 3, bottom), fill=COLORS[path])
-                draw.text((x, bottom - height - 12), f"{c.rps:.0f}", fill="black", font=font)
+                value = f"{c.rps:.0f}" + (" (errors)" if c.errors else "")
+                draw.text((x, bottom - height - 12), value, fill="black", font=font)
         for b, path in enumerate(present):  # legend, right of the panel
             y = top + 20 + b * 16
             label = IMAGE_DIRECT_LABEL if (payload == "image" and path == "direct") else (
                 PATH_LABELS[path]
             )  # fmt: skip
-            draw.rectangle((width - margin - 150, y, width - margin - 140, y + 10),
+            draw.rectangle((width - margin - 180, y, width - margin - 170, y + 10),
                            fill=COLORS[path])  # fmt: skip
-            draw.text((width - margin - 135, y), label[:26], fill="black", font=font)
+            # The default bitmap font has no arrow; the legend has room for ~30 characters.
+            text = label.replace("→", "->")[:30]
+            draw.text((width - margin - 165, y), text, fill="black", font=font)
     out.parent.mkdir(parents=True, exist_ok=True)
     image.save(out, format="PNG")
     return out

@@ -190,7 +190,7 @@ def run(
     cmd += ["--concurrency-range", str(concurrency), "-p", str(interval_ms)]
     # Few, short trials: the whole benchmark must fit ~15 min; stability within 25 % is what
     # a 2-core shared machine allows anyway.
-    cmd += ["--max-trials", "8", "-s", "30", "-f", str(report)]
+    cmd += ["--max-trials", "10", "-s", "30", "-f", str(report)]
     try:
         done = subprocess.run(
             cmd, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
