@@ -168,7 +168,10 @@ def evaluate_goals(cells: Cells, startup: Startup | None) -> list[tuple[str, str
 
     # P4 ------------------------------------------------------------------------------------
     parts, met, missing = [], True, []
-    for conc in sorted({c for (p, path, c) in cells if p == "small" and c > 1}):
+    batched = sorted({c for (p, path, c) in cells if p == "small" and c > 1})
+    if not batched:
+        missing.append("small at a concurrency > 1")  # at c=1 there is nothing to merge
+    for conc in batched:
         score, direct = cell("small", "score", conc), cell("small", "direct", conc)
         if not (clean(score) and clean(direct)) or not _ok(direct.batch):  # type: ignore[union-attr]
             missing.append(f"small c={conc}")

@@ -151,6 +151,8 @@ def test_a_cell_with_errors_or_missing_never_meets() -> None:
     assert not verdicts["P3 images"].startswith("met")
     assert verdicts["P1 throughput"].startswith("not measured: score/seed c=8")
     assert verdicts["P5 start-up and memory"].startswith("not measured")
+    only_c1 = {k: v for k, v in goal_cells().items() if k[2] == 1}
+    assert dict(evaluate_goals(only_c1, None))["P4 batching"].startswith("not measured")
 
 
 def test_table_ratios_and_plot(tmp_path) -> None:  # noqa: ANN001 - fixture
