@@ -1,32 +1,32 @@
 #!/usr/bin/env python
-"""Benchmark: the ways of serving one model, side by side, in one command.
+"""Benchmark: the ways of serving a model, side by side, in one command (issue 8).
 
 One run starts its own Triton (``triton_score.local.LocalTriton`` on free ports, serving
-``models/triton``) and, in front of it, every server it compares; then, for each of
-``--runs`` rounds, each concurrency and each path, it measures a cell; it prints one
-markdown table of the per-cell medians, with ratios to direct Triton and to the seed stack,
-and stops everything it started. The paths (``--paths``, all by default):
+``models/triton``; the model builders run first, so ``imagenet_lite0`` exists) and, in front
+of it, every server it compares; then, for each of ``--runs`` rounds, each concurrency, each
+payload and each path, it measures a cell. Paths (``--paths``): ``direct`` (Triton itself),
+``seed`` (azmlinfsrv + the seed-style script ``tests/fixtures/seed_score.py``), ``entry``
+(``score serve --entry-script``, the same script), ``score`` (``/score/<m>``, default codec),
+``processor`` (``/score/<m>`` through the template's processors) and ``forward`` (``/v2``
+forwarded by ``score serve``). Payloads (``--payloads``): ``small`` (a digit), ``image`` (a
+JPEG → top-5, against a hand-written client doing the same decode), ``t224-json`` and
+``t224-binary`` (a 3x224x224 FP32 tensor). Then NVIDIA's ``perf_analyzer`` against Triton and
+against our ``/v2`` (``perf_analyzer.py``), and P5: start-up and worker memory
+(``bench_memory.py``).
 
-- ``direct``: Triton's own ``/v2/models/<m>/infer`` (binary tensors), the floor;
-- ``seed``: the stack entry-script mode replaces: AzureML's inference server ``azmlinfsrv``
-  (its stock Gunicorn settings: sync workers) running the seed-style entry script
-  (``tests/fixtures/seed_score.py``: ``import tritonhttpclient``, one client built in
-  ``init()``, metadata + infer per request);
-- ``entry``: ``score serve --entry-script`` with the same script, unmodified;
-- ``score``: ``score serve``'s ``POST /score/<m>`` with the default codec (no processors).
+It prints one markdown table per payload (medians, ratios to direct Triton and to the seed
+stack, the mean Triton batch), the perf_analyzer rows, P5 and issue 8's goals P1–P5 judged
+from the numbers (``bench_report.py``); ``--json`` saves everything raw, ``--plot`` draws a
+PNG. It stops everything it started, also on errors, Ctrl-C and SIGTERM.
 
-The seed script hard-codes ``localhost:8000``; the benchmark serves a copy of it with that
-address replaced by its own Triton's (so it needs no fixed port). Both servers get
-``--workers`` workers (``WORKER_COUNT``).
-
-    .venv/bin/python benchmarks/bench_score.py
-    .venv/bin/python benchmarks/bench_score.py --paths seed,entry --concurrency 8 --runs 5
+    .venv/bin/python benchmarks/bench_score.py                       # ~14 min on 2 cores
+    .venv/bin/python benchmarks/bench_score.py --payloads small --paths seed,score --runs 5
 
 Load generator: ``wrk`` (one thread, ``-c`` connections) when installed, else this process
-on gevent greenlets (``--tool``); the table says which. Either way it runs on the same cores
+on gevent greenlets (``--tool``); the output says which. Either way it runs on the same cores
 as Triton and the servers: the numbers compare paths on one machine, they are not capacity.
 
-Progress goes to stderr, the table to stdout. See ``benchmarks/README.md``.
+Progress goes to stderr, the report to stdout. See ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
