@@ -6,13 +6,13 @@ out of it again: the worker writes it into a POSIX shared memory object that Tri
 mapped too, and the request carries only where it is::
 
     {"name": "x", "shape": [1, 3, 224, 224], "datatype": "FP32",
-     "parameters": {"shared_memory_region": "triton_score_4242",
+     "parameters": {"shared_memory_region": "triton_score_shm_4242",
                     "shared_memory_offset": 0, "shared_memory_byte_size": 602112}}
 
 How a worker uses it:
 
 - **one region per gateway** (so one per worker process), created lazily on first use,
-  after Gunicorn forked: ``/dev/shm/triton_score_<pid>`` (:func:`region_name`), of
+  after Gunicorn forked: ``/dev/shm/triton_score_shm_<pid>`` (:func:`region_name`), of
   ``SCORE_SHM_BYTES``. Its pages are reserved at creation (``posix_fallocate``): on a full
   ``/dev/shm`` (Docker gives 64 MB by default) creation fails cleanly, where a sparse file
   would kill the worker with ``SIGBUS`` on first write;
@@ -56,8 +56,10 @@ from triton_score.locations import is_local_address
 log = logging.getLogger(__name__)
 
 #: Every region this package creates is named ``<PREFIX><pid>[_<n>]``: the master can find
-#: a dead worker's, and a test session can check none is left.
-PREFIX = "triton_score_"
+#: a dead worker's, and a test session can check none is left. Not just ``triton_score_``:
+#: a local Triton's python backend names its own files ``triton_score_<pid>_<hex>_...``
+#: (:mod:`triton_score.local.server`), and those must never look like a worker's.
+PREFIX = "triton_score_shm_"
 #: Where Linux keeps POSIX shared memory objects.
 SHM_DIR = Path("/dev/shm")
 #: Slots start on cache-line boundaries: numpy and Triton's backends read aligned data faster,
@@ -84,7 +86,9 @@ def regions_of(pid: int) -> list[str]:
         names = [p.name for p in SHM_DIR.iterdir()]
     except OSError:
         return []
-    return sorted(n for n in names if n == base or n.startswith(base + "_"))
+    return sorted(
+        n for n in names if n == base or (n.startswith(base + "_") and n[len(base) + 1 :].isdigit())
+    )
 
 
 def shm_disabled_reason(mode: str, triton_url: str) -> str:
@@ -199,6 +203,7 @@ class SharedMemoryPool:
         self._map: mmap.mmap | None = None
         self._allocator: Allocator | None = None
         self._registered = False
+        self._setting_up = False
         #: Why the region cannot be used (then everything goes by HTTP); logged once.
         self.broken = ""
         _live_pools.add(self)
@@ -286,9 +291,23 @@ class SharedMemoryPool:
         return array.dtype != np.object_ and array.nbytes >= self.min_bytes
 
     def _ensure_ready(self) -> bool:
-        """Create (in this process) and register the region if not done; False if it cannot."""
-        if self.broken:
+        """Create (in this process) and register the region if not done; False if it cannot.
+
+        Registering is an HTTP call: other greenlets run meanwhile. They do not wait for it
+        (a lock held across a greenlet switch would need gevent's, and threads may call too):
+        their tensors go by HTTP until the region is ready.
+        """
+        if self.broken or self._setting_up:
             return False
+        if self._pid == os.getpid() and self._registered:
+            return True
+        self._setting_up = True
+        try:
+            return self._set_up()
+        finally:
+            self._setting_up = False
+
+    def _set_up(self) -> bool:
         if self._pid != os.getpid():
             # A fork copied the parent's pool: its region is the parent's. Make our own.
             self._map, self._allocator, self._registered, self.name = None, None, False, ""

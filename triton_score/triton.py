@@ -257,10 +257,11 @@ class TritonGateway:
                         request_id=request_id,
                         headers=dict(headers) if headers else None,
                     )
-            except TritonError as exc:
-                # Triton restarted and lost the registration: register again next time, and
-                # let this request go by HTTP rather than fail.
-                if exc.status_code == 400 and "shared memory region" in exc.message.lower():
+            except (TritonError, ModelNotFound) as exc:
+                # Triton restarted and lost the registration (it answers 404 "Unable to find
+                # shared memory region"): register it again next time, and let this request
+                # go by HTTP rather than fail.
+                if "shared memory region" in exc.message.lower():
                     log.warning("Triton lost our shared memory region: registering it again")
                     self._shm.forget_registration()
                     return None
