@@ -1,8 +1,9 @@
 """Per-request latency of one Triton call with the large input through system shared memory
 versus in the HTTP body (issue 8, lever 4).
 
-It starts a local Triton on ``tests/fixtures/shm_repo`` (``shm_scale``: y = x * scale, a
-python-backend model that costs next to nothing, so the transport is what is measured), then
+It starts a local Triton on ``tests/fixtures/shm_repo`` (``shm_sum``: the sum of each row, a
+python-backend model that costs little and answers one float, so what is measured is the
+input's way to Triton, as for a classifier of images), then
 for each payload size calls :meth:`TritonGateway.infer` sequentially, ``--requests`` times
 through a gateway with a region and ``--requests`` times through one without, alternating
 blocks of 20 so drift on a shared machine hits both alike, and prints the medians::
@@ -10,7 +11,8 @@ blocks of 20 so drift on a shared machine hits both alike, and prints the median
     .venv/bin/python benchmarks/shm_latency.py                  # ~20 s
     .venv/bin/python benchmarks/shm_latency.py --requests 500 --sizes 16384,602112
 
-The output still travels in the HTTP body both ways: the figures are what the input saves.
+The python backend itself copies the input once more into its own /dev/shm region for the
+stub process: a C++ or ONNX/TensorRT backend reads the region in place.
 """
 
 from __future__ import annotations
@@ -53,12 +55,12 @@ def main() -> None:
     shm = TritonGateway(triton.url, shm_bytes=64 << 20, shm_min_bytes=1)
     http = TritonGateway(triton.url)
     try:
-        model = http.model_info("shm_scale")
+        model = http.model_info("shm_sum")
         print(f"{'input':>12} {'rows':>4} {'HTTP p50 ms':>12} {'shm p50 ms':>11} {'saved':>7}")
         for size in sizes:
             rows = max(1, size // IMAGE_BYTES) if size >= IMAGE_BYTES else 1
             x = np.random.default_rng(0).standard_normal((rows, size // 4 // rows), np.float32)
-            inputs = {"x": x, "scale": np.full((rows, 1), 2.0, np.float32)}
+            inputs = {"x": x}
             for gateway in (shm, http):  # warm up: connections, the region's registration
                 for _ in range(5):
                     measure(gateway, model, inputs)
