@@ -35,6 +35,7 @@ from triton_score.shm import (
     SHM_DIR,
     Allocator,
     SharedMemoryPool,
+    cleanup_dead_worker,
     region_name,
     regions_of,
     registered_regions,
@@ -346,3 +347,21 @@ def test_score_serve_registers_and_the_master_cleans_a_killed_worker(
     # A worker that stops cleanly removes its own region.
     assert not (SHM_DIR / name).exists()
     assert name not in registered_regions(shm_triton.url)
+
+
+def test_the_master_removes_a_dead_workers_region_even_without_triton() -> None:
+    """child_exit's cleanup: the dead worker's region files go, a local Triton's own
+    python-backend files (``triton_score_<pid>_<hex>_...``) stay, nothing raises when Triton
+    does not answer."""
+    pid = 2**22 + 12345  # above any pid_max this machine hands out: no live process has it
+    mine = [SHM_DIR / region_name(pid), SHM_DIR / region_name(pid, 2)]
+    not_mine = [SHM_DIR / f"triton_score_{pid}_0a1b2c3d_region", SHM_DIR / f"{PREFIX}{pid}9"]
+    for path in mine + not_mine:
+        path.write_bytes(b"x")
+    try:
+        removed = cleanup_dead_worker(pid, "127.0.0.1:9", timeout_s=0.5)
+        assert removed == sorted(p.name for p in mine)
+        assert not any(p.exists() for p in mine) and all(p.exists() for p in not_mine)
+    finally:
+        for path in mine + not_mine:
+            path.unlink(missing_ok=True)
