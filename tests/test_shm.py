@@ -122,11 +122,18 @@ def test_settings_from_env() -> None:
         Settings.from_env({"SCORE_SHM_BYTES": "16M"})
 
 
+class Refused(Exception):
+    """What tritonclient raises when Triton answers with an error: it has a status."""
+
+    def status(self) -> str:
+        return "400"
+
+
 def test_a_refused_registration_falls_back_and_leaves_no_file() -> None:
     outcomes: list[str] = []
 
     def refuse(name: str, key: str, byte_size: int) -> None:
-        raise RuntimeError("cannot open the shared memory region")
+        raise Refused("failed to open shared memory region")
 
     pool = SharedMemoryPool(
         1 << 20, 1024, register=refuse, unregister=lambda name: None, on_tensor=outcomes.append
@@ -135,8 +142,34 @@ def test_a_refused_registration_falls_back_and_leaves_no_file() -> None:
     with pool.lease(inputs) as placed:
         assert placed == {}
     assert outcomes == [OUTCOME_UNAVAILABLE]
-    assert "cannot open" in pool.broken and not pool.wants(inputs)
+    # Triton will refuse again: no more tries, and the region file is gone.
+    assert "failed to open" in pool.broken and not pool.wants(inputs)
     assert regions_of(os.getpid()) == []
+
+
+def test_an_unreachable_triton_is_asked_again_later() -> None:
+    calls: list[str] = []
+
+    def register(name: str, key: str, byte_size: int) -> None:
+        calls.append(key)
+        if len(calls) == 1:
+            raise ConnectionRefusedError(111, "Connection refused")
+
+    outcomes: list[str] = []
+    pool = SharedMemoryPool(
+        1 << 20, 1024, register=register, unregister=lambda name: None, on_tensor=outcomes.append
+    )
+    inputs = {"x": np.ones((1, 1024), np.float32)}
+    try:
+        for _ in range(2):
+            with pool.lease(inputs):
+                pass
+        assert outcomes == [OUTCOME_UNAVAILABLE, OUTCOME_SHM]
+        assert calls == ["/" + pool.name] * 2 and not pool.broken
+        assert pool.name in regions_of(os.getpid())
+    finally:
+        pool.close()
+    assert pool.name == "" and regions_of(os.getpid()) == []
 
 
 # -- the gateway against a real Triton --------------------------------------------------------

@@ -181,8 +181,6 @@ class SharedMemoryPool:
         :data:`OUTCOME_UNAVAILABLE` for each large tensor (the metric).
     """
 
-    _sequence = 0  # gateways created in this process: each gets its own region name
-
     def __init__(
         self,
         byte_size: int,
@@ -248,11 +246,11 @@ class SharedMemoryPool:
                         self._on_tensor(OUTCOME_UNAVAILABLE)
             yield placed
         finally:
-            if offsets:
+            allocator = self._allocator
+            if offsets and allocator is not None:  # None: the worker closed it meanwhile
                 with self._lock:
                     for offset in offsets:
-                        assert self._allocator is not None
-                        self._allocator.free(offset)
+                        allocator.free(offset)
 
     @property
     def bytes_in_use(self) -> int:
@@ -325,6 +323,11 @@ class SharedMemoryPool:
                     self._unregister(self.name)
                 self._register(self.name, key, self.byte_size)
             except Exception as exc:  # noqa: BLE001 - any failure: fall back to HTTP
+                if not _is_refusal(exc):
+                    # Triton unreachable for a moment (restarting): this request goes by
+                    # HTTP (and likely fails the same way), a later one registers.
+                    log.debug("could not register %s with Triton now: %s", key, exc)
+                    return False
                 self._give_up(f"Triton refused to register {key}: {exc}")
                 self.close()
                 return False
@@ -340,8 +343,9 @@ class SharedMemoryPool:
 
     def _create(self) -> None:
         self._pid = os.getpid()
-        SharedMemoryPool._sequence += 1
-        self.name = region_name(self._pid, SharedMemoryPool._sequence - 1)
+        sequence = _regions_created.get(self._pid, 0)
+        _regions_created[self._pid] = sequence + 1
+        self.name = region_name(self._pid, sequence)
         path = SHM_DIR / self.name
         # A file left by a killed process that had our pid: stale, and ours by name.
         with contextlib.suppress(FileNotFoundError):
@@ -364,6 +368,17 @@ class SharedMemoryPool:
         log.warning("system shared memory not used, tensors go by HTTP: %s", why)
 
 
+def _is_refusal(exc: BaseException) -> bool:
+    """Whether Triton answered (an HTTP status: it will refuse again), rather than could not
+    be reached. tritonclient's exceptions carry the status as ``status()``."""
+    status = getattr(exc, "status", None)
+    code = status() if callable(status) else None
+    return code is not None and str(code).isdigit()
+
+
+#: Regions created so far by each process (a fork starts its own count): each pool of a
+#: process gets a name of its own.
+_regions_created: dict[int, int] = {}
 #: Pools of this process that still own a region: closed at exit.
 _live_pools: weakref.WeakSet[SharedMemoryPool] = weakref.WeakSet()
 
