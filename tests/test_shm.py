@@ -21,7 +21,9 @@ import numpy as np
 import pytest
 import requests
 from conftest import ScoreServer
+from helpers import ROOT, load_file
 
+from triton_score.codecs.request import decode_request
 from triton_score.local import LocalTriton
 from triton_score.processors import ProcessorRegistry
 from triton_score.runtime import build_runtime
@@ -398,3 +400,50 @@ def test_the_master_removes_a_dead_workers_region_even_without_triton() -> None:
     finally:
         for path in mine + not_mine:
             path.unlink(missing_ok=True)
+
+
+def test_imagenet_photo_through_shared_memory_answers_as_http(
+    triton: LocalTriton, score_server: ScoreServer
+) -> None:
+    """The session's score serve (SCORE_SHM=auto, a local Triton) sends the processor's
+    3x224x224 FP32 tensor through its worker's region, and answers what the HTTP path does."""
+    pytest.importorskip("PIL.Image", reason="needs the [imagenet] extra (Pillow)")
+    imagenet = load_file(ROOT / "score" / "imagenet_processor.py", "imagenet_processor")
+    flower = (
+        Path(pytest.importorskip("sklearn").__file__).parent / "datasets" / "images" / "flower.jpg"
+    ).read_bytes()
+
+    def sent_by_shm() -> float:
+        text = requests.get(f"{score_server.url}/metrics", timeout=10).text
+        for line in text.splitlines():
+            if line.startswith('score_shm_tensors_total{outcome="shm"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    before = sent_by_shm()
+    answer = requests.post(
+        f"{score_server.url}/score/imagenet_lite0",
+        data=flower,
+        headers={"content-type": "image/jpeg"},
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text
+    assert sent_by_shm() == before + 1
+    workers = [n for n in registered_regions(triton.url) if n.startswith(PREFIX)]
+    assert any(int(n.removeprefix(PREFIX).split("_")[0]) != os.getpid() for n in workers)
+
+    # The same photo, preprocessed and postprocessed by the same processor, sent by HTTP.
+    processor = imagenet.ImageNetClassifier()
+    request = decode_request(flower, "image/jpeg")
+    gateway = TritonGateway(triton.url)
+    try:
+        model = gateway.model_info("imagenet_lite0")
+        inputs = processor.preprocess(request, model)
+        assert inputs["image"].nbytes == 3 * 224 * 224 * 4
+        raw = gateway.infer(model, inputs, processor.outputs(request, model))
+    finally:
+        gateway.close()
+    expected = processor.postprocess(raw, request, model)
+    got = answer.json()
+    assert [(e["label"], e["index"]) for e in got] == [(e["label"], e["index"]) for e in expected]
+    np.testing.assert_allclose([e["score"] for e in got], [e["score"] for e in expected], rtol=1e-5)
