@@ -261,7 +261,7 @@ class TritonGateway:
                 # Triton restarted and lost the registration (it answers 404 "Unable to find
                 # shared memory region"): register it again next time, and let this request
                 # go by HTTP rather than fail.
-                if "shared memory region" in exc.message.lower():
+                if "unable to find shared memory region" in exc.message.lower():
                     log.warning("Triton lost our shared memory region: registering it again")
                     self._shm.forget_registration()
                     return None
