@@ -108,9 +108,26 @@ def post_fork(server, worker):  # noqa: ANN001, ANN201 - gunicorn hook signature
     capture_stdout()
 
 
+def worker_exit(server, worker):  # noqa: ANN001, ANN201 - gunicorn hook signature
+    """In the exiting worker: unregister and unlink its shared memory region."""
+    from triton_score.shm import close_all
+
+    close_all()
+
+
 def child_exit(server, worker):  # noqa: ANN001, ANN201 - gunicorn hook signature
-    """Drop a dead worker's live gauges from the shared Prometheus files."""
+    """Drop a dead worker's live gauges from the shared Prometheus files, and remove the
+    shared memory region it could not remove itself (killed: SIGKILL, OOM, timeout)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
+    try:
+        from triton_score.settings import Settings
+        from triton_score.shm import cleanup_dead_worker
+
+        removed = cleanup_dead_worker(worker.pid, Settings.from_env().triton_url)
+        if removed:
+            server.log.info("removed shared memory of dead worker %s: %s", worker.pid, removed)
+    except Exception:  # noqa: BLE001 - the master must go on whatever happens here
+        server.log.warning("could not clean the shared memory of worker %s", worker.pid)

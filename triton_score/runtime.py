@@ -24,6 +24,7 @@ from triton_score.processors.loading import load_processors
 from triton_score.refresh import MetadataRefresher
 from triton_score.script_clients import adapt_script_clients
 from triton_score.settings import Settings
+from triton_score.shm import shm_disabled_reason
 from triton_score.tracing import NO_TRACING, Tracing, start_tracing
 from triton_score.triton import TritonGateway
 
@@ -113,12 +114,18 @@ def build_runtime(
         theirs: :mod:`triton_score.testing`).
     """
     settings = resolve_settings(settings or Settings.from_env())
+    metrics = Metrics(settings.prometheus_multiproc_dir)
+    no_shm = shm_disabled_reason(settings.shm, settings.triton_url)
+    if no_shm:
+        log.info("system shared memory not used: %s", no_shm)
     gateway = TritonGateway(
         settings.triton_url,
         concurrency=settings.triton_concurrency,
         timeout_s=settings.scoring_timeout_ms / 1000,
+        shm_bytes=0 if no_shm else settings.shm_bytes,
+        shm_min_bytes=settings.shm_min_bytes,
+        on_shm_tensor=metrics.shm_tensor,
     )
-    metrics = Metrics(settings.prometheus_multiproc_dir)
     runtime = Runtime(
         settings=settings, gateway=gateway, metrics=metrics, tracing=start_tracing(settings)
     )
