@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from triton_score.calls import Triton
+from triton_score.codecs import tensors
 from triton_score.codecs.request import REQUEST_ID, Request, decode_request, header
 from triton_score.errors import (
     BadRequest,
@@ -175,11 +176,13 @@ class Scorer:
         )
 
     def body_limit(self, model_name: str | None) -> tuple[int, str]:
-        """The largest request body the model accepts, and which setting says so.
+        """The largest request body the model accepts, and which limit says so.
 
-        ``min(SCORE_MAX_BODY_BYTES, the processor's max_body_bytes)``. A model that cannot be
-        resolved (unknown, Triton down) gets ``SCORE_MAX_BODY_BYTES``: its error is the
-        scoring's to report, in the usual order.
+        The smallest of ``SCORE_MAX_BODY_BYTES``, the processor's ``max_body_bytes`` and,
+        when the default codec decodes the request, the largest valid request the model's
+        metadata allows (:func:`triton_score.codecs.tensors.max_body_bytes`). A model that
+        cannot be resolved (unknown, Triton down) gets ``SCORE_MAX_BODY_BYTES``: its error
+        is the scoring's to report, in the usual order.
         """
         try:
             model = self.model(model_name)
@@ -188,10 +191,16 @@ class Scorer:
         return self._body_limit(model, self.processors.for_model(model.name))
 
     def _body_limit(self, model: ModelInfo, processor: Processor) -> tuple[int, str]:
+        limits = [(self.settings.max_body_bytes, "SCORE_MAX_BODY_BYTES")]
         own = processor.max_body_bytes
-        if own is not None and own < self.settings.max_body_bytes:
-            return own, f"max_body_bytes of the {model.name} processor"
-        return self.settings.max_body_bytes, "SCORE_MAX_BODY_BYTES"
+        if own is not None:
+            limits.append((own, f"max_body_bytes of the {model.name} processor"))
+        if not processor.has_preprocess:  # the default codec reads the tensors: bound them
+            largest = tensors.max_body_bytes(model)
+            if largest is not None:
+                limits.append((largest, f"the largest valid request for model {model.name}"))
+        # min() keeps the first of equals: the setting, then the processor's, then the model's.
+        return min(limits, key=lambda limit: limit[0])
 
     def score(self, request: Request, model_name: str | None = None) -> Any:
         """Score one decoded request; returns what the postprocessor returns."""
