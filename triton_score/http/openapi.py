@@ -155,9 +155,9 @@ def _operation(model: ModelInfo, implementation: Any, summary: str) -> dict[str,
             **refusals,
             "404": {"description": "unknown model", "content": error},
             "413": {
-                "description": "body above SCORE_MAX_BODY_BYTES or the processor's "
-                "max_body_bytes (limit_bytes says which), or content the processor refuses to "
-                "decode for its size",
+                "description": "body above SCORE_MAX_BODY_BYTES, the processor's "
+                "max_body_bytes or the model's largest valid request (limit_bytes says which), "
+                "or content the processor refuses to decode for its size",
                 "content": error,
             },
             "500": {"description": "processor failure (see log)", "content": error},
