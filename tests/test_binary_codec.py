@@ -541,3 +541,47 @@ def test_binary_inputs_are_views_over_the_body() -> None:
     np.testing.assert_array_equal(array, images)
     assert np.shares_memory(array, np.frombuffer(body, dtype=np.uint8))
     assert struct.calcsize("<I") == 4  # the BYTES length prefix the codec uses
+
+
+def test_a_uuid_is_made_only_when_the_client_sent_no_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uuid
+
+    from triton_score.http import routes
+    from triton_score.http.app import create_app
+    from triton_score.settings import Settings
+
+    made = []
+
+    def counting_uuid4() -> uuid.UUID:
+        made.append(1)
+        return uuid.UUID(int=len(made))
+
+    monkeypatch.setattr(routes.uuid, "uuid4", counting_uuid4)
+    app = create_app(Settings(triton_url="127.0.0.1:9", processors=("none",)), init=False)
+    try:
+        client = app.test_client()
+        theirs = client.get("/", headers={"x-request-id": "client-id-1"})
+        assert theirs.headers["x-request-id"] == "client-id-1" and made == []
+        ours = client.get("/")
+        assert made == [1] and ours.headers["x-request-id"] == str(uuid.UUID(int=1))
+    finally:
+        app.extensions["triton_score"].close()
+
+
+def test_a_body_shorter_than_its_content_length_is_a_400() -> None:
+    """The client went away mid-body: a JSON 400, not a crash (the body is read in place)."""
+    from triton_score.http.app import create_app
+    from triton_score.settings import Settings
+
+    app = create_app(Settings(triton_url="127.0.0.1:9", processors=("none",)), init=False)
+    try:
+        response = app.test_client().post(
+            "/score/m",
+            input_stream=io.BytesIO(b"x" * 10),
+            headers=OCTET,
+            environ_overrides={"CONTENT_LENGTH": "100"},  # the test client would fix it
+        )
+        assert response.status_code == 400, response.data
+        assert response.json is not None and "error" in response.json
+    finally:
+        app.extensions["triton_score"].close()
