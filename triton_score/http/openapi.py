@@ -13,6 +13,7 @@ from typing import Any
 
 from triton_score import __version__
 from triton_score.codecs.request import is_json_media_type
+from triton_score.codecs.response import OCTET_STREAM
 from triton_score.errors import ScoringError
 from triton_score.metadata import ModelInfo, TensorSpec
 from triton_score.processors.schema import request_media_types, response_media_types
@@ -138,6 +139,13 @@ def _operation(model: ModelInfo, implementation: Any, summary: str) -> dict[str,
         kind: {"schema": response_schema if is_json_media_type(kind) else BINARY}
         for kind in response_media_types(implementation)
     }
+    # The default codec's binary forms, where it decodes or encodes and no content types are
+    # declared: v2 binary tensors or one raw tensor in, binary outputs out when asked
+    # (triton_score.codecs.binary).
+    if not any(getattr(implementation, a, None) for a in ("preprocess", "request_content_types")):
+        request_content.setdefault(OCTET_STREAM, {"schema": BINARY})
+    if not any(getattr(implementation, a, None) for a in ("postprocess", "response_content_types")):
+        response_content.setdefault(OCTET_STREAM, {"schema": BINARY})
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
     refusals = {}
     if getattr(implementation, "request_content_types", None) is not None:
