@@ -340,7 +340,7 @@ DIGITS_MODEL = ModelInfo(
 
 def test_the_largest_valid_json_request_is_accepted(plain_server: ScoreServer) -> None:
     body = worst_case_request(DIGITS_MODEL)
-    limit = tensors.max_body_bytes(DIGITS_MODEL)
+    limit = tensors.largest_request_bytes(DIGITS_MODEL)
     assert limit is not None and len(body) < limit < 200_000
     response = requests.post(
         plain_server.url + DIGITS, data=body, headers={"content-type": "application/json"}
@@ -376,7 +376,7 @@ def test_a_body_no_valid_request_can_have_is_refused_before_it_is_read(
     status, answer = raw_post(plain_server, f"Content-Length: {size}\r\n".encode(), b"[" * 1024)
     assert time.monotonic() - started < 5
     assert status == 413, answer
-    limit = tensors.max_body_bytes(DIGITS_MODEL)
+    limit = tensors.largest_request_bytes(DIGITS_MODEL)
     assert answer["limit_bytes"] == limit and answer["code"] == "request_entity_too_large"
     assert "the largest valid request for model digits_onnx" in answer["error"]
     assert f"it is {size} bytes" in answer["error"]
@@ -387,7 +387,7 @@ def test_a_body_no_valid_request_can_have_is_refused_before_it_is_read(
 
 
 def test_a_chunked_body_is_counted_as_it_is_read(plain_server: ScoreServer) -> None:
-    limit = tensors.max_body_bytes(DIGITS_MODEL)
+    limit = tensors.largest_request_bytes(DIGITS_MODEL)
     assert limit is not None
     chunk = b" " * 65536
     chunks = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(limit // 65536 + 2))
@@ -495,20 +495,20 @@ def test_reading_and_decoding_a_binary_body_copies_nothing() -> None:
 
 
 # -- units -------------------------------------------------------------------------------------
-def test_max_body_bytes_only_where_the_metadata_bounds_it() -> None:
-    assert tensors.max_body_bytes(DIGITS_MODEL) is not None
+def test_largest_request_bytes_only_where_the_metadata_bounds_it() -> None:
+    assert tensors.largest_request_bytes(DIGITS_MODEL) is not None
     strings = ModelInfo("s", inputs=(TensorSpec("text", "BYTES", (1,)),))
-    assert tensors.max_body_bytes(strings) is None
+    assert tensors.largest_request_bytes(strings) is None
     variable = ModelInfo("v", max_batch_size=4, inputs=(TensorSpec("x", "FP32", (-1, -1, 3)),))
-    assert tensors.max_body_bytes(variable) is None
+    assert tensors.largest_request_bytes(variable) is None
     fixed = ModelInfo("f", inputs=(TensorSpec("x", "INT64", (2, 3)), TensorSpec("y", "BOOL", (1,))))
-    limit = tensors.max_body_bytes(fixed)
+    limit = tensors.largest_request_bytes(fixed)
     assert limit is not None and len(worst_case_request(fixed)) < limit
 
 
 def test_the_bound_holds_for_every_json_form() -> None:
     model = ModelInfo("big", max_batch_size=8, inputs=(TensorSpec("x", "FP64", (-1, 3, 4, 5)),))
-    limit = tensors.max_body_bytes(model)
+    limit = tensors.largest_request_bytes(model)
     assert limit is not None
     data = np.full((8, 3, 4, 5), -1.2345678901234567e-300)
     forms = [

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from triton_score.calls import Triton
-from triton_score.codecs import tensors
 from triton_score.codecs.request import REQUEST_ID, Request, decode_request, header
+from triton_score.codecs.tensors import largest_request_bytes
 from triton_score.errors import (
     BadRequest,
     BodyTooLarge,
@@ -180,7 +180,7 @@ class Scorer:
 
         The smallest of ``SCORE_MAX_BODY_BYTES``, the processor's ``max_body_bytes`` and,
         when the default codec decodes the request, the largest valid request the model's
-        metadata allows (:func:`triton_score.codecs.tensors.max_body_bytes`). A model that
+        metadata allows (:func:`triton_score.codecs.tensors.largest_request_bytes`). A model that
         cannot be resolved (unknown, Triton down) gets ``SCORE_MAX_BODY_BYTES``: its error
         is the scoring's to report, in the usual order.
         """
@@ -196,7 +196,7 @@ class Scorer:
         if own is not None:
             limits.append((own, f"max_body_bytes of the {model.name} processor"))
         if not processor.has_preprocess:  # the default codec reads the tensors: bound them
-            largest = tensors.max_body_bytes(model)
+            largest = largest_request_bytes(model)
             if largest is not None:
                 limits.append((largest, f"the largest valid request for model {model.name}"))
         # min() keeps the first of equals: the setting, then the processor's, then the model's.

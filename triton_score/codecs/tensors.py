@@ -238,7 +238,7 @@ JSON_CHARS_PER_DIMENSION = 4
 BODY_SLACK_BYTES = 64 * 1024
 
 
-def max_body_bytes(model: ModelInfo) -> int | None:
+def largest_request_bytes(model: ModelInfo) -> int | None:
     """The largest body a valid default-codec request for ``model`` can have, in any of its
     forms (JSON is the largest: a binary tensor is never more than 8 bytes a value), or
     ``None`` when the metadata cannot bound it: a BYTES input (strings of any length), a
