@@ -397,6 +397,40 @@ def test_a_chunked_body_is_counted_as_it_is_read(plain_server: ScoreServer) -> N
     assert answer["limit_bytes"] == limit
 
 
+def test_a_raw_tensor_has_an_exact_limit(plain_server: ScoreServer) -> None:
+    """application/octet-stream: max_batch_size x 8 x 8 x 4 bytes, not a byte more."""
+    images, _ = held_out_digits()
+    largest = images[:16].tobytes()
+    assert tensors.largest_request_bytes(DIGITS_MODEL, raw=True) == len(largest) == 4096
+    fits = requests.post(plain_server.url + DIGITS, data=largest, headers=OCTET, timeout=30)
+    assert fits.status_code == 200, fits.text
+    answer = np.array(fits.json()["outputs"]["probabilities"])
+    assert answer.shape == (16, 10)
+    too_big = requests.post(plain_server.url + DIGITS, data=largest + b"\0" * 256, headers=OCTET)
+    assert too_big.status_code == 413, too_big.text
+    assert too_big.json()["limit_bytes"] == 4096
+    assert "the largest valid request for model digits_onnx" in too_big.json()["error"]
+    # The same bytes as a v2 binary request are held to the generous limit: 400, not 413.
+    header = json.dumps(
+        {"inputs": [{**_ONE, "shape": [17, 8, 8], "parameters": {"binary_data_size": 17 * 256}}]}
+    ).encode()
+    over = requests.post(
+        plain_server.url + DIGITS,
+        data=header + largest + _IMAGE,
+        headers={HEADER_LENGTH: str(len(header))},
+        timeout=30,
+    )
+    assert over.status_code == 400 and "batch size 17" in over.json()["error"], over.text
+
+
+def test_which_requests_are_raw_tensors() -> None:
+    assert tensors.is_raw_tensor("application/octet-stream", {})
+    assert tensors.is_raw_tensor("Application/Octet-Stream; q=1", {"x": "y"})
+    assert not tensors.is_raw_tensor("application/octet-stream", {HEADER_LENGTH.lower(): "12"})
+    assert not tensors.is_raw_tensor("application/json", {})
+    assert not tensors.is_raw_tensor("", {})
+
+
 # -- a 50 MB binary tensor, zero-copy ------------------------------------------------------------
 SUMMER_CONFIG = """
 name: "summer"

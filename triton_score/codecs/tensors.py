@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from triton_score.codecs import binary
-from triton_score.codecs.request import Request
+from triton_score.codecs.request import Request, header
 from triton_score.codecs.response import OCTET_STREAM, Response
 from triton_score.errors import BadRequest, InvalidInput
 from triton_score.metadata import ModelInfo, TensorSpec
@@ -227,6 +227,16 @@ def _jsonable(array: np.ndarray) -> Any:
 
 
 # -- the largest valid request -------------------------------------------------------------
+def is_raw_tensor(content_type: str, headers: Any) -> bool:
+    """Whether a request is the raw ``application/octet-stream`` form, from its headers
+    alone (so the web layer can choose the body limit before reading the body).
+
+    :param headers: a mapping of the request's headers (werkzeug's, or a plain dict).
+    """
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == OCTET_STREAM and not header(headers, binary.HEADER_LENGTH)
+
+
 #: Characters one number can take in JSON, written the worst way a client's encoder may:
 #: ``-1.2345678901234567e-300`` is 24; any integer datatype and ``false`` are shorter.
 JSON_NUMBER_CHARS = 32
@@ -238,11 +248,15 @@ JSON_CHARS_PER_DIMENSION = 4
 BODY_SLACK_BYTES = 64 * 1024
 
 
-def largest_request_bytes(model: ModelInfo) -> int | None:
-    """The largest body a valid default-codec request for ``model`` can have, in any of its
-    forms (JSON is the largest: a binary tensor is never more than 8 bytes a value), or
-    ``None`` when the metadata cannot bound it: a BYTES input (strings of any length), a
-    variable dimension other than the batch, or a datatype without a numpy dtype.
+def largest_request_bytes(model: ModelInfo, *, raw: bool = False) -> int | None:
+    """The largest body a valid default-codec request for ``model`` can have, or ``None``
+    when the metadata cannot bound it: a BYTES input (strings of any length), a variable
+    dimension other than the batch, or a datatype without a numpy dtype.
+
+    With ``raw`` (an ``application/octet-stream`` body, :func:`is_raw_tensor`) it is exact:
+    the one input's bytes at ``max_batch_size``. Otherwise it covers every JSON form and the
+    v2 binary form (whose inputs may carry JSON ``data`` too; a binary value is never more
+    than 8 bytes, its JSON far more).
 
     Every input counts, optional ones included, at ``max_batch_size`` (or 1): elements ×
     (:data:`JSON_NUMBER_CHARS` + separators and indentation), plus :data:`BODY_SLACK_BYTES`.
@@ -257,6 +271,8 @@ def largest_request_bytes(model: ModelInfo) -> int | None:
         if spec.is_bytes or spec.numpy_dtype is None or any(d < 0 for d in dims):
             return None
         elements = max(model.max_batch_size, 1) * math.prod(dims)
+        if raw and len(model.inputs) == 1:  # (several inputs: the raw form is a 400 anyway)
+            return elements * np.dtype(spec.numpy_dtype).itemsize
         per_element = (
             JSON_NUMBER_CHARS
             + JSON_ELEMENT_OVERHEAD

@@ -31,6 +31,7 @@ from werkzeug.exceptions import MethodNotAllowed, RequestEntityTooLarge
 
 from triton_score.codecs.request import REQUEST_ID, decode_request
 from triton_score.codecs.response import Encoded, render
+from triton_score.codecs.tensors import is_raw_tensor
 from triton_score.entry_script import EntryScript
 from triton_score.errors import (
     BadRequest,
@@ -254,10 +255,13 @@ def score(model: str | None = None) -> Response:
                 status = response.status_code
                 return response
             assert rt.scorer is not None
+            content_type = request.content_type or ""
+            # A raw tensor's limit is exact; known from the headers, before the body is read.
+            raw = is_raw_tensor(content_type, request.headers)
             with traced.stage("decode"):
                 decoded = decode_request(
-                    _read_body(*rt.body_limit(model)),
-                    request.content_type or "",
+                    _read_body(*rt.body_limit(model, raw=raw)),
+                    content_type,
                     dict(request.headers),  # the one copy; the Request keeps it
                     g.request_id,
                     query=request.args.to_dict(),  # first value of a repeated parameter
