@@ -61,10 +61,11 @@ class Runtime:
         """The refresher's own client (tritonclient.http is not thread-safe)."""
         return TritonGateway(self.settings.triton_url, concurrency=1, timeout_s=10.0)
 
-    def body_limit(self, model: str | None) -> tuple[int, str]:
-        """The largest body ``/score[/<model>]`` reads, and the setting that says so."""
+    def body_limit(self, model: str | None, *, raw: bool = False) -> tuple[int, str]:
+        """The largest body ``/score[/<model>]`` reads, and the setting that says so
+        (``raw``: an ``application/octet-stream`` tensor, see :meth:`Scorer.body_limit`)."""
         if self.scorer is not None:
-            return self.scorer.body_limit(model)
+            return self.scorer.body_limit(model, raw=raw)
         return self.settings.max_body_bytes, "SCORE_MAX_BODY_BYTES"
 
     def is_ready(self) -> bool:
