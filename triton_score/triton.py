@@ -22,6 +22,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from triton_score.errors import ModelNotFound, ScoringTimeout, TritonError, TritonUnavailable
+from triton_score.hop import Hop, encode_request
 from triton_score.metadata import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,8 @@ class TritonGateway:
     def __init__(self, url: str, *, concurrency: int = 64, timeout_s: float = 60.0) -> None:
         self.url = url
         self.timeout_s = timeout_s
+        self._timeout_us = max(1, int(timeout_s * 1_000_000))
+        self._hop = Hop(url, concurrency=concurrency, timeout_s=timeout_s)
         self._client = httpclient.InferenceServerClient(
             url,
             concurrency=concurrency,
@@ -106,6 +109,7 @@ class TritonGateway:
         )
 
     def close(self) -> None:
+        self._hop.close()
         self._client.close()
         self._health.close()
 
@@ -164,24 +168,9 @@ class TritonGateway:
             spans in the caller's trace (:meth:`triton_score.tracing.Tracing.headers`).
         :return: output name -> numpy array (BYTES outputs are object arrays of ``bytes``).
         """
-        infer_inputs = []
-        for name, array in inputs.items():
-            spec = model.input(name)
-            datatype = spec.datatype if spec is not None else "BYTES"
-            infer_input = httpclient.InferInput(name, list(array.shape), datatype)
-            infer_input.set_data_from_numpy(array, binary_data=True)
-            infer_inputs.append(infer_input)
         wanted = dict(outputs) if outputs is not None else {o.name: 0 for o in model.outputs}
-        requested = [
-            httpclient.InferRequestedOutput(name, binary_data=True, class_count=count)
-            for name, count in wanted.items()
-        ]
+        body, header_length = encode_request(
+            model, inputs, wanted, request_id=request_id, timeout_us=self._timeout_us
+        )
         with translate_errors(f"inference on model {model.name!r}", request_id):
-            result = self._client.infer(
-                model.name,
-                infer_inputs,
-                outputs=requested,
-                request_id=request_id,
-                headers=dict(headers) if headers else None,
-            )
-        return {name: result.as_numpy(name) for name in wanted}
+            return self._hop.infer(model.name, body, header_length, headers, wanted)
