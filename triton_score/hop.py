@@ -35,6 +35,7 @@ flight, the oldest waiter gets the next free connection, so no request starves.
 from __future__ import annotations
 
 import logging
+import math
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -189,7 +190,7 @@ def decode_response(body: bytes, header_length: int | None) -> dict[str, np.ndar
         if binary_size is None:
             result[name] = _from_json(output.get("data", []), datatype, shape)
             continue
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)  # np.prod costs ~10x more on a tuple this small
         if offset + binary_size > len(body):
             raise ValueError(f"output {name!r} runs past the end of Triton's answer")
         if datatype == "BYTES":
