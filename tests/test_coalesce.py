@@ -87,9 +87,7 @@ def run_together(coalescer: Coalescer, jobs: list[tuple[ModelInfo, np.ndarray]])
 def test_mixed_batch_sizes_each_get_their_own_rows() -> None:
     fake = FakeTriton()
     sizes = []
-    coalescer = Coalescer(
-        fake.infer, mode="on", calls_per_key=1, observe=lambda m, n: sizes.append(n)
-    )
+    coalescer = Coalescer(fake, mode="on", calls_per_key=1, observe=lambda m, n: sizes.append(n))
     info = model()
     xs = [rows(1, 0), rows(1, 1), rows(3, 2), rows(2, 3)]
     results = run_together(coalescer, [(info, x) for x in xs])
@@ -103,7 +101,7 @@ def test_mixed_batch_sizes_each_get_their_own_rows() -> None:
 
 def test_calls_never_exceed_max_batch_size() -> None:
     fake = FakeTriton()
-    coalescer = Coalescer(fake.infer, mode="on", calls_per_key=1)
+    coalescer = Coalescer(fake, mode="on", calls_per_key=1)
     info = model(max_batch_size=4)
     xs = [rows(1, 0)] + [rows(n, i) for i, n in enumerate([3, 2, 2, 4, 1])]
     results = run_together(coalescer, [(info, x) for x in xs])
@@ -114,7 +112,7 @@ def test_calls_never_exceed_max_batch_size() -> None:
 
 def test_a_bad_request_fails_alone() -> None:
     fake = FakeTriton()
-    coalescer = Coalescer(fake.infer, mode="on", calls_per_key=1)
+    coalescer = Coalescer(fake, mode="on", calls_per_key=1)
     info = model()
     bad = -rows(2, 5)
     xs = [rows(1, 0), rows(1, 1), bad, rows(3, 2)]
@@ -129,7 +127,7 @@ def test_a_bad_request_fails_alone() -> None:
 def test_a_timeout_is_not_retried() -> None:
     timeout = ScoringTimeout("Triton did not answer in time")
     fake = FakeTriton(fail_with=timeout)
-    coalescer = Coalescer(fake.infer, mode="on", calls_per_key=1)
+    coalescer = Coalescer(fake, mode="on", calls_per_key=1)
     info = model()
     results = run_together(coalescer, [(info, rows(1, i)) for i in range(4)])
     assert [n for _, n, _ in fake.calls] == [1, 3]  # no retry of the joined call
@@ -139,7 +137,7 @@ def test_a_timeout_is_not_retried() -> None:
 
 def test_different_models_are_never_joined() -> None:
     fake = FakeTriton()
-    coalescer = Coalescer(fake.infer, mode="on", calls_per_key=1)
+    coalescer = Coalescer(fake, mode="on", calls_per_key=1)
     a, b = model("a"), model("b")
     jobs = [(a if i % 2 else b, rows(1 + i % 3, i)) for i in range(10)]
     results = run_together(coalescer, jobs)
@@ -154,7 +152,7 @@ def test_different_models_are_never_joined() -> None:
 
 def test_what_is_never_joined() -> None:
     fake = FakeTriton()
-    on = Coalescer(fake.infer, mode="on", calls_per_key=1)
+    on = Coalescer(fake, mode="on", calls_per_key=1)
     # No batch axis; differing non-batch shapes; differing outputs: all separate calls.
     run_together(on, [(model(max_batch_size=0), rows(1, i)) for i in range(3)])
     assert [n for _, n, _ in fake.calls] == [1, 1, 1]
@@ -167,7 +165,7 @@ def test_what_is_never_joined() -> None:
     gevent.joinall(greenlets, raise_error=True)
     assert sorted(n for _, n, _ in fake.calls) == [1, 1, 1, 1]  # {"y":0} twice, {"y":1} twice
     fake.calls.clear()
-    off = Coalescer(fake.infer, mode="off")
+    off = Coalescer(fake, mode="off")
     run_together(off, [(model(), rows(1, i)) for i in range(4)])
     assert [n for _, n, _ in fake.calls] == [1, 1, 1, 1]
 
@@ -179,7 +177,9 @@ def test_an_idle_worker_sends_at_once_in_the_callers_greenlet() -> None:
         seen.append(gevent.getcurrent())
         return {"y": np.zeros((1, 2), dtype=np.float32)}
 
-    coalescer = Coalescer(call, mode="on")  # type: ignore[arg-type]
+    gateway = FakeTriton()
+    gateway.infer = call  # type: ignore[method-assign]
+    coalescer = Coalescer(gateway, mode="on")
     coalescer.infer(model(), {"x": rows(1, 0)})
     assert seen == [gevent.getcurrent()]  # no timer, no hand-off to another greenlet
     assert not coalescer._lanes  # and nothing left behind
@@ -187,7 +187,7 @@ def test_an_idle_worker_sends_at_once_in_the_callers_greenlet() -> None:
 
 def test_a_request_whose_deadline_passes_while_queued_is_not_sent() -> None:
     fake = FakeTriton(latency=0.2)
-    coalescer = Coalescer(fake.infer, mode="on", calls_per_key=1)
+    coalescer = Coalescer(fake, mode="on", calls_per_key=1)
     first = gevent.spawn(coalescer.infer, model(), {"x": rows(1, 0)})
     gevent.sleep(0)
     with pytest.raises(gevent.Timeout), gevent.Timeout(0.05):
@@ -197,10 +197,11 @@ def test_a_request_whose_deadline_passes_while_queued_is_not_sent() -> None:
     assert not coalescer._lanes
 
 
-def test_auto_joins_where_a_call_can_hold_several_requests() -> None:
-    assert coalesces("auto", model(max_batch_size=8))
+def test_auto_joins_where_triton_does_not_batch_already() -> None:
     assert coalesces("auto", model(max_batch_size=8, dynamic=False))
-    assert not coalesces("auto", model(max_batch_size=1))
+    assert not coalesces("auto", model(max_batch_size=8, dynamic=True))
+    assert coalesces("on", model(max_batch_size=8, dynamic=True))
+    assert not coalesces("auto", model(max_batch_size=1, dynamic=False))
     assert coalesces("on", model(max_batch_size=1))
     assert not coalesces("on", model(max_batch_size=0))
     assert not coalesces("off", model(max_batch_size=8))
@@ -233,9 +234,7 @@ def test_real_triton_joined_calls_give_each_request_its_rows(echo_triton: LocalT
     gateway = TritonGateway(echo_triton.url, concurrency=4, timeout_s=10)
     echo, scaler = gateway.model_info("echo"), gateway.model_info("scaler")
     sizes: list[int] = []
-    coalescer = Coalescer(
-        gateway.infer, mode="on", calls_per_key=1, observe=lambda m, n: sizes.append(n)
-    )
+    coalescer = Coalescer(gateway, mode="on", calls_per_key=1, observe=lambda m, n: sizes.append(n))
     jobs: list[tuple[ModelInfo, dict[str, np.ndarray]]] = []
     for i, n in enumerate([1, 1, 3, 2, 1, 4]):
         jobs.append((echo, echo_inputs(n, i)))

@@ -143,7 +143,7 @@ def build_runtime(
         settings, gateway, registry, observe=metrics.observe_stage, tracing=runtime.tracing
     )
     runtime.scorer.coalescer = Coalescer(
-        gateway.infer,
+        gateway,
         mode=settings.coalesce,
         calls_per_key=settings.coalesce_calls,
         observe=metrics.observe_coalesced,
