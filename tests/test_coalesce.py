@@ -21,12 +21,19 @@ import tritonclient.http as httpclient
 from conftest import ScoreServer
 from helpers import held_out_digits
 
+from triton_score import coalesce
 from triton_score.coalesce import Coalescer, coalesces
 from triton_score.errors import ScoringTimeout, TritonError
 from triton_score.local import LocalTriton
 from triton_score.metadata import ModelInfo, TensorSpec
 from triton_score.settings import Settings
 from triton_score.triton import TritonGateway
+
+
+@pytest.fixture(autouse=True)
+def as_in_a_gevent_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pytest is not gevent-patched; a ``score serve`` worker is, and there it coalesces."""
+    monkeypatch.setattr(coalesce, "in_gevent_worker", lambda: True)
 
 
 def model(name: str = "m", max_batch_size: int = 8, dynamic: bool = True) -> ModelInfo:
@@ -195,6 +202,15 @@ def test_a_request_whose_deadline_passes_while_queued_is_not_sent() -> None:
     first.get()
     assert [n for _, n, _ in fake.calls] == [1]
     assert not coalescer._lanes
+
+
+def test_threads_never_coalesce(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(coalesce, "in_gevent_worker", lambda: False)
+    fake = FakeTriton()
+    run_together(
+        Coalescer(fake, mode="on", calls_per_key=1), [(model(), rows(1, i)) for i in range(4)]
+    )
+    assert [n for _, n, _ in fake.calls] == [1, 1, 1, 1]
 
 
 def test_auto_joins_where_triton_does_not_batch_already() -> None:

@@ -38,6 +38,7 @@ from typing import Protocol
 
 import gevent
 import gevent.event
+import gevent.monkey
 import numpy as np
 
 from triton_score.errors import ScoringError, TritonError
@@ -79,6 +80,13 @@ def coalesces(mode: str, model: ModelInfo) -> bool:
     if mode == "on":
         return True
     return model.max_batch_size > 1 and not model.dynamic_batching
+
+
+def in_gevent_worker() -> bool:
+    """Whether this process is gevent-patched (a ``score serve`` worker). Elsewhere — a sync
+    server, a threaded test client — requests are threads, and gevent's greenlets and
+    events cannot be shared across threads: nothing is coalesced there."""
+    return bool(gevent.monkey.is_module_patched("threading"))
 
 
 def batch_rows(inputs: Mapping[str, np.ndarray]) -> int | None:
@@ -167,7 +175,8 @@ class Coalescer:
         headers: Mapping[str, str] | None = None,
     ) -> dict[str, np.ndarray]:
         """As :meth:`TritonGateway.infer`, possibly sharing the Triton call."""
-        rows = batch_rows(inputs) if coalesces(self.mode, model) else None
+        joinable = coalesces(self.mode, model) and in_gevent_worker()
+        rows = batch_rows(inputs) if joinable else None
         if rows is None or not 0 < rows <= model.max_batch_size:
             return self._gateway.infer(
                 model, inputs, outputs, request_id=request_id, headers=headers
