@@ -17,6 +17,7 @@ from triton_score.hop import decode_response, encode_request, tensor_bytes
 from triton_score.local import LocalTriton
 from triton_score.local.processes import free_port
 from triton_score.metadata import ModelInfo, TensorSpec
+from triton_score.script_clients import FairSemaphore
 from triton_score.triton import TritonGateway
 
 RNG = np.random.default_rng(8)
@@ -147,6 +148,10 @@ def test_json_outputs_still_decode() -> None:
 @pytest.fixture()
 def gateway(echo_triton: LocalTriton) -> TritonGateway:
     return TritonGateway(echo_triton.url, concurrency=4, timeout_s=10)
+
+
+def test_connections_are_handed_out_first_come_first_served(gateway: TritonGateway) -> None:
+    assert isinstance(gateway._hop._client._connection_pool._semaphore, FairSemaphore)
 
 
 def test_real_triton_echoes_every_datatype(gateway: TritonGateway) -> None:

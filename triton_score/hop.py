@@ -41,6 +41,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
+import gevent.lock
 import numpy as np
 import orjson
 from geventhttpclient import HTTPClient
@@ -249,8 +250,11 @@ class Hop:
         )
         # geventhttpclient's pool hands a freed connection to whoever asks in the same turn of
         # the event loop, not to the greenlet that waited longest (see script_clients).
-        pool = self._client._connection_pool
-        pool._semaphore = FairSemaphore(concurrency)  # type: ignore[assignment]
+        pool = getattr(self._client, "_connection_pool", None)
+        if isinstance(getattr(pool, "_semaphore", None), gevent.lock.Semaphore):
+            pool._semaphore = FairSemaphore(concurrency)  # type: ignore[union-attr]
+        else:  # another geventhttpclient layout: still correct, only not first come first served
+            log.warning("geventhttpclient's connection pool not recognised; left as it is")
 
     def close(self) -> None:
         self._client.close()
