@@ -71,9 +71,10 @@ def coalesces(mode: str, model: ModelInfo) -> bool:
     ``dynamic_batching``. There Triton runs every call alone, and coalescing is the only
     batching: at 32 connections through 2 workers, Triton's mean batch went from 1.0 to 5.0
     (5x fewer executions). With Triton's dynamic batcher configured, it already merges the
-    calls of all workers (mean batch 2.6 at 32 connections, 1.7 at 8); coalescing raised that
-    to 3.0-5.2 at 32 and left 8 alone, with no throughput gain that runs on a shared 2-core
-    machine could tell from noise: ``auto`` leaves those models to Triton, ``on`` turns it on.
+    calls of all workers: coalescing doubled the mean batch at 32 connections (2.6-2.9 ->
+    5.2-6.0) and left it at 1.5-2.0 at 8, but the throughput of runs on a shared 2-core
+    machine (+-50 % from run to run) could not tell on from off. So ``auto`` leaves those
+    models to Triton's batcher, and ``on`` turns coalescing on for them too.
     """
     if mode == "off" or model.max_batch_size <= 0:
         return False
