@@ -16,6 +16,7 @@ from triton_score.tracing import NO_TRACING, Tracing
 from triton_score.validation import validate_inputs, validate_outputs
 
 if TYPE_CHECKING:
+    from triton_score.coalesce import Coalescer
     from triton_score.triton import TritonGateway
 
 #: Output name -> ``class_count`` (0 asks for the raw tensor).
@@ -30,7 +31,8 @@ class Triton:
     validated against the called model's metadata (a 400 naming the input), and Triton's
     failures keep their meaning (4xx, 503, 504).
 
-    :param gateway: the worker's gateway.
+    :param gateway: the worker's gateway, or its coalescer (which joins the calls of
+        concurrent requests: invisible here, each call gets its own rows back).
     :param lookup: model name -> :class:`ModelInfo` (the worker's cached metadata).
     :param request_id: passed on to Triton with every call.
     :param tracing: each call's validation is a ``validate`` span, and the current span's
@@ -39,7 +41,7 @@ class Triton:
 
     def __init__(
         self,
-        gateway: TritonGateway,
+        gateway: TritonGateway | Coalescer,
         lookup: Callable[[str], ModelInfo],
         request_id: str = "",
         tracing: Tracing = NO_TRACING,

@@ -19,6 +19,9 @@ Names:
 - ``score_triton_errors_total{model,kind}``: failures attributed to Triton
   (``unavailable``, ``timeout``, ``error``) — Triton's own failure counter misses
   requests it rejected with a 4xx;
+- ``score_coalesced_requests{model}``: requests per Triton call made for a coalescing lane
+  (``SCORE_COALESCE``): its ``_count`` is the calls, its ``_sum`` the requests they carried;
+  a mean near 1 under load means nothing was joined;
 - ``score_auth_failures_total{group,reason}``: requests refused for want of a valid API key
   (``reason``: ``missing``, ``malformed``, ``invalid``; ``group``: ``score``, ``v2``,
   ``metrics``, ``docs``, ``other``). Refused requests never reach ``score_requests_total``;
@@ -43,6 +46,9 @@ from prometheus_client import (
 
 #: Latency buckets from 1 ms to 30 s: CPU models answer in ms, big GPU models in seconds.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+#: Requests per coalesced call: 1 (nothing joined) up to a large ``max_batch_size``.
+COALESCED_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
 
 
 class Metrics:
@@ -83,7 +89,13 @@ class Metrics:
             ["model", "kind"],
             registry=self.registry,
         )
-
+        self.coalesced = Histogram(
+            "score_coalesced_requests",
+            "Scoring requests per Triton call made by a worker's coalescing (SCORE_COALESCE).",
+            ["model"],
+            buckets=COALESCED_BUCKETS,
+            registry=self.registry,
+        )
         self.auth_failures = Counter(
             "score_auth_failures",
             "Requests refused for want of a valid API key, by route group and reason.",
@@ -106,6 +118,9 @@ class Metrics:
 
     def observe_stage(self, stage: str, model: str, seconds: float) -> None:
         self.stage.labels(model, stage).observe(seconds)
+
+    def observe_coalesced(self, model: str, requests: int) -> None:
+        self.coalesced.labels(model).observe(requests)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text: all workers' metrics under Gunicorn, else this process's."""

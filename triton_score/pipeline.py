@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from triton_score.calls import Triton
+from triton_score.coalesce import Coalescer
 from triton_score.codecs.request import REQUEST_ID, Request, decode_request, header
 from triton_score.codecs.tensors import is_raw_tensor, largest_request_bytes
 from triton_score.errors import (
@@ -55,6 +56,9 @@ class Scorer:
     observe: StageObserver = field(default=lambda stage, model, seconds: None)
     #: Spans for the stages (preprocess, validate, infer, postprocess); off by default.
     tracing: Tracing = NO_TRACING
+    #: Joins concurrent requests into one Triton call (``SCORE_COALESCE``); ``None``: each
+    #: request is its own call. :func:`triton_score.runtime.build_runtime` sets it.
+    coalescer: Coalescer | None = None
     models: dict[str, ModelInfo] = field(default_factory=dict)
     #: Models a ``predict()`` called that are not served at ``/score`` (``SCORE_MODELS``).
     helpers: dict[str, ModelInfo] = field(default_factory=dict)
@@ -241,14 +245,14 @@ class Scorer:
         started = time.perf_counter()
         with tracing.span("infer", name, request.id):
             if processor.has_predict:
-                triton = Triton(self.gateway, self.lookup, request.id, tracing)
+                triton = Triton(self._inference, self.lookup, request.id, tracing)
                 outputs = self._call(
                     processor, "predict", processor.predict, inputs, request, model, triton
                 )
                 what = "a mapping of output name to array"
                 _expect(processor, "predict", outputs, Mapping, what)
             else:
-                outputs = self.gateway.infer(
+                outputs = self._inference.infer(
                     model, inputs, wanted, request_id=request.id, headers=tracing.headers()
                 )
         self.observe("infer", name, time.perf_counter() - started)
@@ -261,6 +265,11 @@ class Scorer:
             _expect(processor, "postprocess", result, object, "a JSON-able value or bytes")
         self.observe("postprocess", name, time.perf_counter() - started)
         return result
+
+    @property
+    def _inference(self) -> TritonGateway | Coalescer:
+        """Where inference calls go: through the coalescer when there is one."""
+        return self.coalescer if self.coalescer is not None else self.gateway
 
     # -- fresh metadata --------------------------------------------------------------------
     def refresh(self, gateway: TritonGateway) -> list[str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 
+from triton_score.coalesce import Coalescer
 from triton_score.entry_script import EntryScript, is_native
 from triton_score.locations import find_code_directory, find_model_repository
 from triton_score.metrics import Metrics
@@ -148,5 +149,11 @@ def build_runtime(
         )
     runtime.scorer = Scorer(
         settings, gateway, registry, observe=metrics.observe_stage, tracing=runtime.tracing
+    )
+    runtime.scorer.coalescer = Coalescer(
+        gateway,
+        mode=settings.coalesce,
+        calls_per_key=settings.coalesce_calls,
+        observe=metrics.observe_coalesced,
     )
     return runtime

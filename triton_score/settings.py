@@ -26,6 +26,8 @@ def _split(value: str) -> tuple[str, ...]:
 #: the ``/v2/...`` routes forwarded to Triton.
 AUTH_GROUPS = ("metrics", "docs", "v2")
 LOG_FORMATS = ("text", "json")
+#: ``SCORE_COALESCE`` values (:func:`triton_score.coalesce.coalesces` says what they do).
+COALESCE_MODES = ("auto", "on", "off")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 #: Triton's default metrics port, beside ``TRITON_URL``'s host.
 TRITON_METRICS_PORT = 8002
@@ -108,6 +110,15 @@ class Settings:
     #: spans for each scoring request and its stages, exported as the standard ``OTEL_*``
     #: variables say, and a ``traceparent`` to Triton; see :mod:`triton_score.tracing`.
     tracing: str = ""
+    #: Join requests in flight in one worker into one Triton call along the batch axis
+    #: (``SCORE_COALESCE``): ``auto`` (the default: models with ``max_batch_size`` > 1 and
+    #: no ``dynamic_batching`` in their config), ``on`` (every model with a batch axis) or
+    #: ``off``; :func:`triton_score.coalesce.coalesces` says why.
+    coalesce: str = "auto"
+    #: Triton calls in flight per model (and input shape, output set) in each worker while
+    #: coalescing (``SCORE_COALESCE_CALLS``); requests beyond them wait for the next call,
+    #: which takes them all (up to ``max_batch_size`` rows).
+    coalesce_calls: int = 2
 
     #: System shared memory for large input tensors (``SCORE_SHM``): ``auto`` (the default)
     #: when Triton's host is this machine, ``on`` whatever its host (a pod sharing
@@ -138,6 +149,12 @@ class Settings:
             raise ValueError(f"SCORE_SHM={self.shm!r}: choose among {', '.join(SHM_MODES)}")
         if self.shm_bytes < 0 or self.shm_min_bytes < 0:
             raise ValueError("SCORE_SHM_BYTES and SCORE_SHM_MIN_BYTES cannot be negative")
+        if self.coalesce not in COALESCE_MODES:
+            raise ValueError(
+                f"SCORE_COALESCE={self.coalesce!r}: choose among {', '.join(COALESCE_MODES)}"
+            )
+        if self.coalesce_calls < 1:
+            raise ValueError(f"SCORE_COALESCE_CALLS={self.coalesce_calls}: at least 1")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(
                 f"SCORE_LOG_LEVEL={self.log_level!r}: choose among {', '.join(LOG_LEVELS)}"
@@ -206,6 +223,8 @@ class Settings:
             values["drain_file"] = env["SCORE_DRAIN_FILE"].strip()
         if "SCORE_TRITON_METRICS_URL" in env:
             values["triton_metrics_url"] = env["SCORE_TRITON_METRICS_URL"].strip()
+        if env.get("SCORE_COALESCE", "").strip():
+            values["coalesce"] = env["SCORE_COALESCE"].strip().lower()
         if "SCORE_TRACING" in env:
             values["tracing"] = tracing_mode(env["SCORE_TRACING"])
         if env.get("SCORE_SHM", "").strip():
@@ -218,6 +237,7 @@ class Settings:
             "SCORE_METADATA_REFRESH_S": ("metadata_refresh_s", float),
             "SCORE_SHM_BYTES": ("shm_bytes", int),
             "SCORE_SHM_MIN_BYTES": ("shm_min_bytes", int),
+            "SCORE_COALESCE_CALLS": ("coalesce_calls", int),
         }
         for variable, (name, kind) in numeric.items():
             if env.get(variable, "").strip():

@@ -22,6 +22,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from triton_score.errors import ModelNotFound, ScoringTimeout, TritonError, TritonUnavailable
+from triton_score.hop import Hop, encode_request
 from triton_score.metadata import ModelInfo
 from triton_score.shm import SharedMemoryPool
 
@@ -108,6 +109,8 @@ class TritonGateway:
     ) -> None:
         self.url = url
         self.timeout_s = timeout_s
+        self._timeout_us = max(1, int(timeout_s * 1_000_000))
+        self._hop = Hop(url, concurrency=concurrency, timeout_s=timeout_s)
         self._client = httpclient.InferenceServerClient(
             url,
             concurrency=concurrency,
@@ -131,6 +134,7 @@ class TritonGateway:
     def close(self) -> None:
         if self._shm is not None:
             self._shm.close()
+        self._hop.close()
         self._client.close()
         self._health.close()
 
@@ -193,27 +197,12 @@ class TritonGateway:
             answer = self._infer_shared_memory(model, inputs, outputs, request_id, headers)
             if answer is not None:
                 return answer
-        infer_inputs = []
-        for name, array in inputs.items():
-            spec = model.input(name)
-            datatype = spec.datatype if spec is not None else "BYTES"
-            infer_input = httpclient.InferInput(name, list(array.shape), datatype)
-            infer_input.set_data_from_numpy(array, binary_data=True)
-            infer_inputs.append(infer_input)
         wanted = dict(outputs) if outputs is not None else {o.name: 0 for o in model.outputs}
-        requested = [
-            httpclient.InferRequestedOutput(name, binary_data=True, class_count=count)
-            for name, count in wanted.items()
-        ]
+        body, header_length = encode_request(
+            model, inputs, wanted, request_id=request_id, timeout_us=self._timeout_us
+        )
         with translate_errors(f"inference on model {model.name!r}", request_id):
-            result = self._client.infer(
-                model.name,
-                infer_inputs,
-                outputs=requested,
-                request_id=request_id,
-                headers=dict(headers) if headers else None,
-            )
-        return {name: result.as_numpy(name) for name in wanted}
+            return self._hop.infer(model.name, body, header_length, headers, wanted)
 
     def _infer_shared_memory(
         self,
@@ -232,31 +221,21 @@ class TritonGateway:
         with self._shm.lease(inputs) as placed:
             if not placed:
                 return None
-            infer_inputs = []
-            for name, array in inputs.items():
-                spec = model.input(name)
-                datatype = spec.datatype if spec is not None else "BYTES"
-                infer_input = httpclient.InferInput(name, list(array.shape), datatype)
-                where = placed.get(name)
-                if where is not None:
-                    infer_input.set_shared_memory(where.region, where.byte_size, where.offset)
-                else:
-                    infer_input.set_data_from_numpy(array, binary_data=True)
-                infer_inputs.append(infer_input)
             wanted = dict(outputs) if outputs is not None else {o.name: 0 for o in model.outputs}
-            requested = [
-                httpclient.InferRequestedOutput(name, binary_data=True, class_count=count)
-                for name, count in wanted.items()
-            ]
+            body, header_length = encode_request(
+                model,
+                inputs,
+                wanted,
+                request_id=request_id,
+                timeout_us=self._timeout_us,
+                shared={
+                    name: (where.region, where.offset, where.byte_size)
+                    for name, where in placed.items()
+                },
+            )
             try:
                 with translate_errors(f"inference on model {model.name!r}", request_id):
-                    result = self._client.infer(
-                        model.name,
-                        infer_inputs,
-                        outputs=requested,
-                        request_id=request_id,
-                        headers=dict(headers) if headers else None,
-                    )
+                    return self._hop.infer(model.name, body, header_length, headers, wanted)
             except (TritonError, ModelNotFound) as exc:
                 # Triton restarted and lost the registration (it answers 404 "Unable to find
                 # shared memory region"): register it again next time, and let this request
@@ -266,4 +245,3 @@ class TritonGateway:
                     self._shm.forget_registration()
                     return None
                 raise
-            return {name: result.as_numpy(name) for name in wanted}
