@@ -16,6 +16,10 @@
 
 With API keys (``SCORE_API_KEYS``/``SCORE_API_KEYS_FILE``) every route but ``/`` and
 ``/v2/health/*`` needs ``Authorization: Bearer <key>``: see :mod:`triton_score.http.auth`.
+
+A worker with ``SCORE_MAX_IN_FLIGHT`` scoring requests in flight answers the next ``/score``
+503 with ``Retry-After`` at once, before reading its body; the other routes are never shed
+(:mod:`triton_score.http.shedding`).
 """
 
 from __future__ import annotations
