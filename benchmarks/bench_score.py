@@ -1,32 +1,32 @@
 #!/usr/bin/env python
-"""Benchmark: the ways of serving one model, side by side, in one command.
+"""Benchmark: the ways of serving a model, side by side, in one command (issue 8).
 
 One run starts its own Triton (``triton_score.local.LocalTriton`` on free ports, serving
-``models/triton``) and, in front of it, every server it compares; then, for each of
-``--runs`` rounds, each concurrency and each path, it measures a cell; it prints one
-markdown table of the per-cell medians, with ratios to direct Triton and to the seed stack,
-and stops everything it started. The paths (``--paths``, all by default):
+``models/triton``; the model builders run first, so ``imagenet_lite0`` exists) and, in front
+of it, every server it compares; then, for each of ``--runs`` rounds, each concurrency, each
+payload and each path, it measures a cell. Paths (``--paths``): ``direct`` (Triton itself),
+``seed`` (azmlinfsrv + the seed-style script ``tests/fixtures/seed_score.py``), ``entry``
+(``score serve --entry-script``, the same script), ``score`` (``/score/<m>``, default codec),
+``processor`` (``/score/<m>`` through the template's processors) and ``forward`` (``/v2``
+forwarded by ``score serve``). Payloads (``--payloads``): ``small`` (a digit), ``image`` (a
+JPEG → top-5, against a hand-written client doing the same decode), ``t224-json`` and
+``t224-binary`` (a 3x224x224 FP32 tensor). Then NVIDIA's ``perf_analyzer`` against Triton and
+against our ``/v2`` (``perf_analyzer.py``), and P5: start-up and worker memory
+(``bench_memory.py``).
 
-- ``direct``: Triton's own ``/v2/models/<m>/infer`` (binary tensors), the floor;
-- ``seed``: the stack entry-script mode replaces: AzureML's inference server ``azmlinfsrv``
-  (its stock Gunicorn settings: sync workers) running the seed-style entry script
-  (``tests/fixtures/seed_score.py``: ``import tritonhttpclient``, one client built in
-  ``init()``, metadata + infer per request);
-- ``entry``: ``score serve --entry-script`` with the same script, unmodified;
-- ``score``: ``score serve``'s ``POST /score/<m>`` with the default codec (no processors).
+It prints one markdown table per payload (medians, ratios to direct Triton and to the seed
+stack, the mean Triton batch), the perf_analyzer rows, P5 and issue 8's goals P1–P5 judged
+from the numbers (``bench_report.py``); ``--json`` saves everything raw, ``--plot`` draws a
+PNG. It stops everything it started, also on errors, Ctrl-C and SIGTERM.
 
-The seed script hard-codes ``localhost:8000``; the benchmark serves a copy of it with that
-address replaced by its own Triton's (so it needs no fixed port). Both servers get
-``--workers`` workers (``WORKER_COUNT``).
-
-    .venv/bin/python benchmarks/bench_score.py
-    .venv/bin/python benchmarks/bench_score.py --paths seed,entry --concurrency 8 --runs 5
+    .venv/bin/python benchmarks/bench_score.py                       # ~14 min on 2 cores
+    .venv/bin/python benchmarks/bench_score.py --payloads small --paths seed,score --runs 5
 
 Load generator: ``wrk`` (one thread, ``-c`` connections) when installed, else this process
-on gevent greenlets (``--tool``); the table says which. Either way it runs on the same cores
+on gevent greenlets (``--tool``); the output says which. Either way it runs on the same cores
 as Triton and the servers: the numbers compare paths on one machine, they are not capacity.
 
-Progress goes to stderr, the table to stdout. See ``benchmarks/README.md``.
+Progress goes to stderr, the report to stdout. See ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -48,14 +48,18 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import bench_memory
 import gevent
 import numpy as np
+import perf_analyzer
 import tritonclient.http as httpclient
+from bench_report import Startup, evaluate_goals, fmt, payload_table, plot
 from geventhttpclient import HTTPClient
+from perf_analyzer import PerfRow
 
 from triton_score.local import LocalTriton
 from triton_score.local.processes import descendants, free_port, process_table, stop_process_group
@@ -74,7 +78,20 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 NETWORK_TIMEOUT_S = 10.0
 #: A cell during which other processes used more CPU than this (cores) is flagged.
 DISTURBED_CORES = 0.25
-PATHS = ("direct", "seed", "entry", "score")
+PATHS = ("direct", "seed", "entry", "score", "processor", "forward")
+PAYLOADS = ("small", "image", "t224-json", "t224-binary")
+#: Which paths each payload is measured on (the seed script and the entry script know
+#: digits only; the image's ``direct`` is the hand-written client).
+PAYLOAD_PATHS = {
+    "small": PATHS,
+    "image": ("direct", "processor"),
+    "t224-json": ("direct", "score"),
+    "t224-binary": ("direct", "score", "forward"),
+}
+SMALL_MODEL, IMAGE_MODEL = "digits_onnx", "imagenet_lite0"
+#: perf_analyzer's runs: (model, --shape, concurrency), against Triton and against our /v2.
+PERF_RUNS = ((SMALL_MODEL, "image:8,8", 1), (SMALL_MODEL, "image:8,8", 8))
+PERF_SECONDS = 20  # a rough upper bound per perf_analyzer run, for the estimate
 #: The goal for ``entry`` against ``seed`` at every concurrency: at least its throughput, and
 #: a p99 within this factor + this many ms of its p99.
 GOAL_P99_FACTOR, GOAL_P99_SLACK_MS = 1.1, 1.0
@@ -272,10 +289,19 @@ def wrk_load(wrk: str, url: str, script: Path, concurrency: int, duration: float
     proc = subprocess.run(
         cmd, capture_output=True, text=True, timeout=duration + 30, stdin=subprocess.DEVNULL
     )
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")), "")
-    if proc.returncode != 0 or not line:
+    load = parse_wrk_output(proc.stdout) if proc.returncode == 0 else None
+    if load is None:
         nan = float("nan")
         return Load(0, 1, duration, nan, nan, (proc.stderr or proc.stdout)[-300:])
+    return load
+
+
+def parse_wrk_output(stdout: str) -> Load | None:
+    """The ``BENCH`` line :data:`WRK_SCRIPT`'s ``done`` writes: requests, non-2xx answers,
+    all errors, duration and percentiles (microseconds). Non-2xx answers are not successes."""
+    line = next((ln for ln in stdout.splitlines() if ln.startswith("BENCH ")), "")
+    if not line:
+        return None
     requests, status_errors, errors, duration_us, p50_us, p99_us = line.split()[1:7]
     return Load(
         int(requests) - int(status_errors),
@@ -395,10 +421,12 @@ def start_azmlinfsrv(scratch: Path, script: Path, workers: int) -> Server:
 # -- one path, one cell ----------------------------------------------------------------------
 @dataclass
 class Target:
-    """One way of scoring the request: where it goes, what is sent, who serves it."""
+    """One way of scoring one payload: where it goes, what is sent, who serves it."""
 
+    payload: str  # one of PAYLOADS
     name: str  # one of PATHS
     label: str
+    model: str  # whose Triton statistics give the cell's mean batch
     host_port: str
     path: str
     body: bytes
@@ -406,6 +434,8 @@ class Target:
     connect: Connect  # the python load generator's connection
     server: Server | None = None  # None: Triton itself
     wrk_script: Path | None = None
+    #: False: only this process can send it (the hand-written image client decodes per call).
+    wrk_ok: bool = True
 
 
 @dataclass
@@ -426,8 +456,10 @@ class Sample:
 
 @dataclass
 class Cell:
-    """A path at a concurrency: one :class:`Sample` per round, reported by their medians."""
+    """A path and payload at a concurrency: a :class:`Sample` per round, reported by their
+    medians (``bench_report.Measured``)."""
 
+    payload: str
     target: str
     concurrency: int
     samples: list[Sample] = field(default_factory=list)
@@ -447,6 +479,11 @@ class Cell:
     @property
     def p99(self) -> float:
         return self.median(lambda s: s.load.p99_ms)
+
+    @property
+    def batch(self) -> float:
+        """Mean Triton batch: inferences per execution across the cell (Triton's /stats)."""
+        return self.median(lambda s: s.per_execution or None)
 
     @property
     def errors(self) -> int:
@@ -480,11 +517,8 @@ def http_connector(port: int, path: str, body: bytes, headers: dict[str, str]) -
     return connect
 
 
-def http_target(name: str, label: str, server: Server, path: str, body: bytes) -> Target:
-    """A path through one of our servers: a JSON body posted to ``path``."""
-    headers = {"Content-Type": "application/json"}
-    connect = http_connector(server.port, path, body, headers)
-    return Target(name, label, f"127.0.0.1:{server.port}", path, body, headers, connect, server)
+def port_of(host_port: str) -> int:
+    return int(host_port.rpartition(":")[2])
 
 
 def direct_connector(
@@ -511,7 +545,90 @@ def direct_connector(
     return connect
 
 
-# -- the request ---------------------------------------------------------------------------------
+# -- the payloads ------------------------------------------------------------------------------
+def imagenet_preprocess() -> Callable[[bytes], np.ndarray]:
+    """``preprocess_imagenet_image`` of the template's processor, the very code it runs."""
+    import importlib.util  # noqa: PLC0415
+
+    path = ROOT / "score" / "imagenet_processor.py"
+    spec = importlib.util.spec_from_file_location("bench_imagenet_processor", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.preprocess_imagenet_image
+
+
+def sample_jpeg() -> bytes:
+    """A real photo (scikit-learn's ``china.jpg``, 640x427) as a JPEG of quality 90."""
+    import io  # noqa: PLC0415
+
+    from PIL import Image  # noqa: PLC0415
+    from sklearn.datasets import load_sample_image  # noqa: PLC0415
+
+    buffer = io.BytesIO()
+    Image.fromarray(load_sample_image("china.jpg")).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def image_client_connector(triton_url: str, jpeg: bytes, top_k: int = 5) -> Connect:
+    """The hand-written client P3 compares ``/score`` with: per call, the processor's
+    decode/resize/normalise in this process, then Triton with ``class_count`` (top-k), the
+    answer split into (score, index, label) — on a gevent client, like our workers."""
+    preprocess = imagenet_preprocess()
+
+    def connect() -> tuple[Call, Callable[[], None]]:
+        client = httpclient.InferenceServerClient(
+            triton_url,
+            concurrency=1,
+            connection_timeout=NETWORK_TIMEOUT_S,
+            network_timeout=NETWORK_TIMEOUT_S,
+        )
+        outputs = [
+            httpclient.InferRequestedOutput("probabilities", binary_data=True, class_count=top_k)
+        ]
+
+        def call() -> None:
+            pixels = preprocess(jpeg)[np.newaxis]
+            tensor = httpclient.InferInput("image", list(pixels.shape), "FP32")
+            tensor.set_data_from_numpy(pixels, binary_data=True)
+            result = client.infer(IMAGE_MODEL, [tensor], outputs=outputs)
+            top = [e.decode().split(":", 2) for e in result.as_numpy("probabilities").ravel()]
+            if len(top) != top_k:
+                raise RuntimeError(f"expected {top_k} classes, got {len(top)}")
+
+        return call, client.close
+
+    return connect
+
+
+def binary_request(
+    inputs: dict[str, np.ndarray], datatypes: dict[str, str], outputs: list[str]
+) -> tuple[list[httpclient.InferInput], list[httpclient.InferRequestedOutput], bytes, dict]:
+    """The v2 binary-tensor request tritonclient would send: its objects, body and headers."""
+    infer_inputs = []
+    for name, array in inputs.items():
+        infer_input = httpclient.InferInput(name, list(array.shape), datatypes[name])
+        infer_input.set_data_from_numpy(array, binary_data=True)
+        infer_inputs.append(infer_input)
+    requested = [httpclient.InferRequestedOutput(n, binary_data=True) for n in outputs]
+    body, json_size = httpclient.InferenceServerClient.generate_request_body(
+        infer_inputs, outputs=requested
+    )
+    headers = {"Content-Type": "application/octet-stream"}
+    if json_size is not None:
+        headers["Inference-Header-Content-Length"] = str(json_size)
+    return infer_inputs, requested, body, headers
+
+
+def v2_json_body(inputs: dict[str, np.ndarray], datatypes: dict[str, str]) -> bytes:
+    """A v2 JSON inference request (tensors as flat JSON arrays)."""
+    tensors = [
+        {"name": n, "shape": list(a.shape), "datatype": datatypes[n], "data": a.ravel().tolist()}
+        for n, a in inputs.items()
+    ]
+    return json.dumps({"inputs": tensors}).encode()
+
+
 def sample_inputs(meta: dict, model: str) -> dict[str, np.ndarray]:
     """One batch-1 request: a digit from scikit-learn for ``digits_onnx``, else a fixed array
     shaped from Triton's metadata."""
@@ -544,7 +661,27 @@ def serve_seed_script(source: Path, triton_url: str, scratch: Path) -> Path:
     return copy
 
 
+def fetch(target: Target) -> tuple[int, bytes]:
+    """One request of ``target`` (for the answer checks): status and body."""
+    request = urllib.request.Request(
+        f"http://{target.host_port}{target.path}",
+        data=target.body,
+        method="POST",
+        headers=target.headers,
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (urllib.error.URLError, OSError) as exc:
+        return 0, str(exc).encode()
+
+
 # -- the run -----------------------------------------------------------------------------------
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
 @dataclass
 class Bench:
     args: argparse.Namespace
@@ -552,113 +689,222 @@ class Bench:
     scratch: Path
     wrk: str | None
     targets: list[Target] = field(default_factory=list)
-    servers: list[Server] = field(default_factory=list)
-    cells: dict[tuple[str, int], Cell] = field(default_factory=dict)
+    servers: dict[str, Server] = field(default_factory=dict)
+    cells: dict[tuple[str, str, int], Cell] = field(default_factory=dict)
     first_errors: list[str] = field(default_factory=list)
+    #: Cells whose path could not give a valid answer before timing (why, per target).
+    marks: dict[tuple[str, str], str] = field(default_factory=dict)
 
-    def prepare(self) -> None:
-        """Start the servers, build each path's request and check its answer."""
-        args, url, model = self.args, self.triton.url, self.args.model
-        status, meta = http_json(f"http://{url}/v2/models/{model}")
-        if status != 200 or not isinstance(meta, dict):
-            raise RuntimeError(f"Triton does not serve {model!r} (HTTP {status})")
-        inputs = sample_inputs(meta, model)
-        datatypes = {spec["name"]: spec["datatype"] for spec in meta["inputs"]}
-        infer_inputs = []
-        for name, array in inputs.items():
-            infer_input = httpclient.InferInput(name, list(array.shape), datatypes[name])
-            infer_input.set_data_from_numpy(array, binary_data=True)
-            infer_inputs.append(infer_input)
-        output_names = [spec["name"] for spec in meta["outputs"]]
-        outputs = [httpclient.InferRequestedOutput(n, binary_data=True) for n in output_names]
-        client = httpclient.InferenceServerClient(url)
-        try:
-            result = client.infer(model, infer_inputs, outputs=outputs)
-            reference = {name: result.as_numpy(name) for name in output_names}
-        finally:
-            client.close()
-
-        for name in args.paths:
-            if name == "direct":
-                body, json_size = httpclient.InferenceServerClient.generate_request_body(
-                    infer_inputs, outputs=outputs
-                )
-                headers = {"Content-Type": "application/octet-stream"}
-                if json_size is not None:
-                    headers["Inference-Header-Content-Length"] = str(json_size)
-                target = Target(
-                    name,
-                    "direct Triton",
-                    url,
-                    f"/v2/models/{model}/infer",
-                    body,
-                    headers,
-                    direct_connector(url, model, infer_inputs, outputs),
-                )
-            elif name == "score":
-                server = start_score_serve(
-                    "score-serve", self.scratch, url, args.models, args.workers,
-                    "--processors", "none",
-                )  # fmt: skip
-                self.servers.append(server)
-                body = json.dumps({"inputs": {k: v.tolist() for k, v in inputs.items()}}).encode()
-                target = http_target(name, f"POST /score/{model}", server, f"/score/{model}", body)
-                self.check_score(target, reference)
-            else:  # seed or entry: the same script, the same body
-                script = self.seed_script()
-                if name == "seed":
-                    server = start_azmlinfsrv(self.scratch, script, args.workers)
-                    label = "azmlinfsrv + script"
-                else:
-                    server = start_score_serve(
-                        "score-serve-entry", self.scratch, url, args.models, args.workers,
-                        "--entry-script", str(script),
-                    )  # fmt: skip
-                    label = "score serve --entry-script"
-                self.servers.append(server)
-                body = json.dumps({"image": inputs["image"][0].tolist()}).encode()
-                target = http_target(name, label, server, "/score", body)
-                self.check_script(target, reference)
-            if self.wrk:
-                target.wrk_script = write_wrk_script(
-                    self.scratch, name, target.path, target.body, target.headers
-                )
-            self.targets.append(target)
+    # servers, started on first need ------------------------------------------------------------
+    def server(self, kind: str) -> Server:
+        """``plain`` (``--processors none``), ``proc`` (the template's code directory),
+        ``entry`` (``--entry-script``) or ``seed`` (azmlinfsrv)."""
+        if kind in self.servers:
+            return self.servers[kind]
+        args, url = self.args, self.triton.url
+        if kind == "plain":
+            extra = ["--processors", "none"]
+            server = start_score_serve("score-plain", self.scratch, url, args.models,
+                                       args.workers, *extra)  # fmt: skip
+        elif kind == "proc":
+            extra = ["--code-dir", str(ROOT / "score")]
+            server = start_score_serve("score-processors", self.scratch, url, args.models,
+                                       args.workers, *extra)  # fmt: skip
+        elif kind == "entry":
+            extra = ["--entry-script", str(self.seed_script())]
+            server = start_score_serve("score-entry", self.scratch, url, args.models,
+                                       args.workers, *extra)  # fmt: skip
+        else:
+            server = start_azmlinfsrv(self.scratch, self.seed_script(), args.workers)
+        self.servers[kind] = server
+        return server
 
     _seed: Path | None = None
 
     def seed_script(self) -> Path:
         if self._seed is None:
-            if self.args.model != "digits_onnx":
-                raise RuntimeError("the seed and entry paths score digits_onnx only")
             self._seed = serve_seed_script(self.args.entry_script, self.triton.url, self.scratch)
         return self._seed
 
-    @staticmethod
-    def post(target: Target) -> tuple[int, object]:
-        return http_json(f"http://{target.host_port}{target.path}", data=target.body, timeout=30)
+    def metadata(self, model: str) -> dict:
+        status, meta = http_json(f"http://{self.triton.url}/v2/models/{model}")
+        if status != 200 or not isinstance(meta, dict):
+            raise RuntimeError(f"Triton does not serve {model!r} (HTTP {status})")
+        return meta
 
-    def check_score(self, target: Target, reference: dict[str, np.ndarray]) -> None:
-        """``/score`` must answer what Triton answers (before timing anything)."""
-        status, answer = self.post(target)
-        if status != 200 or not isinstance(answer, dict):
-            raise RuntimeError(f"{target.label} answered HTTP {status}: {answer!r}")
+    def through(self, kind: str, payload: str, name: str, label: str, model: str, path: str,
+                body: bytes, headers: dict[str, str]) -> Target:  # fmt: skip
+        server = self.server(kind)
+        connect = http_connector(server.port, path, body, headers)
+        host_port = f"127.0.0.1:{server.port}"
+        return Target(payload, name, label, model, host_port, path, body, headers, connect, server)
+
+    # the targets ---------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Start the servers, build each payload's requests and check the answers."""
+        for payload in self.args.payloads:
+            paths = [p for p in PAYLOAD_PATHS[payload] if p in self.args.paths]
+            if paths:
+                getattr(self, "prepare_" + payload.replace("-", "_"))(paths)
+        for target in self.targets:
+            if self.wrk and target.wrk_ok:
+                name = f"{target.payload}-{target.name}"
+                target.wrk_script = write_wrk_script(
+                    self.scratch, name, target.path, target.body, target.headers
+                )
+
+    def prepare_small(self, paths: list[str]) -> None:
+        url, model = self.triton.url, SMALL_MODEL
+        meta = self.metadata(model)
+        inputs = sample_inputs(meta, model)
+        datatypes = {spec["name"]: spec["datatype"] for spec in meta["inputs"]}
+        names = [spec["name"] for spec in meta["outputs"]]
+        infer_inputs, outputs, body, headers = binary_request(inputs, datatypes, names)
+        client = httpclient.InferenceServerClient(url)
+        try:
+            result = client.infer(model, infer_inputs, outputs=outputs)
+            reference = {name: result.as_numpy(name) for name in names}
+        finally:
+            client.close()
+        v2 = f"/v2/models/{model}/infer"
+        for name in paths:
+            if name == "direct":
+                connect = direct_connector(url, model, infer_inputs, outputs)
+                target = Target("small", name, "direct Triton", model, url, v2, body, headers,
+                                connect)  # fmt: skip
+            elif name == "score":
+                score_body = json.dumps({"inputs": {k: v.tolist() for k, v in inputs.items()}})
+                target = self.through("plain", "small", name, "POST /score (default codec)",
+                                      model, f"/score/{model}", score_body.encode(),
+                                      JSON_HEADERS)  # fmt: skip
+                self.check_outputs(target, reference)
+            elif name == "processor":
+                proc_body = json.dumps({"image": inputs["image"][0].tolist()}).encode()
+                target = self.through("proc", "small", name, "POST /score + processor", model,
+                                      f"/score/{model}", proc_body, JSON_HEADERS)  # fmt: skip
+                self.check_status(target)
+            elif name == "forward":
+                target = self.through("plain", "small", name, "/v2 forwarded", model, v2, body,
+                                      headers)  # fmt: skip
+                self.check_status(target)
+            else:  # seed or entry: the same script, the same body
+                script_body = json.dumps({"image": inputs["image"][0].tolist()}).encode()
+                label = "azmlinfsrv + script" if name == "seed" else "score serve --entry-script"
+                kind = "seed" if name == "seed" else "entry"
+                target = self.through(kind, "small", name, label, model, "/score", script_body,
+                                      JSON_HEADERS)  # fmt: skip
+                self.check_script(target, reference)
+            self.targets.append(target)
+
+    def prepare_image(self, paths: list[str]) -> None:
+        jpeg = sample_jpeg()
+        for name in paths:
+            if name == "direct":
+                connect = image_client_connector(self.triton.url, jpeg)
+                call, close = connect()
+                try:
+                    call()  # the hand-written client works before it is timed
+                finally:
+                    close()
+                target = Target("image", name, "hand-written client", IMAGE_MODEL,
+                                self.triton.url, "", jpeg, {}, connect, wrk_ok=False)  # fmt: skip
+            else:
+                target = self.through("proc", "image", name, "JPEG → /score + processor",
+                                      IMAGE_MODEL, f"/score/{IMAGE_MODEL}?top_k=5", jpeg,
+                                      {"Content-Type": "image/jpeg"})  # fmt: skip
+                status, answer = fetch(target)
+                top = json.loads(answer) if status == 200 else None
+                if not (isinstance(top, list) and len(top) == 5):
+                    self.mark(target, f"answered HTTP {status}: {answer[:120]!r}")
+            self.targets.append(target)
+
+    def t224(self) -> tuple[dict[str, np.ndarray], dict[str, str], dict[str, np.ndarray]]:
+        """The image's real input (FP32 [1, 3, 224, 224]) and Triton's answer to it."""
+        pixels = imagenet_preprocess()(sample_jpeg())[np.newaxis]
+        inputs, datatypes = {"image": pixels}, {"image": "FP32"}
+        infer_inputs, outputs, _, _ = binary_request(inputs, datatypes, ["probabilities"])
+        client = httpclient.InferenceServerClient(self.triton.url)
+        try:
+            result = client.infer(IMAGE_MODEL, infer_inputs, outputs=outputs)
+        finally:
+            client.close()
+        return inputs, datatypes, {"probabilities": result.as_numpy("probabilities")}
+
+    def prepare_t224_json(self, paths: list[str]) -> None:
+        inputs, datatypes, reference = self.t224()
+        for name in paths:
+            if name == "direct":
+                body = v2_json_body(inputs, datatypes)
+                path = f"/v2/models/{IMAGE_MODEL}/infer"
+                connect = http_connector(port_of(self.triton.url), path, body, JSON_HEADERS)
+                target = Target("t224-json", name, "direct Triton (v2 JSON)", IMAGE_MODEL,
+                                self.triton.url, path, body, JSON_HEADERS, connect)  # fmt: skip
+            else:
+                body = json.dumps({"inputs": {"image": inputs["image"].tolist()}}).encode()
+                target = self.through("plain", "t224-json", name, "JSON → /score default codec",
+                                      IMAGE_MODEL, f"/score/{IMAGE_MODEL}", body,
+                                      JSON_HEADERS)  # fmt: skip
+                self.check_outputs(target, reference, rtol=1e-4)
+            self.targets.append(target)
+
+    def prepare_t224_binary(self, paths: list[str]) -> None:
+        inputs, datatypes, _ = self.t224()
+        infer_inputs, outputs, body, headers = binary_request(inputs, datatypes, ["probabilities"])
+        v2 = f"/v2/models/{IMAGE_MODEL}/infer"
+        for name in paths:
+            if name == "direct":
+                connect = direct_connector(self.triton.url, IMAGE_MODEL, infer_inputs, outputs)
+                target = Target("t224-binary", name, "direct Triton (binary)", IMAGE_MODEL,
+                                self.triton.url, v2, body, headers, connect)  # fmt: skip
+            elif name == "score":
+                target = self.through("plain", "t224-binary", name, "binary → /score",
+                                      IMAGE_MODEL, f"/score/{IMAGE_MODEL}", body,
+                                      headers)  # fmt: skip
+                self.check_status(target)
+            else:
+                target = self.through("plain", "t224-binary", name, "/v2 forwarded",
+                                      IMAGE_MODEL, v2, body, headers)  # fmt: skip
+                self.check_status(target)
+            self.targets.append(target)
+
+    # answer checks: a wrong answer marks the cell (it is still measured, its errors counted) ---
+    def mark(self, target: Target, why: str) -> None:
+        self.marks[(target.payload, target.name)] = why
+        say(f"bench: {target.payload} {target.name}: {why} (measured anyway, marked)")
+
+    def check_status(self, target: Target) -> None:
+        status, answer = fetch(target)
+        if status != 200:
+            self.mark(target, f"answered HTTP {status}: {answer[:160]!r}")
+
+    def check_outputs(
+        self, target: Target, reference: dict[str, np.ndarray], rtol: float = 1e-5
+    ) -> None:
+        """``/score``'s default codec must answer what Triton answers."""
+        status, raw = fetch(target)
+        if status != 200:
+            self.mark(target, f"answered HTTP {status}: {raw[:160]!r}")
+            return
+        answer = json.loads(raw)
         for name, want in reference.items():
             if want.dtype != np.object_:
                 got = np.asarray(answer["outputs"][name], dtype=want.dtype)
-                np.testing.assert_allclose(got, want, rtol=1e-5)
+                if not np.allclose(got, want, rtol=rtol, atol=1e-6):
+                    self.mark(target, f"output {name!r} differs from Triton's")
 
     def check_script(self, target: Target, reference: dict[str, np.ndarray]) -> None:
         """The script's answer (top class) must be Triton's."""
-        status, answer = self.post(target)
+        status, raw = fetch(target)
         probabilities = next(iter(reference.values()))[0]
-        if status != 200 or not isinstance(answer, dict):
-            raise RuntimeError(f"{target.label} answered HTTP {status}: {answer!r}")
-        if answer.get("index") != int(np.argmax(probabilities)) or not np.isclose(
+        answer = json.loads(raw) if status == 200 else None
+        if not isinstance(answer, dict):
+            self.mark(target, f"answered HTTP {status}: {raw[:160]!r}")
+        elif answer.get("index") != int(np.argmax(probabilities)) or not np.isclose(
             answer.get("score", -1), float(np.max(probabilities)), atol=1e-5
         ):
-            raise RuntimeError(f"{target.label} answered {answer}, Triton {probabilities}")
+            self.mark(target, f"answered {answer}, Triton {probabilities}")
 
+    # measuring -----------------------------------------------------------------------------
     def measure(self, target: Target, concurrency: int) -> Sample:
         args = self.args
         greenlet_load(target.connect, concurrency, args.warmup)  # unmeasured; same server side
@@ -666,7 +912,7 @@ class Bench:
 
         def snapshot() -> tuple[TritonStats, float, float, float, float]:
             return (
-                TritonStats.read(self.triton.url, args.model),
+                TritonStats.read(self.triton.url, target.model),
                 own_cpu_seconds(),
                 tree_cpu_seconds(self.triton.pid),
                 tree_cpu_seconds(server_pid),
@@ -684,7 +930,9 @@ class Bench:
         elapsed = load.elapsed_s
         gen, triton, server, machine = ((a - b) / elapsed for a, b in zip(after[1:], before[1:]))
         if load.first_error:
-            self.first_errors.append(f"{target.name} c{concurrency}: {load.first_error}")
+            self.first_errors.append(
+                f"{target.payload} {target.name} c{concurrency}: {load.first_error}"
+            )
         return Sample(
             load,
             stats.inferences / stats.executions if stats.executions else 0.0,
@@ -700,115 +948,191 @@ class Bench:
             for concurrency in args.concurrency:
                 for target in self.targets:
                     sample = self.measure(target, concurrency)
-                    cell = self.cells.setdefault(
-                        (target.name, concurrency), Cell(target.name, concurrency)
-                    )
+                    key = (target.payload, target.name, concurrency)
+                    cell = self.cells.setdefault(key, Cell(*key))
                     cell.samples.append(sample)
                     say(
-                        f"bench: run {round_}/{args.runs} {target.name:6} c{concurrency:<3} "
-                        f"{sample.rps:6.0f} req/s  p50 {sample.load.p50_ms:7.2f} ms  "
-                        f"p99 {sample.load.p99_ms:7.2f} ms  {sample.load.errors} errors  "
+                        f"bench: run {round_}/{args.runs} {target.payload:11} {target.name:9} "
+                        f"c{concurrency:<3} {sample.rps:6.0f} req/s  p50 "
+                        f"{sample.load.p50_ms:7.2f} ms  p99 {sample.load.p99_ms:7.2f} ms  "
+                        f"batch {sample.per_execution:4.2f}  {sample.load.errors} errors  "
                         f"other CPU {sample.cpu_other:.2f}"
                     )
 
     def stop(self) -> None:
-        for server in reversed(self.servers):
+        for server in reversed(list(self.servers.values())):
             server.stop()
         self.servers.clear()
 
+    # NVIDIA's tool, against Triton and against us ------------------------------------------
+    def perf_analyzer(self) -> list[PerfRow]:
+        """``perf_analyzer`` on Triton and on ``score serve``'s ``/v2`` (the forwarder)."""
+        rows = []
+        surfaces = [("Triton", self.triton.url)]
+        if "plain" in self.servers or "forward" in self.args.paths:
+            surfaces.append(("score serve /v2", f"127.0.0.1:{self.server('plain').port}"))
+        for model, shape, concurrency in PERF_RUNS:
+            for name, url in surfaces:
+                say(f"bench: perf_analyzer -m {model} --shape {shape} -c {concurrency} on {name}")
+                row = perf_analyzer.run(name, url, model, shape, concurrency, self.scratch)
+                say(f"bench:   {row.throughput:.0f} infer/s p50 {row.p50_ms:.2f} ms {row.error}")
+                rows.append(row)
+        return rows
+
+    # P5 --------------------------------------------------------------------------------------
+    def startup_and_memory(self) -> Startup:
+        """Issue 8's P5 (see ``bench_memory``): worker RSS after the runs, a valid large
+        binary body, a 50 MB JSON body, then a fresh ``score serve``'s ready time."""
+        result = Startup(big_json_mb=self.args.big_body_mb)
+        plain = self.server("plain")
+        assert plain.pid is not None
+        ours = {k: s for k, s in self.servers.items() if k in ("plain", "proc") and s.pid}
+        sizes = {k: bench_memory.workers_memory(s.pid) for k, s in ours.items()}  # type: ignore[arg-type]
+        result.worker_rss_mb = max(rss for rss, _ in sizes.values())
+        result.worker_hwm_mb = max(hwm for _, hwm in sizes.values())
+        for kind, (rss, hwm) in sizes.items():
+            result.notes.append(f"{kind} server workers after the runs: VmRSS {rss:.0f} MB, "
+                                f"VmHWM {hwm:.0f} MB")  # fmt: skip
+
+        # The largest valid binary body: a full batch of imagenet_lite0 (before the big JSON
+        # body, whose peak would hide this one's).
+        status, config = http_json(f"http://{self.triton.url}/v2/models/{IMAGE_MODEL}/config")
+        batch = int(config.get("max_batch_size", 0)) if isinstance(config, dict) else 0
+        if status == 200 and batch > 0:
+            tensor = np.zeros((batch, 3, 224, 224), dtype=np.float32)
+            body, headers = bench_memory.binary_tensor_body("image", tensor, "FP32",
+                                                            "probabilities")  # fmt: skip
+            result.binary_body_mb = len(body) / 2**20
+            _, hwm_before = bench_memory.workers_memory(plain.pid)
+            url = f"http://127.0.0.1:{plain.port}/score/{IMAGE_MODEL}"
+            result.binary_status = bench_memory.post(url, body, headers)
+            _, hwm_after = bench_memory.workers_memory(plain.pid)
+            result.binary_peak_growth_mb = hwm_after - hwm_before
+            result.notes.append(
+                f"no model accepts a {self.args.big_body_mb:g} MB binary body: the largest "
+                f"valid one is {IMAGE_MODEL}'s full batch ({batch} x 3x224x224 FP32, "
+                f"{result.binary_body_mb:.1f} MB); /score answered HTTP {result.binary_status}"
+            )
+        else:
+            result.notes.append(f"{IMAGE_MODEL} not served: no valid large binary body")
+
+        body = bench_memory.big_json_body(self.args.big_body_mb)
+        url = f"http://127.0.0.1:{plain.port}/score/{SMALL_MODEL}"
+        say(f"bench: P5: {len(body) / 2**20:.0f} MB JSON body to {url}")
+        result.big_json_status = bench_memory.post(url, body, JSON_HEADERS)
+        result.big_json_rss_mb = bench_memory.workers_memory(plain.pid)[1]
+
+        # A fresh score serve with its own Triton (models built: --no-build), as deployed.
+        server = Server("score-ready", self.scratch)
+        cmd = [*SCORE_CMD, "serve", "--models", str(self.args.models), "--no-build"]
+        cmd += ["--host", "127.0.0.1", "--port", str(server.port)]
+        cmd += ["--triton-url", f"127.0.0.1:{free_port()}", "--triton-grpc-port",
+                str(free_port()), "--triton-metrics-port", str(free_port())]  # fmt: skip
+        cmd += ["--workers", str(self.args.workers), "--code-dir", str(ROOT / "score")]
+        env = dict(os.environ, SCORE_GRACEFUL_TIMEOUT="5")
+        server.launch(cmd, env, cwd=self.scratch)
+        try:
+            process = server.process
+            assert process is not None
+            result.ready_s = bench_memory.wait_ready(
+                f"http://127.0.0.1:{server.port}/v2/health/ready", lambda: process.poll() is None
+            )
+            if result.ready_s is None:
+                result.notes.append("the fresh score serve never became ready: "
+                                    + server.log_tail(3).replace("\n", " | "))  # fmt: skip
+        finally:
+            server.stop()
+        return result
+
 
 # -- report ------------------------------------------------------------------------------------
-def fmt(value: float | None, digits: int = 2) -> str:
-    if value is None or value != value:  # None or NaN
-        return "-"
-    return f"{value:.{digits}f}"
-
-
-def ratio(value: float, base: Cell | None, attribute: str) -> str:
-    if base is None:
-        return "-"
-    reference = getattr(base, attribute)
-    if not reference or reference != reference or value != value:
-        return "-"
-    return f"{value / reference:.2f}"
-
-
-def meets_goal(entry: Cell, seed: Cell) -> bool:
-    p99_limit = GOAL_P99_FACTOR * seed.p99 + GOAL_P99_SLACK_MS
-    return entry.rps >= seed.rps and entry.p99 <= p99_limit and not entry.errors
-
-
-def render(bench: Bench, tool: str, command: str, total_s: float) -> str:
+def render(
+    bench: Bench,
+    tool: str,
+    command: str,
+    total_s: float,
+    perf: list[PerfRow],
+    startup: Startup | None,
+) -> str:
     args = bench.args
-    head = (
-        "| path | conc | req/s | p50 ms | p99 ms | errors | req/s vs direct | p99 vs direct "
-        "| req/s vs seed | p99 vs seed | Triton inf/exec | CPU gen/triton/server/other "
-        "| req/s min–max |"
-    )
-    rows = [head, "|" + "---|" * (head.count("|") - 1)]
-    labels = {t.name: t.label for t in bench.targets}
-    disturbed = 0.0
-    for concurrency in args.concurrency:
-        direct = bench.cells.get(("direct", concurrency))
-        seed = bench.cells.get(("seed", concurrency))
-        for name in args.paths:
-            c = bench.cells.get((name, concurrency))
-            if c is None:
-                continue
-            disturbed = max(disturbed, c.cpu_other_max)
-            cpu = "/".join(
-                fmt(c.median(f), 1)
-                for f in (
-                    lambda s: s.cpu_gen,
-                    lambda s: s.cpu_triton,
-                    lambda s: s.cpu_server,
-                    lambda s: s.cpu_other,
-                )
-            ) + (" *" if c.cpu_other_max > DISTURBED_CORES else "")
-            rates = [s.rps for s in c.samples]
-            rows.append(
-                f"| {labels[name]} | {concurrency} | {c.rps:.0f} | {fmt(c.p50)} | {fmt(c.p99)} "
-                f"| {c.errors} | {ratio(c.rps, direct, 'rps')} | {ratio(c.p99, direct, 'p99')} "
-                f"| {ratio(c.rps, seed, 'rps')} | {ratio(c.p99, seed, 'p99')} "
-                f"| {fmt(c.median(lambda s: s.per_execution))} | {cpu} "
-                f"| {min(rates):.0f}–{max(rates):.0f} |"
-            )
-    cpu_count = os.cpu_count() or 0
-    notes = [
-        "",
-        f"- Command: `{command}` ({total_s:.0f} s).",
-        f"- {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu_count} CPU(s), "
-        f"Python {platform.python_version()}; model `{args.model}`, one batch-1 request per "
-        f"call; load generator: {tool}; {args.duration:g} s per cell after {args.warmup:g} s "
-        f"of warm-up; each value is the median of {args.runs} runs (the rounds interleave the "
-        f"paths); `--workers {args.workers}` for both servers.",
-        "- `vs direct`, `vs seed`: this row's median over the same concurrency's median of "
-        "direct Triton, and of azmlinfsrv + the script (the stack entry-script mode replaces).",
-        "- `Triton inf/exec`: inferences per model execution (> 1: the dynamic batcher merged "
-        "requests). `CPU gen/triton/server/other`: cores used by the load generator, Triton "
-        f"(+ stubs), the server in front of it and everything else (sum <= {cpu_count}).",
+    out = [
+        f"Command: `{command}` ({total_s:.0f} s). {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
+        f"{os.cpu_count()} CPU(s), Python {platform.python_version()}; load generator: {tool}; "
+        f"{args.duration:g} s per cell after {args.warmup:g} s of warm-up; median of "
+        f"{args.runs} run(s), the rounds cycle through the paths; `--workers {args.workers}` "
+        "for every server.",
     ]
-    if {"entry", "seed"} <= {name for name, _ in bench.cells}:
-        verdicts = []
-        for concurrency in args.concurrency:
-            entry, seed = bench.cells[("entry", concurrency)], bench.cells[("seed", concurrency)]
-            limit = GOAL_P99_FACTOR * seed.p99 + GOAL_P99_SLACK_MS
-            verdicts.append(
-                f"c={concurrency} {'met' if meets_goal(entry, seed) else 'MISSED'} "
-                f"({entry.rps:.0f} vs {seed.rps:.0f} req/s, p99 {entry.p99:.1f} vs <= {limit:.1f})"
-            )
-        notes.append(
-            f"- Goal, entry vs seed (req/s >= seed's, p99 <= {GOAL_P99_FACTOR:g} x seed's + "
-            f"{GOAL_P99_SLACK_MS:g} ms, no errors): " + "; ".join(verdicts) + "."
-        )
+    for payload in args.payloads:
+        if not any(k[0] == payload for k in bench.cells):
+            continue
+        out += ["", f"### {payload}: {PAYLOAD_TITLES[payload]}", ""]
+        out += payload_table(payload, bench.cells, args.paths, args.concurrency)
+        marks = [f"- ⚠ {p}: {why}" for (pl, p), why in bench.marks.items() if pl == payload]
+        out += [""] + marks if marks else []
+    if perf:
+        out += ["", "### NVIDIA perf_analyzer (HTTP, batch 1)", ""]
+        out += ["| server | model | conc | infer/s | p50 ms | p99 ms | note |", "|---" * 7 + "|"]
+        for r in perf:
+            out.append(f"| {r.target} | {r.model} | {r.concurrency} | {fmt(r.throughput, 0)} "
+                       f"| {fmt(r.p50_ms)} | {fmt(r.p99_ms)} | {r.error} |")  # fmt: skip
+    if startup is not None:
+        out += ["", "### Start-up and memory (P5)", ""]
+        out.append(f"- warm `score serve` (own Triton, models built) ready in "
+                   f"{fmt(startup.ready_s, 1)} s")  # fmt: skip
+        out.append(f"- worker VmRSS after the runs (largest): {fmt(startup.worker_rss_mb, 0)} MB;"
+                   f" VmHWM {fmt(startup.worker_hwm_mb, 0)} MB")  # fmt: skip
+        out.append(f"- {startup.big_json_mb:g} MB JSON body to /score/{SMALL_MODEL}: HTTP "
+                   f"{startup.big_json_status}; worker VmHWM after: "
+                   f"{fmt(startup.big_json_rss_mb, 0)} MB")  # fmt: skip
+        out.append(f"- valid binary body of {fmt(startup.binary_body_mb, 1)} MB: HTTP "
+                   f"{startup.binary_status}; worker peak growth "
+                   f"{fmt(startup.binary_peak_growth_mb, 0)} MB")  # fmt: skip
+        out += [f"- {note}" for note in startup.notes]
+    out += ["", "### Goals (issue 8)", ""]
+    out += [f"- **{goal}**: {verdict}" for goal, verdict in evaluate_goals(bench.cells, startup)]
+    disturbed = max((c.cpu_other_max for c in bench.cells.values()), default=0.0)
+    out += ["", "Notes:", ""]
+    out.append(
+        "- `req/s vs direct` and `p50 added over direct`: against the same payload's `direct` "
+        "at the same concurrency (for `image`, the hand-written client); `req/s vs seed`: "
+        "against azmlinfsrv + the seed script. `mean Triton batch`: inferences per execution "
+        "of the model across the cell (Triton's `/v2/models/<m>/stats`)."
+    )
     if disturbed > DISTURBED_CORES:
-        notes.append(
-            f"- `*`: in at least one run other processes used more than {DISTURBED_CORES} "
-            f"cores during that cell (up to {disturbed:.1f}): disturbed; re-run on a quiet "
-            "machine."
-        )
-    notes.extend(f"- first error ({e})" for e in bench.first_errors[:10])
-    return "\n".join(rows + notes)
+        out.append(f"- Other processes used up to {disturbed:.1f} cores during some cells: "
+                   "disturbed; re-run on a quiet machine.")  # fmt: skip
+    out += [f"- first error ({e})" for e in bench.first_errors[:10]]
+    return "\n".join(out)
+
+
+PAYLOAD_TITLES = {
+    "small": f"{SMALL_MODEL}, one 8x8 FP32 image",
+    "image": f"a JPEG (640x427) → top-5 of {IMAGE_MODEL}",
+    "t224-json": f"3x224x224 FP32 as JSON ({IMAGE_MODEL}, no processor)",
+    "t224-binary": f"3x224x224 FP32 as v2 binary tensors ({IMAGE_MODEL}, no processor)",
+}
+
+
+def results_json(
+    bench: Bench, perf: list[PerfRow], startup: Startup | None, total_s: float
+) -> dict:
+    """Everything measured, raw (every sample of every cell) and summarised."""
+    cells = []
+    for (payload, path, conc), cell in bench.cells.items():
+        cells.append({
+            "payload": payload, "path": path, "concurrency": conc,
+            "rps": cell.rps, "p50_ms": cell.p50, "p99_ms": cell.p99, "batch": cell.batch,
+            "errors": cell.errors, "mark": bench.marks.get((payload, path), ""),
+            "samples": [asdict(s) for s in cell.samples],
+        })  # fmt: skip
+    return {
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(bench.args).items()},
+        "seconds": total_s,
+        "cells": cells,
+        "perf_analyzer": [asdict(r) for r in perf],
+        "startup": asdict(startup) if startup else None,
+        "goals": dict(evaluate_goals(bench.cells, startup)),
+    }
 
 
 def parse_ints(text: str) -> list[int]:
@@ -818,32 +1142,48 @@ def parse_ints(text: str) -> list[int]:
     return values
 
 
-def parse_paths(text: str) -> list[str]:
-    names = [v for v in text.replace(" ", "").split(",") if v]
-    unknown = [n for n in names if n not in PATHS]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(f"paths are among {','.join(PATHS)}; got {text!r}")
-    return [n for n in PATHS if n in names]  # the table's order
+def parse_names(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        names = [v for v in text.replace(" ", "").split(",") if v]
+        unknown = [n for n in names if n not in allowed]
+        if not names or unknown:
+            raise argparse.ArgumentTypeError(f"choose among {','.join(allowed)}; got {text!r}")
+        return [n for n in allowed if n in names]  # the table's order
+
+    return parse
+
+
+def estimate_seconds(args: argparse.Namespace, perf_runs: int) -> float:
+    """Roughly how long a run takes: cells x (duration + warm-up) x runs, plus the rest."""
+    cells = sum(
+        len([p for p in PAYLOAD_PATHS[payload] if p in args.paths]) for payload in args.payloads
+    ) * len(args.concurrency)
+    per_cell = max(1, round(args.duration)) + args.warmup + 0.3
+    servers = 60.0  # Triton and up to four servers
+    startup = 0.0 if args.no_startup else 30.0
+    return cells * args.runs * per_cell + perf_runs * PERF_SECONDS + servers + startup
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add = parser.add_argument
-    add("--paths", type=parse_paths, default=list(PATHS), help="direct,seed,entry,score (all)")
+    add("--paths", type=parse_names(PATHS), default=list(PATHS), help=",".join(PATHS))
+    add("--payloads", type=parse_names(PAYLOADS), default=list(PAYLOADS), help=",".join(PAYLOADS))
     add("--concurrency", type=parse_ints, default=[1, 8, 32], help="connections (1,8,32)")
     add("--runs", type=int, default=3, help="rounds; each cell reports the median (3)")
     add("--duration", type=float, default=5.0, help="measured seconds per cell (5)")
     add("--warmup", type=float, default=0.5, help="unmeasured seconds before each cell (0.5)")
     add("--workers", type=int, default=2, help="WORKER_COUNT of every server (2)")
     add("--tool", choices=("auto", "wrk", "python"), default="auto", help="load generator")
-    add("--model", default="digits_onnx", help="model for direct and score (digits_onnx)")
     add("--models", type=Path, default=DEFAULT_MODELS, help="model repository (models/triton)")
-    add(
-        "--entry-script",
-        type=Path,
-        default=SEED_SCRIPT,
-        help="the script seed and entry serve (tests/fixtures/seed_score.py)",
-    )
+    add("--entry-script", type=Path, default=SEED_SCRIPT,
+        help="the script seed and entry serve (tests/fixtures/seed_score.py)")  # fmt: skip
+    add("--no-perf-analyzer", action="store_true", help="skip NVIDIA perf_analyzer")
+    add("--no-startup", action="store_true", help="skip P5 (ready time, memory, big bodies)")
+    add("--big-body-mb", type=float, default=50.0, help="size of P5's invalid JSON body (50)")
+    add("--json", type=Path, default=None, help="write the raw results to this JSON file")
+    add("--plot", type=Path, default=ROOT / "benchmarks" / "results.png",
+        help="PNG plot of req/s (benchmarks/results.png); 'none' for no plot")  # fmt: skip
     return parser
 
 
@@ -882,11 +1222,14 @@ def main(argv: list[str] | None = None) -> int:
         say("error: --tool wrk, but wrk is not installed (apt-get install -y wrk)")
         return 2
     tool = (
-        f"{wrk_version(wrk)} (-t1 -cN)"
+        f"{wrk_version(wrk)} (-t1 -cN; the hand-written image client: python)"
         if wrk
         else "python (gevent greenlets, one keep-alive connection each)"
     )
+    perf_runs = 0 if args.no_perf_analyzer else 2 * len(PERF_RUNS)
+    estimate = estimate_seconds(args, perf_runs)
     say(f"bench: load generator: {tool}; load average {os.getloadavg()[0]:.2f}")
+    say(f"bench: estimated run time {estimate / 60:.1f} min")
     started = time.monotonic()
     scratch = Path(tempfile.mkdtemp(prefix="bench-score-"))
     triton = LocalTriton(
@@ -897,12 +1240,18 @@ def main(argv: list[str] | None = None) -> int:
         progress=lambda line: say(f"bench: {line}"),
     )
     bench = Bench(args, triton, scratch, wrk)
+    perf: list[PerfRow] = []
+    startup: Startup | None = None
     code = 0
     with terminate_as_interrupt():
         try:
-            triton.start(timeout=120)
+            triton.start(timeout=300)  # runs the model builders first (imagenet_lite0)
             bench.prepare()
             bench.run()
+            if not args.no_perf_analyzer:
+                perf = bench.perf_analyzer()
+            if not args.no_startup:
+                startup = bench.startup_and_memory()
         except KeyboardInterrupt:
             say("bench: interrupted; stopping what was started")
             code = 130
@@ -914,9 +1263,18 @@ def main(argv: list[str] | None = None) -> int:
             triton.stop()
             shutil.rmtree(scratch, ignore_errors=True)
     total = time.monotonic() - started
-    say(f"bench: done in {total:.0f} s; Triton, the servers and their /dev/shm regions stopped")
+    say(f"bench: done in {total:.0f} s (estimated {estimate:.0f} s); Triton, the servers and "
+        "their /dev/shm regions stopped")  # fmt: skip
     if bench.cells:
-        print(render(bench, tool, command_line(argv), total))
+        print(render(bench, tool, command_line(argv), total, perf, startup))
+        if args.json:
+            args.json.write_text(json.dumps(results_json(bench, perf, startup, total), indent=1))
+            say(f"bench: raw results in {args.json}")
+        if str(args.plot) != "none":
+            title = (f"req/s, median of {args.runs} run(s), {args.workers} worker(s), "
+                     f"{os.cpu_count()} CPU(s)")  # fmt: skip
+            plot(bench.cells, args.payloads, args.paths, args.concurrency, args.plot, title)
+            say(f"bench: plot in {args.plot}")
     if code == 0 and any(c.errors for c in bench.cells.values()):
         code = 1
     return code

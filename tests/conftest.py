@@ -41,6 +41,33 @@ def start_triton(repository: Path, **kwargs: object) -> LocalTriton:
     return triton.start(timeout=120)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_shared_memory_left() -> Iterator[None]:
+    """After the session, no worker's shared memory region (triton_score.shm) is left in
+    /dev/shm: this process's are closed, and those of processes that died without cleaning
+    up (a test killed them) are removed and named, so a leak shows in the output.
+
+    Regions of processes still alive are another session's, running beside this one."""
+    yield
+    from triton_score import shm
+
+    shm.close_all()
+    for path in sorted(shm.SHM_DIR.glob(shm.PREFIX + "*")):
+        digits = path.name.removeprefix(shm.PREFIX).partition("_")[0]
+        if not digits.isdigit():
+            continue
+        pid = int(digits)
+        try:
+            os.kill(pid, 0)
+            continue
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        print(f"removing {path}: left by process {pid}, which is gone")
+        path.unlink(missing_ok=True)
+
+
 @pytest.fixture(scope="session")
 def triton(triton_score_servers: TritonServers) -> LocalTriton:
     """The example model repository served by a real tritonserver for the whole session.

@@ -204,3 +204,12 @@ def test_metrics_of_a_refused_request_name_no_key(monitored: ScoreServer) -> Non
     text = requests.get(monitored.url + "/metrics", timeout=10).text
     assert 'score_auth_failures_total{group="docs",reason="invalid"}' in text
     assert "x" * 40 not in text and KEY not in text
+
+
+def test_gunicorns_own_lines_are_json_too(monitored: ScoreServer) -> None:
+    """Under SCORE_LOG_FORMAT=json, a log pipeline must not meet Gunicorn's plain lines."""
+    lines = [line for line in monitored.output().splitlines() if "Booting worker" in line]
+    assert lines, monitored.output()[-2000:]
+    for line in lines:
+        entry = json.loads(line)
+        assert entry["logger"] == "gunicorn.error" and entry["level"] == "INFO"

@@ -321,6 +321,28 @@ def test_a_chunked_body_is_read_up_to_the_limit_only(size: int, status: int) -> 
     app.extensions["triton_score"].close()
 
 
+@pytest.mark.parametrize("size, status", [(1000, 503), (1001, 413)])
+def test_the_v2_forwarder_refuses_a_chunked_body_above_the_limit(size: int, status: int) -> None:
+    """Werkzeug would hand over the first SCORE_MAX_BODY_BYTES of a chunked body as if it
+    were all of it: the forwarder must refuse it, not send Triton a truncated tensor."""
+    import io
+
+    from triton_score.http.app import create_app
+
+    settings = Settings(triton_url="127.0.0.1:9", max_body_bytes=1000, processors=("none",))
+    app = create_app(settings, init=False)
+    response = app.test_client().post(
+        "/v2/models/m/infer",
+        input_stream=io.BytesIO(b"y" * size),
+        headers={"Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},  # what Gunicorn sets
+    )
+    assert response.status_code == status, response.json  # 503: read whole, no Triton
+    if status == 413:
+        assert response.json["limit_bytes"] == 1000
+    app.extensions["triton_score"].close()
+
+
 # -- Triton errors keep their meaning ----------------------------------------------------
 @pytest.mark.parametrize(
     "raised, expected_status, expected_code",

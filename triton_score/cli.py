@@ -63,6 +63,24 @@ def _add_triton_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_code_dir_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--code-dir",
+        default=None,
+        help=f"{what} (default: $SCORE_CODE_DIR, the entry script's folder, else ./score)",
+    )
+
+
+def _add_triton_url_argument(parser: argparse.ArgumentParser, purpose: str, span: str) -> None:
+    """``--triton-url``: a running Triton, else a local one started on the repository."""
+    parser.add_argument(
+        "--triton-url",
+        default=None,
+        help=f"a running Triton {purpose} (default $TRITON_URL); when nothing answers there, "
+        f"a local one is started on the repository {span}",
+    )
+
+
 def _triton_args(args: argparse.Namespace) -> tuple[str, ...]:
     if args.triton_args is not None:
         return tuple(args.triton_args)
@@ -455,19 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("name", help="the processor's name: writes <name>_processor.py")
     new.add_argument("--model", default=None, help="the model, as Triton names it (default: NAME)")
     _add_triton_arguments(new)
-    new.add_argument(
-        "--code-dir",
-        default=None,
-        help="where the processor goes (default: $SCORE_CODE_DIR, the entry script's folder, "
-        "else ./score)",
-    )
+    _add_code_dir_argument(new, "where the processor goes")
     new.add_argument("--tests", default="tests", help="where its test goes (default: ./tests)")
-    new.add_argument(
-        "--triton-url",
-        default=None,
-        help="a running Triton to read the metadata from (default $TRITON_URL); when nothing "
-        "answers there, a local one is started on the repository for the moment it takes",
-    )
+    _add_triton_url_argument(new, "to read the metadata from", "for the moment it takes")
     new.add_argument("--force", action="store_true", help="overwrite files that exist")
     new.set_defaults(func=cmd_new)
 
@@ -483,18 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="processor modules or .py files, comma-separated, checked before those of the "
         "code directory (default: $SCORE_PROCESSORS)",
     )
-    check.add_argument(
-        "--code-dir",
-        default=None,
-        help="the code directory (default: $SCORE_CODE_DIR, the entry script's folder, "
-        "else ./score)",
-    )
-    check.add_argument(
-        "--triton-url",
-        default=None,
-        help="a running Triton to check against (default $TRITON_URL); when nothing answers "
-        "there, a local one is started on the repository for the check",
-    )
+    _add_code_dir_argument(check, "the code directory")
+    _add_triton_url_argument(check, "to check against", "for the check")
     check.set_defaults(func=cmd_check)
     return parser
 

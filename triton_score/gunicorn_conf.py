@@ -18,7 +18,8 @@ Environment (read here because this is Gunicorn's own configuration file):
   ours. The app writes one access line per request itself (logger ``triton_score.access``,
   with the request id, model and stage timings, in ``SCORE_LOG_FORMAT``), so this is only for
   tools that expect Gunicorn's format;
-- ``SCORE_LOG_LEVEL`` (INFO): Gunicorn's level too.
+- ``SCORE_LOG_LEVEL`` (INFO): Gunicorn's level too; ``SCORE_LOG_FORMAT=json`` puts Gunicorn's
+  own lines in the same JSON lines as ours.
 
 In each worker, ``print()`` output goes to the log with the request id of the request that
 printed (:func:`triton_score.logs.capture_stdout`).
@@ -38,6 +39,34 @@ accesslog = os.environ.get("SCORE_ACCESS_LOG") or None
 errorlog = "-"
 loglevel = os.environ.get("SCORE_LOG_LEVEL", "").strip().lower() or "info"
 proc_name = "triton-score"
+if os.environ.get("SCORE_LOG_FORMAT", "").strip().lower() == "json":
+    # Gunicorn's own lines (booting, worker timeouts and restarts: what matters at 3 a.m.)
+    # in the same JSON lines as ours, so one log pipeline parses everything.
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "triton_score.logs.JsonFormatter"}},
+        "handlers": {
+            "error_console": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            },
+            "console": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stdout",
+            },
+        },
+        "loggers": {
+            "gunicorn.error": {
+                "level": loglevel.upper(),
+                "handlers": ["error_console"],
+                "propagate": False,
+            },
+            "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False},
+        },
+    }
 # Gunicorn >= 24 opens a control socket at a fixed path under $HOME: two servers on one
 # machine (tests, several deployments) would fight over it, and nothing here uses it.
 control_socket_disable = True
@@ -79,9 +108,26 @@ def post_fork(server, worker):  # noqa: ANN001, ANN201 - gunicorn hook signature
     capture_stdout()
 
 
+def worker_exit(server, worker):  # noqa: ANN001, ANN201 - gunicorn hook signature
+    """In the exiting worker: unregister and unlink its shared memory region."""
+    from triton_score.shm import close_all
+
+    close_all()
+
+
 def child_exit(server, worker):  # noqa: ANN001, ANN201 - gunicorn hook signature
-    """Drop a dead worker's live gauges from the shared Prometheus files."""
+    """Drop a dead worker's live gauges from the shared Prometheus files, and remove the
+    shared memory region it could not remove itself (killed: SIGKILL, OOM, timeout)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
+    try:
+        from triton_score.settings import Settings
+        from triton_score.shm import cleanup_dead_worker
+
+        removed = cleanup_dead_worker(worker.pid, Settings.from_env().triton_url)
+        if removed:
+            server.log.info("removed shared memory of dead worker %s: %s", worker.pid, removed)
+    except Exception:  # noqa: BLE001 - the master must go on whatever happens here
+        server.log.warning("could not clean the shared memory of worker %s", worker.pid)

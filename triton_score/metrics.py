@@ -24,7 +24,11 @@ Names:
   requests it rejected with a 4xx;
 - ``score_auth_failures_total{group,reason}``: requests refused for want of a valid API key
   (``reason``: ``missing``, ``malformed``, ``invalid``; ``group``: ``score``, ``v2``,
-  ``metrics``, ``docs``, ``other``). Refused requests never reach ``score_requests_total``.
+  ``metrics``, ``docs``, ``other``). Refused requests never reach ``score_requests_total``;
+- ``score_shm_tensors_total{outcome}``: input tensors of at least ``SCORE_SHM_MIN_BYTES``,
+  by how they reached Triton: ``shm`` (the worker's shared memory region), ``full`` (no room
+  left: sent by HTTP), ``unavailable`` (the region could not be created or registered: by
+  HTTP). Absent when shared memory is off or Triton is remote.
 
 Triton's own metrics (``nv_inference_*``) are at ``/metrics/triton``.
 """
@@ -95,6 +99,16 @@ class Metrics:
             ["group", "reason"],
             registry=self.registry,
         )
+
+        self.shm_tensors = Counter(
+            "score_shm_tensors",
+            "Large input tensors by how they reached Triton (shm, full, unavailable).",
+            ["outcome"],
+            registry=self.registry,
+        )
+
+    def shm_tensor(self, outcome: str) -> None:
+        self.shm_tensors.labels(outcome).inc()
 
     def auth_failed(self, group: str, reason: str) -> None:
         self.auth_failures.labels(group, reason).inc()

@@ -23,6 +23,7 @@ from typing import Any
 
 from triton_score.calls import Triton
 from triton_score.codecs.request import REQUEST_ID, Request, decode_request, header
+from triton_score.codecs.tensors import is_raw_tensor, largest_request_bytes
 from triton_score.errors import (
     BadRequest,
     BodyTooLarge,
@@ -180,24 +181,37 @@ class Scorer:
             "or set SCORE_MODEL to choose the one /score uses"
         )
 
-    def body_limit(self, model_name: str | None) -> tuple[int, str]:
-        """The largest request body the model accepts, and which setting says so.
+    def body_limit(self, model_name: str | None, *, raw: bool = False) -> tuple[int, str]:
+        """The largest request body the model accepts, and which limit says so.
 
-        ``min(SCORE_MAX_BODY_BYTES, the processor's max_body_bytes)``. A model that cannot be
-        resolved (unknown, Triton down) gets ``SCORE_MAX_BODY_BYTES``: its error is the
-        scoring's to report, in the usual order.
+        The smallest of ``SCORE_MAX_BODY_BYTES``, the processor's ``max_body_bytes`` and,
+        when the default codec decodes the request, the largest valid request the model's
+        metadata allows (:func:`triton_score.codecs.tensors.largest_request_bytes`). A model that
+        cannot be resolved (unknown, Triton down) gets ``SCORE_MAX_BODY_BYTES``: its error
+        is the scoring's to report, in the usual order.
+
+        :param raw: the request is a raw ``application/octet-stream`` tensor, whose largest
+            valid size is exact (:func:`~triton_score.codecs.tensors.is_raw_tensor`).
         """
         try:
             model = self.model(model_name)
         except ScoringError:
             return self.settings.max_body_bytes, "SCORE_MAX_BODY_BYTES"
-        return self._body_limit(model, self.processors.for_model(model.name))
+        return self._body_limit(model, self.processors.for_model(model.name), raw=raw)
 
-    def _body_limit(self, model: ModelInfo, processor: Processor) -> tuple[int, str]:
+    def _body_limit(
+        self, model: ModelInfo, processor: Processor, *, raw: bool = False
+    ) -> tuple[int, str]:
+        limits = [(self.settings.max_body_bytes, "SCORE_MAX_BODY_BYTES")]
         own = processor.max_body_bytes
-        if own is not None and own < self.settings.max_body_bytes:
-            return own, f"max_body_bytes of the {model.name} processor"
-        return self.settings.max_body_bytes, "SCORE_MAX_BODY_BYTES"
+        if own is not None:
+            limits.append((own, f"max_body_bytes of the {model.name} processor"))
+        if not processor.has_preprocess:  # the default codec reads the tensors: bound them
+            largest = largest_request_bytes(model, raw=raw)
+            if largest is not None:
+                limits.append((largest, f"the largest valid request for model {model.name}"))
+        # min() keeps the first of equals: the setting, then the processor's, then the model's.
+        return min(limits, key=lambda limit: limit[0])
 
     def score(self, request: Request, model_name: str | None = None) -> Any:
         """Score one decoded request; returns what the postprocessor returns."""
@@ -205,7 +219,8 @@ class Scorer:
         processor = self.processors.for_model(model.name)
         # /score refused larger bodies before reading them; this holds for the other callers
         # (the entry script's run(), tests) too.
-        limit, source = self._body_limit(model, processor)
+        raw = is_raw_tensor(request.content_type, request.headers)
+        limit, source = self._body_limit(model, processor, raw=raw)
         if len(request.body) > limit:
             raise BodyTooLarge(limit, len(request.body), source=source)
 

@@ -24,6 +24,7 @@ from triton_score.processors.loading import load_processors
 from triton_score.refresh import MetadataRefresher
 from triton_score.script_clients import adapt_script_clients
 from triton_score.settings import Settings
+from triton_score.shm import shm_disabled_reason
 from triton_score.tracing import NO_TRACING, Tracing, start_tracing
 from triton_score.triton import TritonGateway
 
@@ -60,10 +61,11 @@ class Runtime:
         """The refresher's own client (tritonclient.http is not thread-safe)."""
         return TritonGateway(self.settings.triton_url, concurrency=1, timeout_s=10.0)
 
-    def body_limit(self, model: str | None) -> tuple[int, str]:
-        """The largest body ``/score[/<model>]`` reads, and the setting that says so."""
+    def body_limit(self, model: str | None, *, raw: bool = False) -> tuple[int, str]:
+        """The largest body ``/score[/<model>]`` reads, and the setting that says so
+        (``raw``: an ``application/octet-stream`` tensor, see :meth:`Scorer.body_limit`)."""
         if self.scorer is not None:
-            return self.scorer.body_limit(model)
+            return self.scorer.body_limit(model, raw=raw)
         return self.settings.max_body_bytes, "SCORE_MAX_BODY_BYTES"
 
     def is_ready(self) -> bool:
@@ -113,12 +115,18 @@ def build_runtime(
         theirs: :mod:`triton_score.testing`).
     """
     settings = resolve_settings(settings or Settings.from_env())
+    metrics = Metrics(settings.prometheus_multiproc_dir)
+    no_shm = shm_disabled_reason(settings.shm, settings.triton_url)
+    if no_shm:
+        log.info("system shared memory not used: %s", no_shm)
     gateway = TritonGateway(
         settings.triton_url,
         concurrency=settings.triton_concurrency,
         timeout_s=settings.scoring_timeout_ms / 1000,
+        shm_bytes=0 if no_shm else settings.shm_bytes,
+        shm_min_bytes=settings.shm_min_bytes,
+        on_shm_tensor=metrics.shm_tensor,
     )
-    metrics = Metrics(settings.prometheus_multiproc_dir)
     runtime = Runtime(
         settings=settings, gateway=gateway, metrics=metrics, tracing=start_tracing(settings)
     )

@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from triton_score.locations import resolve_entry_script
+from triton_score.shm import SHM_MODES
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -136,6 +137,19 @@ class Settings:
     #: slot or two for a stage blocked on I/O. More threads than cores only add contention
     #: (and each holds its stage's memory); further requests wait for a free thread.
     offload_threads: int = 4
+    #: System shared memory for large input tensors (``SCORE_SHM``): ``auto`` (the default)
+    #: when Triton's host is this machine, ``on`` whatever its host (a pod sharing
+    #: ``/dev/shm``), ``off`` never. A region that cannot be created or registered falls
+    #: back to HTTP; see :mod:`triton_score.shm`.
+    shm: str = "auto"
+    #: Size of each worker's shared memory region, in bytes (``SCORE_SHM_BYTES``, 16 MiB:
+    #: 27 images of 3×224×224 FP32 in flight). Reserved in ``/dev/shm`` at first use, which
+    #: Docker sizes 64 MB by default (``--shm-size``) for all workers and Triton's python
+    #: backend together. Tensors that find no room go by HTTP.
+    shm_bytes: int = 16 * 1024 * 1024
+    #: Inputs of at least this many bytes go by shared memory (``SCORE_SHM_MIN_BYTES``,
+    #: 64 KiB); smaller ones cost less to copy into the HTTP body.
+    shm_min_bytes: int = 64 * 1024
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.auth_exempt) - set(AUTH_GROUPS))
@@ -158,6 +172,10 @@ class Settings:
             )
         if self.offload_threads < 1:
             raise ValueError(f"SCORE_OFFLOAD_THREADS={self.offload_threads}: use 1 or more")
+        if self.shm not in SHM_MODES:
+            raise ValueError(f"SCORE_SHM={self.shm!r}: choose among {', '.join(SHM_MODES)}")
+        if self.shm_bytes < 0 or self.shm_min_bytes < 0:
+            raise ValueError("SCORE_SHM_BYTES and SCORE_SHM_MIN_BYTES cannot be negative")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(
                 f"SCORE_LOG_LEVEL={self.log_level!r}: choose among {', '.join(LOG_LEVELS)}"
@@ -230,6 +248,8 @@ class Settings:
             values["tracing"] = tracing_mode(env["SCORE_TRACING"])
         if env.get("SCORE_OFFLOAD", "").strip():
             values["offload"] = env["SCORE_OFFLOAD"].strip().lower()
+        if env.get("SCORE_SHM", "").strip():
+            values["shm"] = env["SCORE_SHM"].strip().lower()
         numeric = {
             "SCORING_TIMEOUT_MS": ("scoring_timeout_ms", int),
             "SCORE_TRITON_WAIT_S": ("triton_wait_s", float),
@@ -239,6 +259,8 @@ class Settings:
             "SCORE_MAX_IN_FLIGHT": ("max_in_flight", int),
             "SCORE_RETRY_AFTER_S": ("retry_after_s", int),
             "SCORE_OFFLOAD_THREADS": ("offload_threads", int),
+            "SCORE_SHM_BYTES": ("shm_bytes", int),
+            "SCORE_SHM_MIN_BYTES": ("shm_min_bytes", int),
         }
         for variable, (name, kind) in numeric.items():
             if env.get(variable, "").strip():

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -23,6 +23,7 @@ from tritonclient.utils import InferenceServerException
 
 from triton_score.errors import ModelNotFound, ScoringTimeout, TritonError, TritonUnavailable
 from triton_score.metadata import ModelInfo
+from triton_score.shm import SharedMemoryPool
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +90,22 @@ class TritonGateway:
     :param url: ``host:port`` of Triton's HTTP endpoint.
     :param concurrency: connections kept open to Triton (requests in flight per worker).
     :param timeout_s: network timeout for inference calls.
+    :param shm_bytes: size of this gateway's system shared memory region for large inputs
+        (:mod:`triton_score.shm`); 0 sends every tensor in the HTTP body.
+    :param shm_min_bytes: inputs smaller than this stay in the HTTP body.
+    :param on_shm_tensor: told, per large input, whether it went by shared memory.
     """
 
-    def __init__(self, url: str, *, concurrency: int = 64, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        concurrency: int = 64,
+        timeout_s: float = 60.0,
+        shm_bytes: int = 0,
+        shm_min_bytes: int = 64 * 1024,
+        on_shm_tensor: Callable[[str], None] | None = None,
+    ) -> None:
         self.url = url
         self.timeout_s = timeout_s
         self._client = httpclient.InferenceServerClient(
@@ -104,8 +118,19 @@ class TritonGateway:
         self._health = httpclient.InferenceServerClient(
             url, concurrency=2, connection_timeout=1.0, network_timeout=2.0
         )
+        self._shm: SharedMemoryPool | None = None
+        if shm_bytes > 0:
+            self._shm = SharedMemoryPool(
+                shm_bytes,
+                shm_min_bytes,
+                register=self._client.register_system_shared_memory,
+                unregister=self._client.unregister_system_shared_memory,
+                on_tensor=on_shm_tensor,
+            )
 
     def close(self) -> None:
+        if self._shm is not None:
+            self._shm.close()
         self._client.close()
         self._health.close()
 
@@ -164,6 +189,10 @@ class TritonGateway:
             spans in the caller's trace (:meth:`triton_score.tracing.Tracing.headers`).
         :return: output name -> numpy array (BYTES outputs are object arrays of ``bytes``).
         """
+        if self._shm is not None and self._shm.wants(inputs):
+            answer = self._infer_shared_memory(model, inputs, outputs, request_id, headers)
+            if answer is not None:
+                return answer
         infer_inputs = []
         for name, array in inputs.items():
             spec = model.input(name)
@@ -185,3 +214,56 @@ class TritonGateway:
                 headers=dict(headers) if headers else None,
             )
         return {name: result.as_numpy(name) for name in wanted}
+
+    def _infer_shared_memory(
+        self,
+        model: ModelInfo,
+        inputs: Mapping[str, np.ndarray],
+        outputs: OutputRequest | None,
+        request_id: str,
+        headers: Mapping[str, str] | None,
+    ) -> dict[str, np.ndarray] | None:
+        """:meth:`infer` with the large inputs in this worker's shared memory region.
+
+        ``None`` when no input could go there (region full, unusable, or Triton forgot it
+        after a restart): the caller then sends everything in the HTTP body.
+        """
+        assert self._shm is not None
+        with self._shm.lease(inputs) as placed:
+            if not placed:
+                return None
+            infer_inputs = []
+            for name, array in inputs.items():
+                spec = model.input(name)
+                datatype = spec.datatype if spec is not None else "BYTES"
+                infer_input = httpclient.InferInput(name, list(array.shape), datatype)
+                where = placed.get(name)
+                if where is not None:
+                    infer_input.set_shared_memory(where.region, where.byte_size, where.offset)
+                else:
+                    infer_input.set_data_from_numpy(array, binary_data=True)
+                infer_inputs.append(infer_input)
+            wanted = dict(outputs) if outputs is not None else {o.name: 0 for o in model.outputs}
+            requested = [
+                httpclient.InferRequestedOutput(name, binary_data=True, class_count=count)
+                for name, count in wanted.items()
+            ]
+            try:
+                with translate_errors(f"inference on model {model.name!r}", request_id):
+                    result = self._client.infer(
+                        model.name,
+                        infer_inputs,
+                        outputs=requested,
+                        request_id=request_id,
+                        headers=dict(headers) if headers else None,
+                    )
+            except (TritonError, ModelNotFound) as exc:
+                # Triton restarted and lost the registration (it answers 404 "Unable to find
+                # shared memory region"): register it again next time, and let this request
+                # go by HTTP rather than fail.
+                if "unable to find shared memory region" in exc.message.lower():
+                    log.warning("Triton lost our shared memory region: registering it again")
+                    self._shm.forget_registration()
+                    return None
+                raise
+            return {name: result.as_numpy(name) for name in wanted}

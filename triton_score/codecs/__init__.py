@@ -4,6 +4,9 @@
   (JSON or raw bytes);
 - :mod:`triton_score.codecs.tensors` is the default codec: JSON tensors <-> named numpy arrays,
   checked against the model's metadata;
+- :mod:`triton_score.codecs.binary` is its binary half: the v2 binary tensor extension
+  (``Inference-Header-Content-Length``) and raw ``application/octet-stream`` tensors in,
+  Triton's binary response out;
 - :mod:`triton_score.codecs.response` encodes what a postprocessor returns (JSON, numpy-aware).
 """
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from triton_score.codecs.binary import HEADER_LENGTH, header_length, parse_header
 from triton_score.errors import BadRequest
 
 _SNIFFED_MEDIA_TYPES = {"", "text/plain", "application/x-www-form-urlencoded"}
@@ -83,13 +84,27 @@ def decode_request(
     """Parse ``body``: JSON when the content type says so, or when there is none and the
     body parses; raw bytes otherwise (images, audio, ``application/octet-stream``...).
 
+    With ``Inference-Header-Content-Length`` (the v2 binary tensor extension) ``json`` is the
+    JSON header at the start of the body, whatever the content type; the tensors' bytes
+    stay in ``body``, where the default codec reads them (:mod:`triton_score.codecs.binary`).
+
+    ``headers``, when a ``dict``, is kept as it is (the caller's copy: the web layer makes
+    one per request), not copied again.
+
     :raises BadRequest: empty body, or a JSON body that is not UTF-8 or not valid JSON.
     """
     if not body:
         raise BadRequest("the request body is empty; send the model's inputs (see /swagger.json)")
+    if headers is None:
+        headers = {}
+    elif not isinstance(headers, dict):
+        headers = dict(headers)
     media_type = _media_type(content_type)
     parsed = None
-    if is_json_media_type(media_type):
+    binary_header = header(headers, HEADER_LENGTH)
+    if binary_header:
+        parsed = parse_header(body, header_length(binary_header, len(body)))
+    elif is_json_media_type(media_type):
         parsed = _parse_json(body, strict=True)
     elif media_type in _SNIFFED_MEDIA_TYPES:
         # AzureML clients often send JSON without a content type, as text/plain, or as
@@ -98,7 +113,7 @@ def decode_request(
     return Request(
         body=body,
         content_type=media_type,
-        headers=dict(headers or {}),
+        headers=headers,
         id=request_id,
         json=parsed,
         query=query or {},

@@ -13,6 +13,7 @@ from typing import Any
 
 from triton_score import __version__
 from triton_score.codecs.request import is_json_media_type
+from triton_score.codecs.response import OCTET_STREAM
 from triton_score.errors import ScoringError
 from triton_score.metadata import ModelInfo, TensorSpec
 from triton_score.processors.schema import request_media_types, response_media_types
@@ -138,6 +139,13 @@ def _operation(model: ModelInfo, implementation: Any, summary: str) -> dict[str,
         kind: {"schema": response_schema if is_json_media_type(kind) else BINARY}
         for kind in response_media_types(implementation)
     }
+    # The default codec's binary forms, where it decodes or encodes and no content types are
+    # declared: v2 binary tensors or one raw tensor in, binary outputs out when asked
+    # (triton_score.codecs.binary).
+    if not any(getattr(implementation, a, None) for a in ("preprocess", "request_content_types")):
+        request_content.setdefault(OCTET_STREAM, {"schema": BINARY})
+    if not any(getattr(implementation, a, None) for a in ("postprocess", "response_content_types")):
+        response_content.setdefault(OCTET_STREAM, {"schema": BINARY})
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
     refusals = {}
     if getattr(implementation, "request_content_types", None) is not None:
@@ -155,9 +163,9 @@ def _operation(model: ModelInfo, implementation: Any, summary: str) -> dict[str,
             **refusals,
             "404": {"description": "unknown model", "content": error},
             "413": {
-                "description": "body above SCORE_MAX_BODY_BYTES or the processor's "
-                "max_body_bytes (limit_bytes says which), or content the processor refuses to "
-                "decode for its size",
+                "description": "body above SCORE_MAX_BODY_BYTES, the processor's "
+                "max_body_bytes or the model's largest valid request (limit_bytes says which), "
+                "or content the processor refuses to decode for its size",
                 "content": error,
             },
             "500": {"description": "processor failure (see log)", "content": error},

@@ -35,8 +35,10 @@ from werkzeug.exceptions import MethodNotAllowed, RequestEntityTooLarge
 
 from triton_score.codecs.request import REQUEST_ID, decode_request
 from triton_score.codecs.response import Encoded, render
+from triton_score.codecs.tensors import is_raw_tensor
 from triton_score.entry_script import EntryScript
 from triton_score.errors import (
+    BadRequest,
     BodyTooLarge,
     HTTPFailure,
     Overloaded,
@@ -46,6 +48,7 @@ from triton_score.errors import (
     TritonUnavailable,
 )
 from triton_score.http.access import record_stage
+from triton_score.http.body import IncompleteBody, read_exactly
 from triton_score.http.forward import TritonForwarder, TritonMetrics
 from triton_score.http.responses import error_response, json_response, runtime
 from triton_score.http.shedding import InFlightLimit
@@ -88,7 +91,6 @@ def assign_request_id() -> Response | None:
     deprecated ``x-ms-request-id``) is the client's own id, echoed back and reported as
     ``x-ms-request-id``.
     """
-    g.request_id = str(uuid.uuid4())
     g.client_request_id = ""
     incoming = {
         name: request.headers.get(name, "")
@@ -103,8 +105,8 @@ def assign_request_id() -> Response | None:
                     "bad_request_id",
                 )
             )
-    if incoming[REQUEST_ID]:
-        g.request_id = incoming[REQUEST_ID]
+    # A uuid4 costs a few microseconds of os.urandom: make one only when the client sent none.
+    g.request_id = incoming[REQUEST_ID] or str(uuid.uuid4())
     g.client_request_id = incoming[MS_CLIENT_REQUEST_ID] or incoming[MS_REQUEST_ID]
     return None
 
@@ -227,6 +229,11 @@ def _read_body(limit: int, source: str) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
         raise BodyTooLarge(limit, length, source=source)
+    if length is not None:
+        try:  # in place: the body is held once, and tensors are views over it
+            return read_exactly(request.stream, length)
+        except IncompleteBody as exc:
+            raise BadRequest(str(exc)) from None
     # Werkzeug stops a chunked body at max_content_length without a word (it raises only on
     # a read past it): read one byte more than the limit, and refuse a body that has it.
     request.max_content_length = limit + 1
@@ -270,11 +277,14 @@ def score(model: str | None = None) -> Response:
                 status = response.status_code
                 return response
             assert rt.scorer is not None
+            content_type = request.content_type or ""
+            # A raw tensor's limit is exact; known from the headers, before the body is read.
+            raw = is_raw_tensor(content_type, request.headers)
             with traced.stage("decode"):
                 decoded = decode_request(
-                    _read_body(*rt.body_limit(model)),
-                    request.content_type or "",
-                    dict(request.headers),
+                    _read_body(*rt.body_limit(model, raw=raw)),
+                    content_type,
+                    dict(request.headers),  # the one copy; the Request keeps it
                     g.request_id,
                     query=request.args.to_dict(),  # first value of a repeated parameter
                 )
@@ -311,8 +321,10 @@ def forward(path: str = "") -> Response:
     try:
         with _deadline(rt.settings.scoring_timeout_ms):
             forwarder: TritonForwarder = current_app.extensions[FORWARDER]
+            # The same limit as /score, so a chunked body above it is refused, not truncated.
+            body = _read_body(rt.settings.max_body_bytes, "SCORE_MAX_BODY_BYTES")
             status, body, headers = forwarder.forward(
-                request.method, target, request.get_data(cache=False), dict(request.headers)
+                request.method, target, body, dict(request.headers)
             )
     except ScoringError as exc:
         return error_response(exc)

@@ -190,6 +190,11 @@ class Processor:
             self.contract.check(request)
 
     @property
+    def has_preprocess(self) -> bool:
+        """Whether the processor reads the request itself (else the default codec does)."""
+        return getattr(self.implementation, "preprocess", None) is not None
+
+    @property
     def has_predict(self) -> bool:
         return getattr(self.implementation, "predict", None) is not None
 
@@ -219,7 +224,7 @@ class Processor:
     def postprocess(self, outputs: Mapping[str, Any], request: Request, model: ModelInfo) -> Any:
         hook = getattr(self.implementation, "postprocess", None)
         if hook is None:
-            return tensors.encode_outputs(outputs, model)
+            return tensors.encode_outputs(outputs, model, request)
         return hook(outputs, request, model)
 
 
