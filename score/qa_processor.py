@@ -92,6 +92,12 @@ class QuestionAnswering:
     model's word indices back to characters.
     """
 
+    #: Tokenize in a thread (``SCORE_OFFLOAD``): milliseconds of pure Python per page of
+    #: context, which would otherwise hold up every other request of the worker. (It keeps the
+    #: GIL, so it gains no parallelism, but Python hands the GIL to the event loop every 5 ms.)
+    #: The tokenizers built in ``load()`` are only read, so threads may share them.
+    offload = True
+
     request_schema = {
         "type": "object",
         "required": ["context", "question"],

@@ -180,6 +180,30 @@ class TritonUnavailable(ScoringError):
         return {"Retry-After": str(self.retry_after_s)}
 
 
+class Overloaded(ScoringError):
+    """This worker already has its limit of scoring requests in flight (503, ``Retry-After``).
+
+    Raised before the request's body is read (``SCORE_MAX_IN_FLIGHT``), so that a client learns
+    at once to try again (another worker, another replica, or this one a moment later) instead
+    of waiting in a queue for a 504.
+    """
+
+    status_code = 503
+    code = "overloaded"
+
+    def __init__(self, limit: int, retry_after_s: int) -> None:
+        super().__init__(
+            f"the server is busy: {limit} scoring requests are already in flight in this "
+            f"worker (SCORE_MAX_IN_FLIGHT); retry after {retry_after_s} s",
+            details={"retry_after_s": retry_after_s},
+        )
+        self.retry_after_s = retry_after_s
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
 class ScoringTimeout(ScoringError):
     status_code = 504
     code = "timeout"

@@ -16,6 +16,9 @@ Names:
   after Triton answered. Compare with Triton's own ``nv_inference_request_duration_us``
   before blaming Triton: a large gap means add workers, not GPUs;
 - ``score_requests_in_flight``: requests being scored now;
+- ``score_requests_shed_total{model}``: scoring requests answered 503 at once because their
+  worker already had ``SCORE_MAX_IN_FLIGHT`` in flight (also in ``score_requests_total`` with
+  ``code="503"``). Steadily above zero: add workers or replicas;
 - ``score_triton_errors_total{model,kind}``: failures attributed to Triton
   (``unavailable``, ``timeout``, ``error``) — Triton's own failure counter misses
   requests it rejected with a 4xx;
@@ -82,6 +85,12 @@ class Metrics:
             "Scoring requests being processed now.",
             registry=self.registry,
             multiprocess_mode="livesum",
+        )
+        self.shed = Counter(
+            "score_requests_shed",
+            "Scoring requests refused with 503 because the worker had SCORE_MAX_IN_FLIGHT.",
+            ["model"],
+            registry=self.registry,
         )
         self.triton_errors = Counter(
             "score_triton_errors",

@@ -34,6 +34,7 @@ from triton_score.errors import (
 )
 from triton_score.locations import is_local_address
 from triton_score.metadata import ModelInfo
+from triton_score.offload import Offloader
 from triton_score.processors import Processor, ProcessorRegistry
 from triton_score.settings import Settings
 from triton_score.tracing import NO_TRACING, Tracing, log_ids
@@ -64,6 +65,11 @@ class Scorer:
     helpers: dict[str, ModelInfo] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _missing: set[str] = field(default_factory=set, repr=False)
+    #: Runs CPU-heavy processor stages in threads (``SCORE_OFFLOAD``); see :meth:`_call`.
+    offloader: Offloader = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.offloader = Offloader(self.settings.offload, self.settings.offload_threads)
 
     # -- start-up --------------------------------------------------------------------------
     def init(self) -> bool:
@@ -327,7 +333,12 @@ class Scorer:
     def _call(
         self, processor: Processor, stage: str, function: Callable[..., Any], *args: Any
     ) -> Any:
+        """``function(*args)``, a stage of ``processor``: in the offload pool when the settings
+        and the processor say so (never ``predict``), else inline. Either way a
+        :class:`ScoringError` passes through, and anything else is the processor's 500."""
         try:
+            if self.offloader.wanted(processor, stage):
+                return self.offloader.run(function, *args)
             return function(*args)
         except ScoringError:
             raise

@@ -34,6 +34,9 @@ TRITON_METRICS_PORT = 8002
 #: ``SCORE_TRACING`` values: what turns tracing off, and what turns OpenTelemetry on.
 TRACING_OFF = ("", "off", "none", "false", "0")
 TRACING_OTEL = ("otel", "opentelemetry")
+#: ``SCORE_OFFLOAD`` values: processor stages in a thread pool for the processors that declare
+#: ``offload = True`` (``auto``), for every processor (``on``), or never (``off``).
+OFFLOAD_MODES = ("auto", "on", "off")
 
 
 def tracing_mode(value: str) -> str:
@@ -120,6 +123,31 @@ class Settings:
     #: which takes them all (up to ``max_batch_size`` rows).
     coalesce_calls: int = 2
 
+    #: Scoring requests one worker keeps in flight (``SCORE_MAX_IN_FLIGHT``); one more is
+    #: answered 503 with ``Retry-After`` at once, before its body is read, instead of queueing
+    #: towards a 504. 0: no limit. The default, 128, is half of Gunicorn's
+    #: ``SCORE_WORKER_CONNECTIONS`` (256), so that the worker still accepts the connections of
+    #: probes, ``/metrics``, ``/v2`` and idle keep-alive clients when scoring is full (at 256
+    #: connections Gunicorn stops accepting, and clients wait unanswered in the kernel's
+    #: queue); and twice ``SCORE_TRITON_CONCURRENCY`` (64), so that every connection to Triton
+    #: stays busy while as many requests again are in pre- or post-processing. A limit at or
+    #: above ``SCORE_WORKER_CONNECTIONS`` never fires.
+    max_in_flight: int = 128
+    #: The ``Retry-After`` of that 503, in whole seconds (``SCORE_RETRY_AFTER_S``).
+    retry_after_s: int = 1
+    #: Which processor stages (``preprocess``, an ``outputs()`` method, ``postprocess``; never
+    #: ``predict``, which calls Triton) run in a thread pool, so that CPU-heavy work does not
+    #: stall the worker's other requests and its health probes (``SCORE_OFFLOAD``): ``auto``
+    #: those of processors that declare ``offload = True``; ``on`` every processor's, the
+    #: default codec's included; ``off`` none. Only under Gunicorn's gevent workers; elsewhere
+    #: (Flask in-process, azmlinfsrv) stages run inline. See :mod:`triton_score.offload`.
+    offload: str = "auto"
+    #: Threads of that pool, per worker (``SCORE_OFFLOAD_THREADS``). Numpy, Pillow and most
+    #: tokenizers release the GIL, so up to one thread per core computes in parallel; the
+    #: default, 4, covers the 2 to 4 cores of a typical scoring container and leaves a spare
+    #: slot or two for a stage blocked on I/O. More threads than cores only add contention
+    #: (and each holds its stage's memory); further requests wait for a free thread.
+    offload_threads: int = 4
     #: System shared memory for large input tensors (``SCORE_SHM``): ``auto`` (the default)
     #: when Triton's host is this machine, ``on`` whatever its host (a pod sharing
     #: ``/dev/shm``), ``off`` never. A region that cannot be created or registered falls
@@ -145,6 +173,16 @@ class Settings:
             raise ValueError(
                 f"SCORE_LOG_FORMAT={self.log_format!r}: choose {' or '.join(LOG_FORMATS)}"
             )
+        if self.max_in_flight < 0:
+            raise ValueError(f"SCORE_MAX_IN_FLIGHT={self.max_in_flight}: use 0 (no limit) or more")
+        if self.retry_after_s < 0:
+            raise ValueError(f"SCORE_RETRY_AFTER_S={self.retry_after_s}: use 0 or more seconds")
+        if self.offload not in OFFLOAD_MODES:
+            raise ValueError(
+                f"SCORE_OFFLOAD={self.offload!r}: choose among {', '.join(OFFLOAD_MODES)}"
+            )
+        if self.offload_threads < 1:
+            raise ValueError(f"SCORE_OFFLOAD_THREADS={self.offload_threads}: use 1 or more")
         if self.shm not in SHM_MODES:
             raise ValueError(f"SCORE_SHM={self.shm!r}: choose among {', '.join(SHM_MODES)}")
         if self.shm_bytes < 0 or self.shm_min_bytes < 0:
@@ -227,6 +265,8 @@ class Settings:
             values["coalesce"] = env["SCORE_COALESCE"].strip().lower()
         if "SCORE_TRACING" in env:
             values["tracing"] = tracing_mode(env["SCORE_TRACING"])
+        if env.get("SCORE_OFFLOAD", "").strip():
+            values["offload"] = env["SCORE_OFFLOAD"].strip().lower()
         if env.get("SCORE_SHM", "").strip():
             values["shm"] = env["SCORE_SHM"].strip().lower()
         numeric = {
@@ -235,6 +275,9 @@ class Settings:
             "SCORE_TRITON_CONCURRENCY": ("triton_concurrency", int),
             "SCORE_MAX_BODY_BYTES": ("max_body_bytes", int),
             "SCORE_METADATA_REFRESH_S": ("metadata_refresh_s", float),
+            "SCORE_MAX_IN_FLIGHT": ("max_in_flight", int),
+            "SCORE_RETRY_AFTER_S": ("retry_after_s", int),
+            "SCORE_OFFLOAD_THREADS": ("offload_threads", int),
             "SCORE_SHM_BYTES": ("shm_bytes", int),
             "SCORE_SHM_MIN_BYTES": ("shm_min_bytes", int),
             "SCORE_COALESCE_CALLS": ("coalesce_calls", int),

@@ -32,6 +32,7 @@ from triton_score.http.responses import (
     http_error,
     unexpected_error,
 )
+from triton_score.http.shedding import InFlightLimit
 from triton_score.logs import configure_logging
 from triton_score.runtime import Runtime, build_runtime
 from triton_score.settings import Settings
@@ -62,6 +63,7 @@ def create_app(
         rt.settings.triton_url, timeout_s=rt.settings.scoring_timeout_ms / 1000
     )
     app.extensions[routes.TRITON_METRICS] = TritonMetrics(rt.settings.triton_metrics_endpoint())
+    app.extensions[routes.IN_FLIGHT] = InFlightLimit(rt.settings.max_in_flight)
     if init:
         rt.init()
 

@@ -16,6 +16,10 @@
 
 With API keys (``SCORE_API_KEYS``/``SCORE_API_KEYS_FILE``) every route but ``/`` and
 ``/v2/health/*`` needs ``Authorization: Bearer <key>``: see :mod:`triton_score.http.auth`.
+
+A worker with ``SCORE_MAX_IN_FLIGHT`` scoring requests in flight answers the next ``/score``
+503 with ``Retry-After`` at once, before reading its body; the other routes are never shed
+(:mod:`triton_score.http.shedding`).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from triton_score.errors import (
     BadRequest,
     BodyTooLarge,
     HTTPFailure,
+    Overloaded,
     ScoringError,
     ScoringTimeout,
     TritonError,
@@ -46,6 +51,7 @@ from triton_score.http.access import record_stage
 from triton_score.http.body import IncompleteBody, read_exactly
 from triton_score.http.forward import TritonForwarder, TritonMetrics
 from triton_score.http.responses import error_response, json_response, runtime
+from triton_score.http.shedding import InFlightLimit
 from triton_score.runtime import Runtime
 
 log = logging.getLogger("triton_score")
@@ -54,6 +60,8 @@ blueprint = Blueprint("triton_score", __name__)
 FORWARDER = "triton_score.forwarder"
 #: Where the app keeps its :class:`TritonMetrics` (``/metrics/triton``).
 TRITON_METRICS = "triton_score.triton_metrics"
+#: Where the app keeps its :class:`InFlightLimit` (``SCORE_MAX_IN_FLIGHT``).
+IN_FLIGHT = "triton_score.in_flight"
 
 #: Failures counted in score_triton_errors_total, by kind.
 TRITON_FAILURES = {
@@ -202,6 +210,16 @@ def _send(encoded: Encoded) -> Response:
     )
 
 
+def _shed(rt: Runtime, limit: InFlightLimit, model: str | None) -> Response:
+    """The 503 of a request beyond ``SCORE_MAX_IN_FLIGHT``: counted, logged now and then."""
+    label = _model_label(model)
+    g.model = label
+    limit.shed(label)
+    rt.metrics.shed.labels(label).inc()
+    rt.metrics.requests.labels(label, "503").inc()
+    return error_response(Overloaded(limit.limit, rt.settings.retry_after_s))
+
+
 def _read_body(limit: int, source: str) -> bytes:
     """The request body, refused with a 413 naming ``limit`` when it is larger.
 
@@ -236,6 +254,10 @@ def score(model: str | None = None) -> Response:
         answered = _other_method(rt)
         if answered is not None:
             return answered
+    # Shed at once, before the body is read: waiting in a full worker ends in a 504 anyway.
+    in_flight: InFlightLimit = current_app.extensions[IN_FLIGHT]
+    if not in_flight.enter():
+        return _shed(rt, in_flight, model)
     metrics = rt.metrics
     started = time.perf_counter()
     metrics.in_flight.inc()
@@ -276,6 +298,7 @@ def score(model: str | None = None) -> Response:
         triton_failure = TRITON_FAILURES.get(type(exc), "")
         return error_response(exc)
     finally:
+        in_flight.leave()
         label = _model_label(model)
         g.model = label
         traced.finish(status, label)

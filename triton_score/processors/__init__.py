@@ -31,6 +31,10 @@ Rules (each checked when the module is loaded, not on the first request):
 - ``max_body_bytes`` (attribute, a positive int) lowers the largest request body the model's
   ``/score`` route accepts below ``SCORE_MAX_BODY_BYTES``; a larger ``Content-Length`` is a
   413 before the body is read.
+- ``offload = True`` (attribute) runs ``preprocess``, an ``outputs()`` method and
+  ``postprocess`` in a thread pool under Gunicorn (``SCORE_OFFLOAD``, see
+  :mod:`triton_score.offload`): for CPU-heavy stages (image decoding, tokenizing, large
+  arrays), so they do not stall the worker's other requests. Never ``predict``.
 - Raise :class:`triton_score.errors.BadRequest` for a bad request; anything else is a 500 whose
   traceback goes to the log, never to the client.
 
@@ -126,6 +130,11 @@ def check_processor_class(cls: type) -> None:
         raise ProcessorDefinitionError(
             f"{cls.__qualname__}.max_body_bytes must be a positive number of bytes, got {limit!r}"
         )
+    offload = getattr(cls, "offload", False)
+    if not isinstance(offload, bool):
+        raise ProcessorDefinitionError(
+            f"{cls.__qualname__}.offload must be True or False, got {offload!r}"
+        )
     try:
         inspect.signature(cls).bind()
     except TypeError:
@@ -159,6 +168,16 @@ class Processor:
         """The processor's own limit on request bodies, if it declares one."""
         limit = getattr(self.implementation, "max_body_bytes", None)
         return int(limit) if limit is not None else None
+
+    @property
+    def offload(self) -> bool:
+        """Whether the processor asks for its stages to run in a thread (``offload = True``)."""
+        return bool(getattr(self.implementation, "offload", False))
+
+    @property
+    def computes_outputs(self) -> bool:
+        """Whether :meth:`outputs` runs code of the processor's (an ``outputs()`` method)."""
+        return callable(getattr(self.implementation, "outputs", None))
 
     def load(self, model: ModelInfo) -> None:
         hook = getattr(self.implementation, "load", None)
