@@ -111,7 +111,13 @@ def test_a_full_worker_sheds_score_but_not_health_metrics_or_v2_in_process() -> 
         app.extensions["triton_score"].close()
 
 
-def test_entry_script_mode_is_shed_too(tmp_path: Path) -> None:
+def test_entry_script_mode_is_shed_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tritonclient.http as httpclient
+
+    # An entry script's runtime adapts tritonclient's client class for the whole process:
+    # undo it after this test, as a worker would never need to.
+    cls = httpclient.InferenceServerClient
+    monkeypatch.setattr(cls, "__init__", cls.__init__)
     script = tmp_path / "entry.py"
     script.write_text("def init():\n    pass\n\n\ndef run(data):\n    return {'ok': True}\n")
     settings = Settings(triton_url="127.0.0.1:9", entry_script=str(script), max_in_flight=1)

@@ -19,8 +19,10 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from triton_score.codecs.request import REQUEST_ID, header
-from triton_score.codecs.response import Encoded, Response, render
+from triton_score.codecs.response import Encoded, Response, encode_json, render
 from triton_score.errors import ScoringError
 from triton_score.runtime import Runtime, build_runtime
 
@@ -51,7 +53,7 @@ def run(raw_data: str | bytes, request_headers: Mapping[str, str] | None = None)
         result = _runtime.scorer.run(raw_data, headers)
         if isinstance(result, Response) and "azureml_inference_server_http" in sys.modules:
             return _aml_response(render(result))  # a processor's own status and headers
-        return result
+        return _plain(result)
     except ScoringError as exc:
         log.warning("request failed: %s", exc.message)
         body = {**exc.to_dict(header(headers, REQUEST_ID)), "status_code": exc.status_code}
@@ -62,6 +64,15 @@ def run(raw_data: str | bytes, request_headers: Mapping[str, str] | None = None)
 
             return AMLResponse(body, exc.status_code, exc.headers, json_str=True)
         return body
+
+
+def _plain(result: Any) -> Any:
+    """``run()``'s contract: a value ``json.dumps`` can write, as AzureML's server dumps it.
+    The default codec hands numpy arrays on to orjson (no ``tolist()`` on the fast path), so
+    a result holding arrays becomes plain lists and numbers here."""
+    if result is None or isinstance(result, str | bytes | bytearray | int | float | Response):
+        return result
+    return orjson.loads(encode_json(result))
 
 
 def _aml_response(encoded: Encoded) -> Any:
