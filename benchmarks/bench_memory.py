@@ -16,11 +16,13 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -71,17 +73,50 @@ def workers_memory(root: int) -> tuple[float, float]:
 
 
 def post(url: str, body: bytes, headers: dict[str, str], timeout: float = 120) -> int:
-    """The HTTP status of ``POST url`` (0: no answer, e.g. the connection was closed)."""
-    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
+    """The HTTP status of ``POST url`` (0: no answer), sent as curl sends a large body: with
+    ``Expect: 100-continue``, and the body only if no final answer follows the ``100`` at
+    once. Gunicorn sends ``100 Continue`` by itself; a server that refuses the body before
+    reading it (413) answers right behind it. A client that just writes the body is still
+    writing when the server closes, and sees a reset instead of the 413.
+    """
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port or 80), timeout=timeout) as sock:
+        head = [f"POST {parts.path or '/'} HTTP/1.1", f"Host: {parts.netloc}"]
+        head += [f"{k}: {v}" for k, v in headers.items()]
+        head += [f"Content-Length: {len(body)}", "Expect: 100-continue", "Connection: close"]
+        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+        received = _receive(sock, until=b"\r\n\r\n", wait_s=timeout)
+        if _status(received) != 100:
+            return _status(received)
+        rest = received.split(b"\r\n\r\n", 1)[1]
+        rest += _receive(sock, until=b"\r\n", wait_s=0.3)  # a final answer right behind?
+        if rest:
+            return _status(rest)
+        try:
+            sock.sendall(body)
+        except OSError:
+            return 0
+        return _status(_receive(sock, until=b"\r\n", wait_s=timeout))
+
+
+def _receive(sock: socket.socket, until: bytes, wait_s: float) -> bytes:
+    """Bytes from ``sock`` until ``until`` is among them, the peer closes, or ``wait_s``."""
+    data = b""
+    sock.settimeout(wait_s)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            response.read()
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        exc.read()
-        return int(exc.code)
-    except (urllib.error.URLError, OSError):
-        return 0
+        while until not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:  # the wait is over (timeout), or a reset
+        pass
+    return data
+
+
+def _status(response: bytes) -> int:
+    fields = response.split(b"\r\n", 1)[0].split()
+    return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else 0
 
 
 def wait_ready(url: str, alive: Callable[[], bool], timeout: float = 120) -> float | None:
