@@ -213,9 +213,9 @@ def test_threads_never_coalesce(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [n for _, n, _ in fake.calls] == [1, 1, 1, 1]
 
 
-def test_auto_joins_where_triton_does_not_batch_already() -> None:
+def test_auto_joins_where_a_call_can_hold_several_requests() -> None:
     assert coalesces("auto", model(max_batch_size=8, dynamic=False))
-    assert not coalesces("auto", model(max_batch_size=8, dynamic=True))
+    assert coalesces("auto", model(max_batch_size=8, dynamic=True))
     assert coalesces("on", model(max_batch_size=8, dynamic=True))
     assert not coalesces("auto", model(max_batch_size=1, dynamic=False))
     assert coalesces("on", model(max_batch_size=1))
