@@ -213,7 +213,10 @@ def test_an_offloaded_burn_does_not_stall_other_models(servers) -> None:
 
     took, burnt = _while_burning(server, question, times=5)
     assert burnt.status_code == 200, burnt.text
-    assert statistics.median(took) < 0.3, took
+    # Inline, a question would wait out the burn (1.2 s of it left); offloaded, it answers
+    # in tens to a few hundred ms: its own offloaded tokenizing takes turns on the GIL with
+    # the burn, 5 ms a turn, and 0.3 s was seen on a busy CI machine.
+    assert statistics.median(took) < 0.6, took
 
 
 def test_inline_the_same_burn_stalls_the_probe(servers) -> None:

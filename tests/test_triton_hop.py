@@ -12,6 +12,7 @@ import orjson
 import pytest
 import tritonclient.http as httpclient
 
+from triton_score import hop
 from triton_score.errors import ModelNotFound, ScoringTimeout, TritonError, TritonUnavailable
 from triton_score.hop import decode_response, encode_request, tensor_bytes
 from triton_score.local import LocalTriton
@@ -202,3 +203,34 @@ def test_a_silent_triton_is_a_timeout() -> None:
             silent.infer(ECHO, {name: array for name, (_, array) in SAMPLES.items()})
     finally:
         server.stop()
+
+
+def test_a_large_body_is_sent_in_parts_with_the_same_bytes() -> None:
+    """From LARGE_BODY_BYTES on, the tensors are not joined into one more copy: the parts are
+    views of the arrays themselves, and together they are the joined body's bytes."""
+    big = np.arange(hop.LARGE_BODY_BYTES // 4 + 10, dtype=np.float32).reshape(1, -1)
+    model = ModelInfo("big", max_batch_size=1, inputs=(TensorSpec("x", "FP32", (-1, -1)),))
+    body, header_length = encode_request(model, {"x": big}, {"y": 0})
+    assert isinstance(body, hop.BodyParts)
+    parts = [body.read(8192) for _ in range(3)]
+    assert parts[2] == b""  # header, then the tensor, whole
+    assert np.shares_memory(np.frombuffer(parts[1], dtype=np.float32), big)
+    assert len(body) == header_length + big.nbytes
+    assert bytes(parts[0]) + bytes(parts[1]) == bytes(body)
+    header = orjson.loads(bytes(parts[0]))
+    assert header["inputs"][0]["parameters"]["binary_data_size"] == big.nbytes
+    body.seek(0)  # what gevent's sendfile does when it is done: a retry sends it all again
+    assert body.read(8192) == parts[0]
+
+
+def test_real_triton_reads_a_body_sent_in_parts(
+    gateway: TritonGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every datatype through the parts path (BYTES included), on a kept-alive connection."""
+    monkeypatch.setattr(hop, "LARGE_BODY_BYTES", 0)
+    model = gateway.model_info("echo")
+    inputs = {name: array for name, (_, array) in SAMPLES.items()}
+    for attempt in range(3):
+        got = gateway.infer(model, inputs, request_id=f"parts-{attempt}")
+        for name, array in inputs.items():
+            assert_same(got[name + "_out"], array)

@@ -124,8 +124,9 @@ def encode_request(
     request_id: str = "",
     timeout_us: int = 0,
     shared: Mapping[str, tuple[str, int, int]] | None = None,
-) -> tuple[bytes, int]:
-    """The body of one inference request and the length of its JSON header.
+) -> tuple[bytes | BodyParts, int]:
+    """The body of one inference request and the length of its JSON header (a
+    :class:`BodyParts` from :data:`LARGE_BODY_BYTES` on).
 
     :param outputs: output name -> ``class_count`` (0: the raw tensor).
     :param timeout_us: Triton's request ``timeout`` in microseconds (0: none). Best effort:
@@ -174,8 +175,52 @@ def encode_request(
     if timeout_us > 0:
         request["parameters"] = {"timeout": timeout_us}
     header = orjson.dumps(request)
+    size = len(header) + sum(b.nbytes if isinstance(b, np.ndarray) else len(b) for b in blobs)
+    if size >= LARGE_BODY_BYTES:
+        return BodyParts([header, *blobs]), len(header)
     # One buffer, so the request goes out in one write (the client joins it to the head).
     return b"".join([header, *blobs]), len(header)
+
+
+#: From this size on a request body is sent buffer by buffer (:class:`BodyParts`): no join,
+#: so a worker holds a large tensor once (the request it came in), not twice more.
+LARGE_BODY_BYTES = 4 * 1024 * 1024
+
+
+class BodyParts:
+    """A request body made of several buffers (the JSON header, then each tensor's own
+    memory), sent without joining them.
+
+    ``geventhttpclient`` sends a body that is not ``bytes`` with ``socket.sendfile``, which
+    under gevent sends whatever ``read`` returns: here each buffer, whole, as a
+    zero-copy ``memoryview``. ``len()`` gives the Content-Length.
+    """
+
+    mode = "rb"
+
+    def __init__(self, parts: list[Any]) -> None:
+        self._parts = [memoryview(part).cast("B") for part in parts]
+        self._size = sum(part.nbytes for part in self._parts)
+        self._next = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self._parts)
+
+    def read(self, size: int = -1) -> memoryview | bytes:  # noqa: ARG002 - a whole buffer
+        if self._next >= len(self._parts):
+            return b""
+        self._next += 1
+        return self._parts[self._next - 1]
+
+    def seek(self, offset: int, whence: int = 0) -> int:  # noqa: ARG002
+        """Start over. gevent's ``sendfile`` calls this once when it is done, sent or not:
+        so a retry on a fresh connection (geventhttpclient retries when a kept-alive one
+        turns out closed) sends the whole body again."""
+        self._next = 0
+        return 0
 
 
 # -- decoding -------------------------------------------------------------------------------
@@ -288,7 +333,7 @@ class Hop:
     def infer(
         self,
         model: str,
-        body: bytes,
+        body: bytes | BodyParts,
         header_length: int,
         headers: Mapping[str, str] | None,
         outputs: Mapping[str, int],
@@ -305,7 +350,10 @@ class Hop:
         if headers:
             request_headers.update(headers)
         response = self._client.request(
-            "POST", f"/v2/models/{quote(model, safe='')}/infer", body=body, headers=request_headers
+            "POST",
+            f"/v2/models/{quote(model, safe='')}/infer",
+            body=body,  # type: ignore[arg-type]  # BodyParts: a file-like read() and len()
+            headers=request_headers,
         )
         data = response.read()
         status = response.status_code
