@@ -41,14 +41,13 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-import gevent.lock
 import numpy as np
 import orjson
 from geventhttpclient import HTTPClient
 from tritonclient.utils import InferenceServerException
 
 from triton_score.metadata import ModelInfo
-from triton_score.script_clients import FairSemaphore
+from triton_score.script_clients import make_http_pool_fair
 
 log = logging.getLogger(__name__)
 
@@ -321,10 +320,8 @@ class Hop:
         )
         # geventhttpclient's pool hands a freed connection to whoever asks in the same turn of
         # the event loop, not to the greenlet that waited longest (see script_clients).
-        pool = getattr(self._client, "_connection_pool", None)
-        if isinstance(getattr(pool, "_semaphore", None), gevent.lock.Semaphore):
-            pool._semaphore = FairSemaphore(concurrency)  # type: ignore[union-attr]
-        else:  # another geventhttpclient layout: still correct, only not first come first served
+        if not make_http_pool_fair(self._client):
+            # another geventhttpclient layout: still correct, only not first come first served
             log.warning("geventhttpclient's connection pool not recognised; left as it is")
 
     def close(self) -> None:

@@ -92,7 +92,14 @@ class FairSemaphore:
 def make_pool_fair(client: httpclient.InferenceServerClient) -> bool:
     """Give ``client``'s connection pool a :class:`FairSemaphore`; False if it has none we
     recognise (another ``geventhttpclient`` layout), which leaves the client as it was."""
-    pool = getattr(getattr(client, "_client_stub", None), "_connection_pool", None)
+    return make_http_pool_fair(getattr(client, "_client_stub", None))
+
+
+def make_http_pool_fair(http: object) -> bool:
+    """Give a ``geventhttpclient.HTTPClient``'s connection pool a :class:`FairSemaphore`
+    (tritonclient's clients and the lean hop both hold one); False if it has none we
+    recognise, which leaves the pool as it was."""
+    pool = getattr(http, "_connection_pool", None)
     semaphore = getattr(pool, "_semaphore", None)
     size = getattr(pool, "size", None)
     if isinstance(semaphore, FairSemaphore):
@@ -103,7 +110,7 @@ def make_pool_fair(client: httpclient.InferenceServerClient) -> bool:
         or size < 1
         or semaphore.counter != size  # in use already: swapping it now would lose slots
     ):
-        log.debug("connection pool of %r not recognised; left as it is", client)
+        log.debug("connection pool of %r not recognised; left as it is", http)
         return False
     pool._semaphore = FairSemaphore(size)  # type: ignore[union-attr]
     return True
