@@ -27,6 +27,9 @@ class DigitsClassifier:
 
     top_k = 3
     outputs = {"probabilities": top_k}  # Triton returns "score:index:label" for the top 3
+    #: A full batch of 64 images as pretty-printed JSON is ~60 KB: 1 MiB is plenty, and
+    #: keeps a client from making the worker parse 100 MiB of nested lists.
+    max_body_bytes = 1024 * 1024
 
     request_schema = {
         "type": "object",

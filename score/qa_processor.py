@@ -97,6 +97,8 @@ class QuestionAnswering:
     #: GIL, so it gains no parallelism, but Python hands the GIL to the event loop every 5 ms.)
     #: The tokenizers built in ``load()`` are only read, so threads may share them.
     offload = True
+    #: A context of a few pages; the model reads a few hundred words of it anyway.
+    max_body_bytes = 1024 * 1024
 
     request_schema = {
         "type": "object",

@@ -46,6 +46,7 @@ import orjson
 from geventhttpclient import HTTPClient
 from tritonclient.utils import InferenceServerException
 
+from triton_score.deadline import Abandoned, shielded
 from triton_score.metadata import ModelInfo
 from triton_score.script_clients import make_http_pool_fair
 
@@ -307,9 +308,19 @@ class Hop:
     :param url: ``host:port`` of Triton's HTTP endpoint.
     :param concurrency: connections kept (opened lazily: as many as calls in flight).
     :param timeout_s: network timeout of a call; its expiry is a socket timeout.
+    :param abandoned: counts the calls a request deadline left running.
     """
 
-    def __init__(self, url: str, *, concurrency: int = 64, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        concurrency: int = 64,
+        timeout_s: float = 60.0,
+        abandoned: Abandoned | None = None,
+    ) -> None:
+        #: Calls a deadline abandoned that still hold a connection (see :mod:`.deadline`).
+        self.abandoned = abandoned
         host, _, port = url.removeprefix("http://").rpartition(":")
         self._client = HTTPClient(
             host or "localhost",
@@ -346,17 +357,22 @@ class Hop:
         }
         if headers:
             request_headers.update(headers)
-        response = self._client.request(
-            "POST",
-            f"/v2/models/{quote(model, safe='')}/infer",
-            body=body,  # type: ignore[arg-type]  # BodyParts: a file-like read() and len()
-            headers=request_headers,
-        )
-        data = response.read()
-        status = response.status_code
+        path = f"/v2/models/{quote(model, safe='')}/infer"
+
+        def exchange() -> tuple[int, bytes, Any]:
+            # Whole, in one greenlet (triton_score.deadline): a deadline abandons the call
+            # but never interrupts a send, which would lose the pool's connection slot.
+            response = self._client.request(
+                "POST",
+                path,
+                body=body,  # type: ignore[arg-type]  # BodyParts: a file-like read() and len()
+                headers=request_headers,
+            )
+            return response.status_code, response.read(), response.get(HEADER_LENGTH)
+
+        status, data, length = shielded(exchange, self.abandoned)
         if status != 200:
             raise InferenceServerException(error_message(data), status=str(status))
-        length = response.get(HEADER_LENGTH)
         if isinstance(length, list):  # a repeated header: geventhttpclient lists the values
             length = length[0]
         try:

@@ -86,6 +86,13 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="livesum",
         )
+        self.abandoned_calls = Gauge(
+            "score_triton_abandoned_calls",
+            "Calls to Triton that outlived their request's SCORING_TIMEOUT_MS and still run "
+            "(each holds a connection until Triton answers or the network timeout ends it).",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
         self.shed = Counter(
             "score_requests_shed",
             "Scoring requests refused with 503 because the worker had SCORE_MAX_IN_FLIGHT.",
@@ -121,6 +128,9 @@ class Metrics:
 
     def shm_tensor(self, outcome: str) -> None:
         self.shm_tensors.labels(outcome).inc()
+
+    def abandoned_call(self, change: int) -> None:
+        self.abandoned_calls.inc(change)
 
     def auth_failed(self, group: str, reason: str) -> None:
         self.auth_failures.labels(group, reason).inc()

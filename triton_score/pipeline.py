@@ -41,6 +41,17 @@ from triton_score.tracing import NO_TRACING, Tracing, log_ids
 from triton_score.triton import TritonGateway
 from triton_score.validation import validate_inputs, validate_outputs
 
+#: Bodies from this size on are decoded in the offload pool (:meth:`Scorer.decode`): orjson
+#: reads ~1 GB/s, so below it the worker's loop is held for about a millisecond at most, less
+#: than the hop to a thread and back costs under load.
+OFFLOAD_DECODE_BYTES = 1024 * 1024
+#: The body limit of a model whose processor decodes the request itself (a ``preprocess``)
+#: and says nothing (no ``max_body_bytes``): the default codec's models are bounded by
+#: their metadata, a processor's by this, so that a digits or QA request cannot be 100 MiB
+#: of JSON parsed in the worker. A processor's own ``max_body_bytes`` replaces it (up to
+#: ``SCORE_MAX_BODY_BYTES``).
+PROCESSOR_BODY_BYTES = 16 * 1024 * 1024
+
 log = logging.getLogger(__name__)
 
 #: Called with (stage, model, seconds) after each stage; the metrics module listens.
@@ -210,12 +221,39 @@ class Scorer:
         own = processor.max_body_bytes
         if own is not None:
             limits.append((own, f"max_body_bytes of the {model.name} processor"))
+        elif processor.has_preprocess:
+            limits.append(
+                (
+                    PROCESSOR_BODY_BYTES,
+                    f"the default for a processor (give the {model.name} processor "
+                    "max_body_bytes for more)",
+                )
+            )
         if not processor.has_preprocess:  # the default codec reads the tensors: bound them
             largest = largest_request_bytes(model, raw=raw)
             if largest is not None:
                 limits.append((largest, f"the largest valid request for model {model.name}"))
         # min() keeps the first of equals: the setting, then the processor's, then the model's.
         return min(limits, key=lambda limit: limit[0])
+
+    def decode(
+        self,
+        body: bytes,
+        content_type: str,
+        headers: dict[str, str],
+        request_id: str,
+        *,
+        query: Mapping[str, str] | None = None,
+    ) -> Request:
+        """The body as a :class:`Request` (:func:`decode_request`); a body of
+        :data:`OFFLOAD_DECODE_BYTES` or more is parsed in the offload pool, where there is
+        one, so that a large JSON body does not stall the worker's other requests and probes
+        while orjson reads it."""
+        if len(body) >= OFFLOAD_DECODE_BYTES and self.offloader.active:
+            return self.offloader.run(  # type: ignore[no-any-return]
+                decode_request, body, content_type, headers, request_id, query
+            )
+        return decode_request(body, content_type, headers, request_id, query=query)
 
     def score(self, request: Request, model_name: str | None = None) -> Any:
         """Score one decoded request; returns what the postprocessor returns."""

@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass, replace
 
 from triton_score.coalesce import Coalescer
+from triton_score.deadline import Abandoned
 from triton_score.entry_script import EntryScript, is_native
 from triton_score.locations import find_code_directory, find_model_repository
 from triton_score.metrics import Metrics
@@ -127,6 +128,7 @@ def build_runtime(
         shm_bytes=0 if no_shm else settings.shm_bytes,
         shm_min_bytes=settings.shm_min_bytes,
         on_shm_tensor=metrics.shm_tensor,
+        abandoned=Abandoned(metrics.abandoned_call),
     )
     runtime = Runtime(
         settings=settings, gateway=gateway, metrics=metrics, tracing=start_tracing(settings)

@@ -21,6 +21,7 @@ import numpy as np
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from triton_score.deadline import Abandoned
 from triton_score.errors import ModelNotFound, ScoringTimeout, TritonError, TritonUnavailable
 from triton_score.hop import Hop, encode_request
 from triton_score.metadata import ModelInfo
@@ -95,6 +96,7 @@ class TritonGateway:
         (:mod:`triton_score.shm`); 0 sends every tensor in the HTTP body.
     :param shm_min_bytes: inputs smaller than this stay in the HTTP body.
     :param on_shm_tensor: told, per large input, whether it went by shared memory.
+    :param abandoned: counts the calls a request deadline left running.
     """
 
     def __init__(
@@ -106,11 +108,15 @@ class TritonGateway:
         shm_bytes: int = 0,
         shm_min_bytes: int = 64 * 1024,
         on_shm_tensor: Callable[[str], None] | None = None,
+        abandoned: Abandoned | None = None,
     ) -> None:
         self.url = url
+        #: Calls that request deadlines left running (:mod:`triton_score.deadline`); the
+        #: ``/v2`` forwarder counts its own here too.
+        self.abandoned = abandoned or Abandoned()
         self.timeout_s = timeout_s
         self._timeout_us = max(1, int(timeout_s * 1_000_000))
-        self._hop = Hop(url, concurrency=concurrency, timeout_s=timeout_s)
+        self._hop = Hop(url, concurrency=concurrency, timeout_s=timeout_s, abandoned=self.abandoned)
         self._client = httpclient.InferenceServerClient(
             url,
             concurrency=concurrency,
@@ -165,10 +171,11 @@ class TritonGateway:
             index = self._health.get_model_repository_index()
         return sorted({m["name"] for m in index if m.get("state") == "READY"})
 
-    def model_info(self, name: str) -> ModelInfo:
+    def model_info(self, name: str, version: str = "") -> ModelInfo:
+        """Metadata and config of model ``name`` (at ``version``; default: Triton's choice)."""
         with translate_errors(f"metadata of model {name!r}"):
-            metadata = self._client.get_model_metadata(name)
-            config = self._client.get_model_config(name)
+            metadata = self._client.get_model_metadata(name, model_version=version)
+            config = self._client.get_model_config(name, model_version=version)
         return ModelInfo.from_triton(metadata, config)
 
     def load_models(self, names: Sequence[str] = ()) -> dict[str, ModelInfo]:

@@ -33,6 +33,7 @@ from triton_score.http.responses import (
     unexpected_error,
 )
 from triton_score.http.shedding import InFlightLimit
+from triton_score.http.v2_infer import ModelCatalog
 from triton_score.logs import configure_logging
 from triton_score.runtime import Runtime, build_runtime
 from triton_score.settings import Settings
@@ -60,7 +61,15 @@ def create_app(
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[EXTENSION] = rt
     app.extensions[routes.FORWARDER] = TritonForwarder(
-        rt.settings.triton_url, timeout_s=rt.settings.scoring_timeout_ms / 1000
+        rt.settings.triton_url,
+        timeout_s=rt.settings.scoring_timeout_ms / 1000,
+        abandoned=rt.gateway.abandoned,
+    )
+    scorer = rt.scorer
+    app.extensions[routes.V2_MODELS] = ModelCatalog(
+        known=lambda: scorer.models if scorer is not None else {},
+        fetch=rt.gateway.model_info,
+        ttl_s=rt.settings.metadata_refresh_s or 10.0,
     )
     app.extensions[routes.TRITON_METRICS] = TritonMetrics(rt.settings.triton_metrics_endpoint())
     app.extensions[routes.IN_FLIGHT] = InFlightLimit(rt.settings.max_in_flight)

@@ -1,13 +1,20 @@
-"""Read a request body of known length into one ``bytes`` object, without a second copy.
+"""Read a request body of known length into one ``bytes`` object: memory follows the bytes
+received, and the result is never copied.
 
-Werkzeug's ``get_data()`` collects the body in a growing ``bytearray`` and then copies it
-into ``bytes``: for a moment the worker holds the body twice (plus the bytearray's spare
-room). For a 50 MB tensor that is 100+ MB of peak RSS for nothing.
+A ``Content-Length`` is only a claim. Sizing a buffer from it before the body arrives lets a
+client that sends headers alone make the worker commit (and zero-fill) up to the body limit,
+per connection, for as long as the request deadline allows. So the buffer grows as the body
+arrives: it starts at :data:`FIRST_BYTES` and doubles, capped at the claimed length, and each
+growth happens only once the bytes before it are in. A worker never holds more than about
+twice what it was actually sent.
 
-Here the body is read straight into the buffer of an ``io.BytesIO`` sized once;
-``getvalue()`` then hands that very buffer out as ``bytes`` (CPython does not copy when the
-buffer is exactly the value's size and no view is left open). The numpy arrays the default
-codec makes are views over it: one copy of the body in the worker, start to finish.
+Within that buffer the body is read in place (``readinto``), not through ``read()`` chunks:
+Werkzeug's ``get_data()`` collects a body in a growing ``bytearray`` and copies it into
+``bytes`` at the end (the body twice, for a moment). Here the last growth makes the
+``io.BytesIO`` buffer exactly ``length`` bytes, and ``getvalue()`` hands that very buffer out
+as ``bytes`` (CPython does not copy when the buffer is exactly the value's size and no view
+is left open). The numpy arrays the default codec makes are views over it: one copy of the
+body in the worker, start to finish.
 """
 
 from __future__ import annotations
@@ -16,8 +23,10 @@ import io
 from collections.abc import Callable
 from typing import IO
 
-#: Read this much at a time: the chunk the server hands over is the only transient copy.
+#: Read this much at a time at most.
 CHUNK_BYTES = 1 << 20
+#: The buffer's first size: what a header-only client can make a worker reserve.
+FIRST_BYTES = 64 * 1024
 
 
 class IncompleteBody(Exception):
@@ -31,18 +40,21 @@ def read_exactly(stream: IO[bytes], length: int) -> bytes:
     """
     if length <= 0:
         return b""
-    buffer = io.BytesIO()
-    buffer.seek(length - 1)
-    buffer.write(b"\0")  # sizes the buffer once (zero-filled), before any data arrives
     # werkzeug's request.stream has readinto(); a bare WSGI stream may have read() only.
     readinto = getattr(stream, "readinto", None) or _reader(stream)
-    with buffer.getbuffer() as view:  # released before getvalue(), which then copies nothing
-        position = 0
-        while position < length:
-            read = readinto(view[position : min(length, position + CHUNK_BYTES)])
-            if not read:
-                raise IncompleteBody(f"the body ended after {position} of {length} bytes")
-            position += read
+    buffer = io.BytesIO()
+    position = capacity = 0
+    while position < length:
+        # Grow only once the bytes so far are in: a claim alone reserves FIRST_BYTES.
+        capacity = min(length, max(FIRST_BYTES, 2 * capacity))
+        buffer.seek(capacity - 1)
+        buffer.write(b"\0")
+        with buffer.getbuffer() as view:  # released before the next growth and getvalue()
+            while position < capacity:
+                read = readinto(view[position : min(capacity, position + CHUNK_BYTES)])
+                if not read:
+                    raise IncompleteBody(f"the body ended after {position} of {length} bytes")
+                position += read
     return buffer.getvalue()
 
 

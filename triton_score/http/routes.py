@@ -26,16 +26,17 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 import uuid
-from contextlib import AbstractContextManager, nullcontext
 
 from flask import Blueprint, Response, current_app, g, request
-from werkzeug.exceptions import MethodNotAllowed, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
-from triton_score.codecs.request import REQUEST_ID, decode_request
+from triton_score.codecs.request import REQUEST_ID
 from triton_score.codecs.response import Encoded, render
-from triton_score.codecs.tensors import is_raw_tensor
+from triton_score.codecs.tensors import is_raw_tensor, largest_request_bytes
+from triton_score.deadline import request_deadline
 from triton_score.entry_script import EntryScript
 from triton_score.errors import (
     BadRequest,
@@ -49,9 +50,10 @@ from triton_score.errors import (
 )
 from triton_score.http.access import record_stage
 from triton_score.http.body import IncompleteBody, read_exactly
-from triton_score.http.forward import TritonForwarder, TritonMetrics
+from triton_score.http.forward import INFER, TritonForwarder, TritonMetrics
 from triton_score.http.responses import error_response, json_response, runtime
 from triton_score.http.shedding import InFlightLimit
+from triton_score.http.v2_infer import ModelCatalog, check_infer_request
 from triton_score.runtime import Runtime
 
 log = logging.getLogger("triton_score")
@@ -62,6 +64,8 @@ FORWARDER = "triton_score.forwarder"
 TRITON_METRICS = "triton_score.triton_metrics"
 #: Where the app keeps its :class:`InFlightLimit` (``SCORE_MAX_IN_FLIGHT``).
 IN_FLIGHT = "triton_score.in_flight"
+#: Where the app keeps the :class:`ModelCatalog` that ``/v2`` infer requests are checked with.
+V2_MODELS = "triton_score.v2_models"
 
 #: Failures counted in score_triton_errors_total, by kind.
 TRITON_FAILURES = {
@@ -118,21 +122,6 @@ def echo_request_id(response: Response) -> Response:
     if client_id:
         response.headers[MS_CLIENT_REQUEST_ID] = client_id
     return response
-
-
-def _deadline(timeout_ms: int) -> AbstractContextManager[object]:
-    """A gevent timeout for the whole request, when running under gevent workers."""
-    try:
-        from gevent import Timeout  # noqa: PLC0415
-        from gevent.monkey import is_module_patched  # noqa: PLC0415
-    except ImportError:  # pragma: no cover - gevent is a dependency
-        return nullcontext()
-    if timeout_ms <= 0 or not is_module_patched("socket"):
-        return nullcontext()
-    return Timeout(
-        timeout_ms / 1000,
-        ScoringTimeout(f"scoring took longer than SCORING_TIMEOUT_MS={timeout_ms}"),
-    )
 
 
 # -- health ------------------------------------------------------------------------------
@@ -258,6 +247,14 @@ def score(model: str | None = None) -> Response:
     in_flight: InFlightLimit = current_app.extensions[IN_FLIGHT]
     if not in_flight.enter():
         return _shed(rt, in_flight, model)
+    try:  # at once: nothing between enter() and here can raise and keep the slot
+        return _score_admitted(rt, model)
+    finally:
+        in_flight.leave()
+
+
+def _score_admitted(rt: Runtime, model: str | None) -> Response:
+    """``/score`` for a request within ``SCORE_MAX_IN_FLIGHT``: measured, traced, answered."""
     metrics = rt.metrics
     started = time.perf_counter()
     metrics.in_flight.inc()
@@ -271,7 +268,7 @@ def score(model: str | None = None) -> Response:
     if traced.trace_id:
         g.trace_id = traced.trace_id  # for the log lines of this request
     try:
-        with _deadline(rt.settings.scoring_timeout_ms):
+        with request_deadline(rt.settings.scoring_timeout_ms):
             if rt.entry_script is not None:
                 response = _run_entry_script(rt.entry_script)
                 status = response.status_code
@@ -281,8 +278,9 @@ def score(model: str | None = None) -> Response:
             # A raw tensor's limit is exact; known from the headers, before the body is read.
             raw = is_raw_tensor(content_type, request.headers)
             with traced.stage("decode"):
-                decoded = decode_request(
-                    _read_body(*rt.body_limit(model, raw=raw)),
+                body = _read_body(*rt.body_limit(model, raw=raw))
+                decoded = rt.scorer.decode(
+                    body,
                     content_type,
                     dict(request.headers),  # the one copy; the Request keeps it
                     g.request_id,
@@ -297,8 +295,10 @@ def score(model: str | None = None) -> Response:
         status = exc.status_code
         triton_failure = TRITON_FAILURES.get(type(exc), "")
         return error_response(exc)
+    except HTTPException as exc:  # Flask's own refusal (an entry script's 413): as answered
+        status = exc.code or 500
+        raise
     finally:
-        in_flight.leave()
         label = _model_label(model)
         g.model = label
         traced.finish(status, label)
@@ -313,24 +313,54 @@ def score(model: str | None = None) -> Response:
 @blueprint.route("/v2", methods=["GET", "POST"])
 @blueprint.route("/v2/<path:path>", methods=["GET", "POST"])
 def forward(path: str = "") -> Response:
+    """``/v2/...`` to Triton: refused paths before the body is read; infer requests shed
+    like ``/score``, their body bounded by the model's largest valid request, and checked
+    (:mod:`triton_score.http.v2_infer`) before they are sent."""
     rt = runtime()
-    target = "/v2/" + path if path else "/v2"
-    if request.query_string:
-        target += "?" + request.query_string.decode("latin-1")
+    route = "/v2/" + path if path else "/v2"
+    target = route + ("?" + request.query_string.decode("latin-1") if request.query_string else "")
+    forwarder: TritonForwarder = current_app.extensions[FORWARDER]
+    infer = INFER.match(route) if request.method == "POST" else None
     started = time.perf_counter()
     try:
-        with _deadline(rt.settings.scoring_timeout_ms):
-            forwarder: TritonForwarder = current_app.extensions[FORWARDER]
-            # The same limit as /score, so a chunked body above it is refused, not truncated.
-            body = _read_body(rt.settings.max_body_bytes, "SCORE_MAX_BODY_BYTES")
-            status, body, headers = forwarder.forward(
-                request.method, target, body, dict(request.headers)
-            )
+        forwarder.check_allowed(request.method, route)
+        if infer is None:
+            with request_deadline(rt.settings.scoring_timeout_ms):
+                # The same limit as /score: a chunked body above it is refused, not truncated.
+                body = _read_body(rt.settings.max_body_bytes, "SCORE_MAX_BODY_BYTES")
+                status, body, headers = forwarder.forward(
+                    request.method, target, body, dict(request.headers)
+                )
+            return Response(body, status=status, headers=headers)
+        in_flight: InFlightLimit = current_app.extensions[IN_FLIGHT]
+        if not in_flight.enter():
+            return _shed(rt, in_flight, infer["model"])
+        try:
+            with request_deadline(rt.settings.scoring_timeout_ms):
+                status, body, headers = _forward_infer(rt, forwarder, infer, target)
+        finally:
+            in_flight.leave()
+        return Response(body, status=status, headers=headers)
     except ScoringError as exc:
         return error_response(exc)
     finally:
         record_stage("forward", time.perf_counter() - started)
-    return Response(body, status=status, headers=headers)
+
+
+def _forward_infer(
+    rt: Runtime, forwarder: TritonForwarder, infer: re.Match[str], target: str
+) -> tuple[int, bytes, list[tuple[str, str]]]:
+    catalog: ModelCatalog = current_app.extensions[V2_MODELS]
+    model = catalog.get(infer["model"], infer["version"] or "")
+    g.model = _model_label(model.name)
+    limit, source = rt.settings.max_body_bytes, "SCORE_MAX_BODY_BYTES"
+    largest = largest_request_bytes(model)
+    if largest is not None and largest < limit:
+        limit, source = largest, f"the largest valid request for model {model.name}"
+    body = _read_body(limit, source)
+    headers = dict(request.headers)
+    check_infer_request(model, body, headers)
+    return forwarder.forward(request.method, target, body, headers)
 
 
 # -- documents ---------------------------------------------------------------------------

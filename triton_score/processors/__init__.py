@@ -28,9 +28,9 @@ Rules (each checked when the module is loaded, not on the first request):
   to their ``class_count`` (0 = the raw tensor); ``None`` means every output, raw.
 - ``load(model)`` runs once per worker at start-up (read vocabularies, label maps...), and
   again when Triton reloads the model with a new config or version.
-- ``max_body_bytes`` (attribute, a positive int) lowers the largest request body the model's
-  ``/score`` route accepts below ``SCORE_MAX_BODY_BYTES``; a larger ``Content-Length`` is a
-  413 before the body is read.
+- ``max_body_bytes`` (attribute, a positive int) sets the largest request body the model's
+  ``/score`` route accepts, up to ``SCORE_MAX_BODY_BYTES``; without it a processor with a
+  ``preprocess`` gets 16 MiB. A larger ``Content-Length`` is a 413 before the body is read.
 - ``offload = True`` (attribute) runs ``preprocess``, an ``outputs()`` method and
   ``postprocess`` in a thread pool under Gunicorn (``SCORE_OFFLOAD``, see
   :mod:`triton_score.offload`): for CPU-heavy stages (image decoding, tokenizing, large

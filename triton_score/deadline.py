@@ -1,0 +1,116 @@
+"""The request deadline (``SCORING_TIMEOUT_MS``), and how a call to Triton survives it.
+
+Each scoring and ``/v2`` request runs under one :func:`request_deadline`: a gevent timeout
+that raises :class:`~triton_score.errors.ScoringTimeout` (a 504) wherever the request's
+greenlet happens to be waiting when it fires.
+
+That is fine while the greenlet waits for a *response*, but not while it is *sending*:
+geventhttpclient's ``HTTPClient.request()`` takes a slot of its connection pool, and gives it
+back on a socket error only. A timeout that interrupts a blocked ``sendall`` (a large body,
+a Triton that does not read: paused, throttled, far away) is no socket error, so the slot is
+lost for good; after ``concurrency`` such losses every later call of that worker waits for a
+slot until its own 504, forever, while readiness still answers 200.
+
+:func:`shielded` closes that hole: the call runs whole (send, read, give the connection back)
+in a child greenlet, and the request's greenlet only *waits* for it. When the deadline fires,
+it fires in the waiter; the child is abandoned, not killed, and ends on its own (Triton
+answers, or the client's network timeout fails it): either way its connection goes back to
+the pool. Abandoned calls still running are counted (``score_triton_abandoned_calls``), so a
+stalled Triton shows on ``/metrics`` before the pool runs dry.
+
+Only under gevent (a Gunicorn gevent worker): elsewhere (Flask's threaded test server,
+azmlinfsrv's sync workers) no deadline interrupts I/O, and the call runs inline.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, TypeVar
+
+from triton_score.errors import ScoringTimeout
+from triton_score.offload import gevent_patched
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def request_deadline(timeout_ms: int) -> AbstractContextManager[object]:
+    """A gevent timeout of ``timeout_ms`` for the whole request; none when ``timeout_ms`` is
+    0 or outside gevent (nothing there could interrupt the request's I/O)."""
+    if timeout_ms <= 0 or not gevent_patched():
+        return nullcontext()
+    from gevent import Timeout  # noqa: PLC0415 - gevent is imported in a worker only
+
+    return Timeout(
+        timeout_ms / 1000,
+        ScoringTimeout(f"scoring took longer than SCORING_TIMEOUT_MS={timeout_ms}"),
+    )
+
+
+class Abandoned:
+    """What a worker knows of the calls its deadlines abandoned: how many still run.
+
+    :param on_change: told +1 when a call is abandoned, -1 when an abandoned call ends
+        (a livesum gauge of the metrics).
+    """
+
+    def __init__(self, on_change: Callable[[int], None] | None = None) -> None:
+        self.running = 0
+        self.total = 0
+        self._on_change = on_change
+
+    def started(self) -> None:
+        self.running += 1
+        self.total += 1
+        if self._on_change is not None:
+            self._on_change(1)
+
+    def ended(self) -> None:
+        self.running -= 1
+        if self._on_change is not None:
+            self._on_change(-1)
+
+
+#: Calls abandoned when no :class:`Abandoned` of the app's is given (tests, tools).
+_UNCOUNTED = Abandoned()
+
+
+def shielded(call: Callable[[], T], abandoned: Abandoned | None = None) -> T:
+    """``call()``, run so that a deadline firing meanwhile cannot interrupt it.
+
+    Under gevent the call runs in a child greenlet and this one waits; a timeout (or any
+    exception) raised while waiting leaves the child running to its own end. ``call`` must
+    do the whole exchange, including reading the response and returning the connection.
+    """
+    if not gevent_patched():
+        return call()
+    import gevent  # noqa: PLC0415
+
+    outcome: list[Any] = []
+    waiting = True
+    counter = abandoned or _UNCOUNTED
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiter, or dropped
+            outcome.append((False, exc))
+        finally:
+            if not waiting:  # nobody waits any more: the call was abandoned
+                counter.ended()
+
+    child = gevent.spawn(run)
+    try:
+        child.join()
+    except BaseException:
+        if not child.dead:
+            waiting = False
+            counter.started()
+            log.debug("a Triton call outlived its request's deadline; left to finish")
+        raise
+    ok, value = outcome[0]
+    if ok:
+        return value  # type: ignore[no-any-return]
+    raise value
