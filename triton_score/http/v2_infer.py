@@ -92,16 +92,36 @@ def check_infer_request(model: ModelInfo, body: bytes, headers: Mapping[str, str
         raise BadRequest(f"unknown key {unknown[0]!r} in the inference request")
     if "id" in payload and not isinstance(payload["id"], str):
         raise BadRequest('"id" must be a string')
+    # Parameters first, for every tensor: a refusal must not depend on what else is wrong.
     _parameters("the request", payload, REQUEST_PARAMETERS)
     entries = payload.get("inputs")
     if not isinstance(entries, list) or not entries:
         raise BadRequest('"inputs" must be a non-empty list of tensors')
+    if not all(isinstance(entry, Mapping) for entry in entries):
+        raise BadRequest('each entry of "inputs" must be an object')
+    outputs = payload.get("outputs")
+    if outputs is not None and not (
+        isinstance(outputs, list)
+        and all(isinstance(o, Mapping) and isinstance(o.get("name"), str) for o in outputs)
+    ):
+        raise BadRequest('"outputs" must be a list of objects, each with a "name"')
+    input_parameters = [
+        _parameters(f"input {str(entry.get('name', ''))!r}", entry, INPUT_PARAMETERS)
+        for entry in entries
+    ]
+    wanted: dict[str, Any] = {}
+    for entry in outputs or ():
+        name = entry["name"]
+        parameters = _parameters(f"output {name!r}", entry, OUTPUT_PARAMETERS)
+        if not isinstance(parameters.get("binary_data", False), bool):
+            raise BadRequest(f"output {name!r}: binary_data must be true or false")
+        wanted[name] = parameters.get("classification", 0)
+    # Then the outputs (names; no classification of a BYTES output), then the tensors.
+    if outputs is not None:
+        validate_outputs(model, wanted)
     binary = bool(header(request.headers, HEADER_LENGTH))
-    for entry in entries:
-        if not isinstance(entry, Mapping):
-            raise BadRequest('each entry of "inputs" must be an object')
+    for entry, parameters in zip(entries, input_parameters):
         name = str(entry.get("name", ""))
-        parameters = _parameters(f"input {name!r}", entry, INPUT_PARAMETERS)
         spec = model.input(name)
         if spec is not None and spec.numpy_dtype is None:
             raise InvalidInput(
@@ -119,25 +139,7 @@ def check_infer_request(model: ModelInfo, body: bytes, headers: Mapping[str, str
                 raise InvalidInput(name, 'has both "data" and binary_data_size')
         elif "data" not in entry:
             raise InvalidInput(name, 'needs "data" (or binary_data_size)')
-    _check_outputs(model, payload.get("outputs"))
     validate_inputs(model, tensors.decode_inputs(request, model))
-
-
-def _check_outputs(model: ModelInfo, entries: Any) -> None:
-    if entries is None:
-        return
-    if not isinstance(entries, list):
-        raise BadRequest('"outputs" must be a list of objects')
-    wanted: dict[str, int] = {}
-    for entry in entries:
-        if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
-            raise BadRequest('each entry of "outputs" must be an object with a "name"')
-        name = entry["name"]
-        parameters = _parameters(f"output {name!r}", entry, OUTPUT_PARAMETERS)
-        if not isinstance(parameters.get("binary_data", False), bool):
-            raise BadRequest(f"output {name!r}: binary_data must be true or false")
-        wanted[name] = parameters.get("classification", 0)
-    validate_outputs(model, wanted)  # names, and no classification of a BYTES output
 
 
 class ModelCatalog:
