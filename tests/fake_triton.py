@@ -8,6 +8,20 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+#: Model ``m``: one FP32 input ``x`` of shape [2], one output ``y``; no batching.
+METADATA = {
+    "name": "m",
+    "versions": ["1"],
+    "platform": "fake",
+    "inputs": [{"name": "x", "datatype": "FP32", "shape": [2]}],
+    "outputs": [{"name": "y", "datatype": "FP32", "shape": [2]}],
+}
+CONFIG = {"name": "m", "max_batch_size": 0}
+#: A valid ``/v2/models/m/infer`` body (the forwarder checks it before it sends it on).
+INFER_BODY = json.dumps(
+    {"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1.0, 2.0]}]}
+).encode()
+
 METRICS = b"""# HELP nv_inference_count Number of inferences performed
 # TYPE nv_inference_count counter
 nv_inference_count{model="m",version="1"} 3
@@ -39,8 +53,10 @@ class FakeTriton:
                     status, body, kind = 503, b"", "text/plain"
                 elif self.path == "/v2/repository/index":
                     body, kind = b"[]", "application/json"
+                elif self.path.split("?")[0].endswith("/config"):
+                    body, kind = json.dumps(CONFIG).encode(), "application/json"
                 else:
-                    body, kind = json.dumps({"name": "m"}).encode(), "application/json"
+                    body, kind = json.dumps(METADATA).encode(), "application/json"
                 self.send_response(status)
                 self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
-from fake_triton import FakeTriton
+from fake_triton import INFER_BODY, FakeTriton
 
 from triton_score.http import auth
 from triton_score.http.app import create_app
@@ -248,10 +248,11 @@ def test_authorization_is_never_forwarded_to_triton(fake_triton: FakeTriton, key
     app = make_app(fake_triton, api_keys=keys)
     client = app.test_client()
     headers = {"Authorization": f"Bearer {KEY}", "x-custom": "kept", "Cookie": "session=1"}
-    meta = client.get("/v2/models/m", headers=headers)
-    assert meta.status_code == 200 and meta.json == {"name": "m"}
-    infer = client.post("/v2/models/m/infer", data=b"{}", headers=headers)
+    # (infer first: it reads the model's metadata itself, as a request of its own)
+    infer = client.post("/v2/models/m/infer", data=INFER_BODY, headers=headers)
     assert infer.status_code == 200
+    meta = client.get("/v2/models/m", headers=headers)
+    assert meta.status_code == 200 and meta.json["name"] == "m"
     for path in ("/v2/models/m", "/v2/models/m/infer"):
         seen = fake_triton.headers_of(path)
         assert seen.get("x-custom") == "kept"  # headers do pass...

@@ -402,6 +402,73 @@ def test_a_deadline_during_a_send_to_triton_loses_no_connection(
         time.sleep(0.2)
 
 
+ENTRY_SCRIPT = """
+import numpy as np
+import tritonclient.http as httpclient
+
+client = None
+
+
+def init():
+    global client
+    import os
+    client = httpclient.InferenceServerClient(os.environ["TRITON_URL"])
+
+
+def run(data):
+    import json
+    batch = int(json.loads(data)["batch"])
+    image = httpclient.InferInput("image", [batch, 3, 224, 224], "FP32")
+    image.set_data_from_numpy(np.ones((batch, 3, 224, 224), np.float32), binary_data=True)
+    result = client.infer("imagenet_lite0", [image])
+    return {"rows": int(result.as_numpy("probabilities").shape[0])}
+"""
+
+
+def test_an_entry_scripts_triton_client_survives_the_deadline_too(
+    triton: LocalTriton, tmp_path: Path
+) -> None:
+    """The same for the tritonclient an entry script builds itself: its infer() runs whole,
+    so a deadline during its send costs the script's client no connection."""
+    script = tmp_path / "score.py"
+    script.write_text(ENTRY_SCRIPT)
+    server = ScoreServer(
+        "--triton-url",
+        triton.url,
+        "--entry-script",
+        str(script),
+        env={
+            "WORKER_COUNT": "1",
+            "SCORING_TIMEOUT_MS": "2000",
+            "SCORE_TRITON_CONCURRENCY": "2",
+            "TRITON_URL": triton.url,
+        },
+    )
+    try:
+        url = server.wait_ready().url
+
+        def run(batch: int) -> int:
+            return requests.post(url + "/score", json={"batch": batch}, timeout=30).status_code
+
+        assert run(1) == 200
+        assert triton.pid is not None
+        os.kill(triton.pid, signal.SIGSTOP)
+        try:
+            with ThreadPoolExecutor(6) as pool:
+                stalled = list(pool.map(run, [8] * 6))
+        finally:
+            os.kill(triton.pid, signal.SIGCONT)
+        assert set(stalled) == {504}, stalled
+        time.sleep(1)
+        for _ in range(3):
+            started = time.monotonic()
+            answer = requests.post(url + "/score", json={"batch": 1}, timeout=30)
+            assert answer.status_code == 200 and answer.json() == {"rows": 1}, answer.text
+            assert time.monotonic() - started < 1.5
+    finally:
+        server.stop()
+
+
 # -- units -------------------------------------------------------------------------------------
 DIGITS = ModelInfo(
     "digits_onnx",

@@ -23,7 +23,10 @@ without changing the script:
   opens them lazily: a worker opens only as many as it has Triton calls in flight at once;
 - every client's connection pool hands a freed connection to the greenlet that has waited
   longest (:class:`FairSemaphore`), so a script that does limit its connections queues
-  fairly.
+  fairly;
+- its ``infer()`` runs whole in a greenlet of its own (:func:`triton_score.deadline.shielded`):
+  the request's ``SCORING_TIMEOUT_MS`` abandons a call that takes too long, but never
+  interrupts it while it sends a large body, which would lose a pool connection for good.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from typing import Any
 import gevent.event
 import gevent.lock
 import tritonclient.http as httpclient
+
+from triton_score.deadline import shielded
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +142,13 @@ def adapt_script_clients(connections: int) -> None:
             kwargs["concurrency"] = getattr(__init__, _WRAPPED)
         original(self, *args, **kwargs)
         make_pool_fair(self)
+        infer = self.infer
+
+        @functools.wraps(infer)
+        def shielded_infer(*args: Any, **kwargs: Any) -> Any:
+            return shielded(lambda: infer(*args, **kwargs))
+
+        self.infer = shielded_infer  # type: ignore[method-assign]
 
     setattr(__init__, _WRAPPED, connections)
     cls.__init__ = __init__  # type: ignore[method-assign]
