@@ -253,11 +253,12 @@ def test_a_body_over_the_limit_is_a_413_before_it_is_read(score_server: ScoreSer
         f"at most {LIMIT} bytes (max_body_bytes of the imagenet_lite0 processor)" in (body["error"])
     )
     assert f"it is {size} bytes" in body["error"]
-    # The other models keep the global limit (SCORE_MAX_BODY_BYTES, 100 MiB).
+    # The other models keep their own limit: the digits processor's 1 MiB.
     digits = requests.post(
         f"{score_server.url}/score/digits_onnx",
         data=b"{" + b" " * (LIMIT + 10) + b"}",
         headers={"content-type": "application/json"},
         timeout=30,
     )
-    assert digits.status_code == 400, digits.text  # read and refused by its processor
+    assert digits.status_code == 413, digits.text
+    assert digits.json()["limit_bytes"] == 1024 * 1024
