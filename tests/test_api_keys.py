@@ -16,7 +16,7 @@ from triton_score.http import auth
 from triton_score.http.app import create_app
 from triton_score.http.auth import KeyStore, route_group
 from triton_score.http.forward import TritonForwarder
-from triton_score.settings import AUTH_GROUPS, Settings
+from triton_score.settings import AUTH_GROUPS, Settings, insecure_bind_warning, settings_error
 
 KEY = "k-7b1e0c4a9f2d4e3b8a6c"
 OTHER = "k-0a9b8c7d6e5f4a3b2c1d"
@@ -118,12 +118,56 @@ def test_the_key_file_is_read_again_when_it_changes(tmp_path: Path) -> None:
     path.write_text(f"{OTHER}\n")  # rewritten in place
     clock.now += auth.CHECK_INTERVAL_S
     assert not store.verify(KEY) and store.verify(OTHER)
-    path.unlink()  # a file that disappears keeps the keys last read
-    clock.now += auth.CHECK_INTERVAL_S
-    assert store.verify(OTHER)
     path.write_text("")  # an empty file refuses every key
     clock.now += auth.CHECK_INTERVAL_S
     assert not store.verify(OTHER) and store.count == 0
+    path.write_text(f"{OTHER}\n")
+    clock.now += auth.CHECK_INTERVAL_S
+    assert store.verify(OTHER)
+    path.unlink()  # a file that disappears revokes its keys: fail closed
+    clock.now += auth.CHECK_INTERVAL_S
+    assert not store.verify(OTHER) and store.count == 0
+    path.write_text(f"{OTHER}\n")  # and one that comes back is read again
+    clock.now += auth.CHECK_INTERVAL_S
+    assert store.verify(OTHER)
+
+
+def test_a_fifo_in_place_of_the_key_file_never_stalls_and_revokes(tmp_path: Path) -> None:
+    """A request must never wait on the key file: a FIFO (nobody writing) would block an
+    open() for good. It is refused without being opened, and its keys are revoked."""
+    import threading
+
+    path = tmp_path / "keys"
+    path.write_text(f"{KEY}\n")
+    clock = Clock()
+    store = KeyStore([], path, clock=clock)
+    assert store.verify(KEY)
+    path.unlink()
+    os.mkfifo(path)
+    clock.now += auth.CHECK_INTERVAL_S
+    answered: list[bool] = []
+    worker = threading.Thread(target=lambda: answered.append(store.verify(KEY)), daemon=True)
+    worker.start()
+    worker.join(timeout=5)
+    assert answered == [False], "verify() stalled on the FIFO, or still accepted the key"
+
+
+def test_a_bom_and_unusable_lines_in_the_key_file(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "keys"
+    path.write_bytes(
+        ("\ufeff" + KEY + "\nkey with spaces inside\nk\u00e9-not-ascii-at-all\n").encode()
+    )
+    with caplog.at_level("WARNING", logger="triton_score.http.auth"):
+        store = KeyStore([], path)
+    assert store.verify(KEY)  # the BOM is not part of the first key
+    assert store.count == 1
+    assert "2 line(s) skipped" in caplog.text and KEY not in caplog.text
+
+
+def test_a_huge_key_file_is_not_read(tmp_path: Path) -> None:
+    path = tmp_path / "keys"
+    path.write_text(KEY + "\n" + "#" * (auth.MAX_KEY_FILE_BYTES + 1))
+    assert not KeyStore([], path).verify(KEY)
 
 
 def test_listed_keys_stay_valid_beside_the_file_and_a_missing_file_adds_none(
@@ -315,3 +359,40 @@ def test_the_openapi_document_declares_the_bearer_key(fake_triton: FakeTriton) -
     assert doc["paths"]["/v2/health/ready"]["get"]["security"] == []
     plain = make_app(fake_triton).test_client().get("/swagger.json").json
     assert "security" not in plain and "securitySchemes" not in plain["components"]
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"SCORE_API_KEYS": ""},
+        {"SCORE_API_KEYS": " , "},
+        {"SCORE_API_KEYS": ","},
+        {"SCORE_API_KEYS_FILE": ""},
+        {"SCORE_API_KEYS_FILE": " "},
+    ],
+)
+def test_a_key_setting_that_is_set_but_empty_is_an_error(environ: dict[str, str]) -> None:
+    (variable,) = environ
+    with pytest.raises(ValueError, match=f"^{variable} is set but"):
+        Settings.from_env(environ)
+    assert variable in settings_error(environ)
+
+
+def test_keys_no_client_could_send_are_refused_at_start() -> None:
+    for bad in ("caf\u00e9-key-0123456789", "tab\tkey-0123456789"):
+        with pytest.raises(ValueError, match="printable ASCII"):
+            Settings.from_env({"SCORE_API_KEYS": f"{KEY},{bad}"})
+    assert Settings.from_env({"SCORE_API_KEYS": f" {KEY} , {OTHER} "}).api_keys == (KEY, OTHER)
+
+
+def test_no_keys_on_a_public_bind_is_warned_about() -> None:
+    assert "no API keys" in insecure_bind_warning(Settings(), "0.0.0.0")
+    assert insecure_bind_warning(Settings(), "127.0.0.1") == ""
+    assert insecure_bind_warning(Settings(api_keys=(KEY,)), "0.0.0.0") == ""
+
+
+def test_tritonserver_never_inherits_our_keys() -> None:
+    from triton_score.local.server import triton_environment
+
+    env = triton_environment({"SCORE_API_KEYS": KEY, "SCORE_API_KEYS_FILE": "/k", "PATH": "/b"})
+    assert env == {"PATH": "/b"}

@@ -226,3 +226,43 @@ def test_no_key_ever_reaches_the_log(guarded: ScoreServer) -> None:
     for key in SENT:
         assert key not in output, f"a key is in the server log: {key[:4]}..."
         assert base64.b64encode(f"{key}:x".encode()).decode() not in output
+
+
+@pytest.mark.parametrize(
+    "variable, value",
+    [
+        ("SCORE_API_KEYS", ""),
+        ("SCORE_API_KEYS", " , "),
+        ("SCORE_API_KEYS_FILE", ""),
+        ("SCORE_API_KEYS_FILE", "  "),
+    ],
+)
+def test_an_empty_key_setting_stops_the_server_instead_of_opening_it(
+    triton: LocalTriton, variable: str, value: str
+) -> None:
+    """A templated manifest or an empty Secret must not serve without keys: exit code 2 and
+    one line naming the variable, before a worker starts; Gunicorn's master says the same."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCORE_API_KEYS")}
+    env[variable] = value
+    done = subprocess.run(
+        [sys.executable, "-m", "triton_score", "serve", "--triton-url", triton.url, "--port", "9"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    errors = [line for line in (done.stdout + done.stderr).splitlines() if "error:" in line]
+    assert len(errors) == 1 and variable in errors[0], errors
+    master = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "--config", "python:triton_score.gunicorn_conf"],
+        env={**env, "SCORE_PORT": "9", "TRITON_URL": triton.url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert master.returncode == 2, master.stderr
+    assert variable in master.stderr and "Booting worker" not in master.stderr

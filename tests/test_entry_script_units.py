@@ -373,9 +373,11 @@ def test_cors_origins_exact_wildcard_and_patterns() -> None:
     assert cors_headers(exact, Origin="https://A.example")["Access-Control-Allow-Origin"] == (
         "https://A.example"
     )
-    assert "Vary" not in cors_headers(exact, Origin="https://a.example")  # one origin: no Vary
+    # The answer depends on Origin even with one exact origin (with it or without it): Vary.
+    assert cors_headers(exact, Origin="https://a.example")["Vary"] == "Origin"
     assert "Access-Control-Allow-Origin" not in cors_headers(exact, Origin="https://b.example")
     assert "Access-Control-Allow-Origin" not in cors_headers(exact)  # no Origin: not CORS
+    assert cors_headers(exact)["Vary"] == "Origin"
     anything = Cors(["*"])
     allowed = cors_headers(anything, Origin="https://b.example")
     assert allowed["Access-Control-Allow-Origin"] == "https://b.example"
@@ -383,6 +385,14 @@ def test_cors_origins_exact_wildcard_and_patterns() -> None:
     pattern = Cors([r"https://.*\.example\.com"])
     assert "Access-Control-Allow-Origin" in cors_headers(pattern, Origin="https://x.example.com")
     assert "Access-Control-Allow-Origin" not in cors_headers(pattern, Origin="https://example.org")
+    # A pattern matches the whole origin, never a prefix of it.
+    careful = Cors([r"https://app\.example\.com"])
+    assert "Access-Control-Allow-Origin" in cors_headers(careful, Origin="https://app.example.com")
+    for evil in ("https://app.example.com.evil.net", "https://app.example.com:8443"):
+        assert "Access-Control-Allow-Origin" not in cors_headers(careful, Origin=evil), evil
+    assert "Access-Control-Allow-Origin" not in cors_headers(
+        pattern, Origin="https://x.example.com.evil.net"
+    )
     preflight = cors_headers(
         exact,
         "OPTIONS",

@@ -72,6 +72,24 @@ if os.environ.get("SCORE_LOG_FORMAT", "").strip().lower() == "json":
 control_socket_disable = True
 
 
+def on_starting(server):  # noqa: ANN001, ANN201 - gunicorn hook signature
+    """In the master, before any worker: refuse settings that cannot serve (exit code 2, one
+    line), and warn when nothing but the network stands between the port and its clients."""
+    import logging
+    import sys
+
+    from triton_score.settings import Settings, insecure_bind_warning, settings_error
+
+    refused = settings_error(os.environ)
+    if refused:
+        print(f"error: {refused}", file=sys.stderr, flush=True)
+        raise SystemExit(2)  # the master's own start: Gunicorn has forked nothing yet
+    host = bind.rpartition(":")[0]
+    warning = insecure_bind_warning(Settings.from_env(), host)
+    if warning:
+        logging.getLogger("gunicorn.error").warning(warning)
+
+
 def post_worker_init(worker):  # noqa: ANN001, ANN201 - gunicorn hook signature
     """When ``score serve`` stops (the drain file exists), let SIGTERM shrink the listen
     queue to its minimum first.

@@ -44,7 +44,7 @@ from types import FrameType
 
 from triton_score.local import LocalTriton, TritonNotFound, TritonStartError, find_tritonserver
 from triton_score.locations import find_model_repository, resolve_entry_script
-from triton_score.settings import tracing_mode
+from triton_score.settings import settings_error, tracing_mode
 from triton_score.tracing import check_tracing, otlp_traces_url, triton_trace_args
 
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
@@ -200,7 +200,7 @@ class Supervisor:
         if refused:
             self.say(refused)
             return 2
-        refused = check_tracing(os.environ)
+        refused = check_tracing(os.environ) or settings_error(os.environ)
         if refused:
             self.say(f"error: {refused}")
             return 2

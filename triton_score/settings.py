@@ -39,6 +39,31 @@ TRACING_OTEL = ("otel", "opentelemetry")
 OFFLOAD_MODES = ("auto", "on", "off")
 
 
+def settings_error(environ: Mapping[str, str]) -> str:
+    """Why the settings in ``environ`` cannot start a server (one line), or ``""``.
+
+    ``score serve`` and Gunicorn's master ask before any worker starts, so that a bad setting
+    (an empty ``SCORE_API_KEYS`` above all: it must never mean "no keys") stops the server at
+    once with exit code 2, instead of every worker failing to boot.
+    """
+    try:
+        Settings.from_env(environ)
+    except (ValueError, TypeError) as exc:
+        return str(exc)
+    return ""
+
+
+def insecure_bind_warning(settings: Settings, host: str) -> str:
+    """A warning when the server listens beyond this machine with no API keys; ``""`` if not."""
+    if settings.auth_enabled or host in ("127.0.0.1", "localhost", "::1", "[::1]"):
+        return ""
+    return (
+        f"no API keys (SCORE_API_KEYS, SCORE_API_KEYS_FILE) and bound to {host}: anyone who "
+        "reaches the port can score, read model metadata and run models through /v2; set keys "
+        "unless an endpoint or a network policy in front does the checking (docs/security.md)"
+    )
+
+
 def tracing_mode(value: str) -> str:
     """``"otel"`` or ``""`` (off), from a ``SCORE_TRACING`` value; anything else is an error."""
     mode = value.strip().lower()
@@ -193,6 +218,14 @@ class Settings:
             )
         if self.coalesce_calls < 1:
             raise ValueError(f"SCORE_COALESCE_CALLS={self.coalesce_calls}: at least 1")
+        for key in self.api_keys:
+            if not key or not key.isascii() or not key.isprintable() or " " in key:
+                # Header values arrive as latin-1 and tokens hold no spaces: such a key
+                # could never match, and a request would be refused with no clue why.
+                raise ValueError(
+                    "SCORE_API_KEYS: a key must be printable ASCII without spaces "
+                    f"(key {self.api_keys.index(key) + 1} is not)"
+                )
         if self.log_level not in LOG_LEVELS:
             raise ValueError(
                 f"SCORE_LOG_LEVEL={self.log_level!r}: choose among {', '.join(LOG_LEVELS)}"
@@ -245,12 +278,24 @@ class Settings:
             values["prometheus_multiproc_dir"] = env["PROMETHEUS_MULTIPROC_DIR"]
         if "SCORE_MODELS" in env:
             values["models"] = _split(env["SCORE_MODELS"])
+        # A variable that is there but empty (a templated manifest, a Secret with no value, a
+        # CI variable that did not resolve) meant "keys required": refuse to start open.
         if "SCORE_API_KEYS" in env:
             values["api_keys"] = tuple(
                 k.strip() for k in env["SCORE_API_KEYS"].split(",") if k.strip()
             )
+            if not values["api_keys"]:
+                raise ValueError(
+                    "SCORE_API_KEYS is set but holds no key: list at least one key, or unset "
+                    "it to serve without keys"
+                )
         if "SCORE_API_KEYS_FILE" in env:
             values["api_keys_file"] = env["SCORE_API_KEYS_FILE"].strip()
+            if not values["api_keys_file"]:
+                raise ValueError(
+                    "SCORE_API_KEYS_FILE is set but names no file: give the key file's path, "
+                    "or unset it to serve without keys"
+                )
         if "SCORE_AUTH_EXEMPT" in env:
             values["auth_exempt"] = tuple(g.lower() for g in _split(env["SCORE_AUTH_EXEMPT"]))
         if env.get("SCORE_LOG_FORMAT", "").strip():

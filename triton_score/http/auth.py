@@ -6,7 +6,9 @@ at (one ``stat``) at most once a :data:`CHECK_INTERVAL_S` per worker and read ag
 it changed, so keys rotate without a restart: list the new key beside the old one, move the
 clients, then drop the old one. Replace the file atomically (write a temporary file, rename
 it; a Kubernetes Secret volume does): a half-written file is read as it is. A file that
-disappears keeps the keys last read (write an empty file to refuse every key).
+disappears (or becomes anything but a regular file of at most :data:`MAX_KEY_FILE_BYTES`)
+revokes its keys: fail closed, with a WARNING. Only a regular file is ever opened, and
+without blocking: a FIFO or a device put in its place cannot stall a worker.
 
 What is open without a key: ``/``, ``/v2/health/live`` and ``/v2/health/ready`` (AzureML's and
 Kubernetes' probes carry none), CORS preflights (browsers never send credentials on them; the
@@ -14,10 +16,13 @@ preflight is answered here, no view runs), and the route groups of ``SCORE_AUTH_
 (:data:`~triton_score.settings.AUTH_GROUPS`).
 
 Keys are compared in constant time: the SHA-256 of the presented key against the SHA-256 of
-every valid key, with :func:`hmac.compare_digest`, all of them every time. Only the digests
-are kept. The ``Authorization`` header is removed from the WSGI environ once read, so nothing
-downstream (the ``/v2`` forwarder, processors, an entry script, the user field of Gunicorn's
-access log) sees it; a key is never logged, echoed in an error or used as a metric label.
+every valid key, with :func:`hmac.compare_digest`, all of them every time. The store keeps
+only the digests; the listed keys stay in :class:`~triton_score.settings.Settings` and in
+the worker's environment, which is why ``tritonserver`` is started without them
+(:func:`triton_score.local.server.triton_environment`). The ``Authorization`` header is
+removed from the WSGI environ once read, so nothing downstream (the ``/v2`` forwarder,
+processors, an entry script, the user field of Gunicorn's access log) sees it; a key is
+never logged, echoed in an error or used as a metric label.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from stat import S_ISREG
 
 from flask import Request, Response, g, request
 
@@ -42,6 +48,8 @@ CHECK_INTERVAL_S = 1.0
 OPEN_PATHS = frozenset({"/", "/v2/health/live", "/v2/health/ready"})
 #: Shorter keys are accepted but logged (by count, never by value) as easy to guess.
 SHORT_KEY = 16
+#: A key file larger than this is not a key file: refused (its keys revoked), never read.
+MAX_KEY_FILE_BYTES = 1024 * 1024
 
 _ENVIRON_KEY = "HTTP_AUTHORIZATION"
 
@@ -77,6 +85,22 @@ def _digest(key: str) -> bytes:
 
 def _parse_keys(lines: Iterable[str]) -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def usable_key(key: str) -> bool:
+    """Whether a client could ever present ``key``: printable ASCII, no spaces (a header
+    value arrives as latin-1, a bearer token holds no whitespace)."""
+    return bool(key) and key.isascii() and key.isprintable() and " " not in key
+
+
+class _Refused(Exception):
+    """The key file is there but is not one (a FIFO, a directory, a huge file)."""
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return str(exc)
 
 
 class KeyStore:
@@ -131,26 +155,38 @@ class KeyStore:
         assert self._path is not None
         try:
             stat = self._path.stat()
-        except OSError as exc:
-            if not self._missing_reported:
-                self._missing_reported = True
-                kept = f"keeping its {len(self._file_keys)} keys" if self._signature else ""
-                log.warning(
-                    "SCORE_API_KEYS_FILE %s cannot be read (%s)%s",
-                    self._path,
-                    exc.strerror or type(exc).__name__,
-                    f"; {kept}" if kept else "; no key from it is valid",
-                )
+            if not S_ISREG(stat.st_mode):
+                raise _Refused("not a regular file")
+            if stat.st_size > MAX_KEY_FILE_BYTES:
+                raise _Refused(f"larger than {MAX_KEY_FILE_BYTES} bytes")
+        except (OSError, _Refused) as exc:
+            self._revoke(_why(exc))
             return
         signature = (stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size)
         if signature == self._signature:
             return
         try:
-            text = self._path.read_text(encoding="utf-8", errors="surrogateescape")
-        except OSError as exc:
-            log.warning("SCORE_API_KEYS_FILE %s cannot be read (%s)", self._path, exc.strerror)
+            # O_NONBLOCK: if the path turned into a FIFO since the stat, open() returns at once.
+            fd = os.open(self._path, os.O_RDONLY | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as file:
+                if not S_ISREG(os.fstat(file.fileno()).st_mode):
+                    raise _Refused("not a regular file")
+                raw = file.read(MAX_KEY_FILE_BYTES + 1)
+        except (OSError, _Refused) as exc:
+            self._revoke(
+                exc.strerror or type(exc).__name__ if isinstance(exc, OSError) else str(exc)
+            )
             return
-        keys = _parse_keys(text.splitlines())
+        text = raw.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")  # a BOM
+        candidates = _parse_keys(text.splitlines())
+        keys = [k for k in candidates if usable_key(k)]
+        if len(keys) < len(candidates):
+            log.warning(
+                "SCORE_API_KEYS_FILE %s: %d line(s) skipped, not printable ASCII without spaces "
+                "(no client could send such a key)",
+                self._path,
+                len(candidates) - len(keys),
+            )
         first = self._signature is None
         self._file_keys = tuple(_digest(k) for k in keys)
         self._signature = signature
@@ -162,6 +198,20 @@ class KeyStore:
             "" if first else " (changed)",
         )
         self._warn_short(keys, "SCORE_API_KEYS_FILE")
+
+    def _revoke(self, why: str) -> None:
+        """The file cannot be used: none of its keys is valid from now on (fail closed)."""
+        revoked = len(self._file_keys)
+        self._file_keys = ()
+        self._signature = None
+        if not self._missing_reported:
+            self._missing_reported = True
+            log.warning(
+                "SCORE_API_KEYS_FILE %s cannot be used (%s): %s",
+                self._path,
+                why,
+                f"its {revoked} key(s) are revoked" if revoked else "no key from it is valid",
+            )
 
     @staticmethod
     def _warn_short(keys: list[str], source: str) -> None:

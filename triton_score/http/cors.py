@@ -2,16 +2,19 @@
 
 ``AML_CORS_ORIGINS`` is a comma-separated list: exact origins (``https://app.example.com``,
 compared without regard to case), ``*`` for any origin, or regular expressions (an entry
-with any of ``*\\]?$^[]()``, matched from the start, as flask-cors reads it). For a request
-whose ``Origin`` is allowed, every response carries:
+with any of ``*\\]?$^[]()``). A pattern must match the **whole** origin: flask-cors (and so
+azmlinfsrv) matches from the start only, so ``https://app\\.example\\.com`` — the careful way
+to write one exact origin — would also allow ``https://app.example.com.evil.net``. For a
+request whose ``Origin`` is allowed, every response carries:
 
 - ``Access-Control-Allow-Origin``: that origin;
-- ``Vary: Origin`` when the answer depends on the origin (several origins, or a pattern);
 - on a preflight (``OPTIONS`` with ``Access-Control-Request-Method`` GET or POST):
   ``Access-Control-Allow-Methods: GET, POST`` and ``Access-Control-Allow-Headers`` echoing
   the requested headers.
 
-Requests from other origins, and requests without ``Origin``, get no CORS headers.
+Requests from other origins, and requests without ``Origin``, get no CORS headers. Every
+response carries ``Vary: Origin``, since whether it has them depends on that header: a
+shared cache must not hand one origin's answer (or the answer without ``Origin``) to another.
 """
 
 from __future__ import annotations
@@ -51,13 +54,13 @@ class Cors:
                     raise ValueError(
                         f"AML_CORS_ORIGINS: {origin!r} is not a valid pattern"
                     ) from exc
-        #: Whether the answer depends on the request's origin (for ``Vary``).
-        self.varies = len(self.exact) + len(self.patterns) > 1 or bool(self.patterns)
 
     def allows(self, origin: str) -> bool:
-        return origin.casefold() in self.exact or any(p.match(origin) for p in self.patterns)
+        return origin.casefold() in self.exact or any(p.fullmatch(origin) for p in self.patterns)
 
     def apply(self, request: Request, response: Response) -> Response:
+        if "origin" not in {v.strip().lower() for v in response.headers.get_all("Vary")}:
+            response.headers.add("Vary", "Origin")
         origin = request.headers.get("Origin", "")
         if not origin or ALLOW_ORIGIN in response.headers or not self.allows(origin):
             return response
@@ -71,6 +74,4 @@ class Cors:
             if headers:
                 response.headers[ALLOW_HEADERS] = ", ".join(headers)
             response.headers[ALLOW_METHODS] = ", ".join(METHODS)
-        if self.varies:
-            response.headers.add("Vary", "Origin")
         return response

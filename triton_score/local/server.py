@@ -30,7 +30,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -63,6 +63,17 @@ def _get_json(url: str, *, method: str = "GET", timeout: float = 2.0) -> tuple[i
         return status, json.loads(body) if body else None
     except ValueError:
         return status, None
+
+
+#: Our own secrets, which Triton and the models' code (python-backend stubs inherit Triton's
+#: environment) have no business reading.
+SECRET_VARIABLES = frozenset({"SCORE_API_KEYS", "SCORE_API_KEYS_FILE"})
+
+
+def triton_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment ``tritonserver`` gets: ours, without :data:`SECRET_VARIABLES`."""
+    source = os.environ if environ is None else environ
+    return {k: v for k, v in source.items() if k not in SECRET_VARIABLES}
 
 
 class LocalTriton:
@@ -184,6 +195,7 @@ class LocalTriton:
             with open(self._log_file, "wb") as log:
                 self.process = subprocess.Popen(
                     cmd,
+                    env=triton_environment(),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
