@@ -174,6 +174,62 @@ def test_an_unreachable_triton_is_asked_again_later() -> None:
     assert pool.name == "" and regions_of(os.getpid()) == []
 
 
+def _pool() -> SharedMemoryPool:
+    return SharedMemoryPool(1 << 20, 1024, register=lambda *a: None, unregister=lambda n: None)
+
+
+def test_region_names_carry_a_random_token_of_this_server(monkeypatch) -> None:
+    """Triton looks region names up among every registered region: a name a client could
+    guess (the old ``triton_score_shm_<pid>``) lets it read others' tensors, and a pid alone
+    repeats across containers sharing /dev/shm. Two servers: two tokens, two names."""
+    from triton_score import shm
+
+    ours = region_name(1234)
+    assert ours.startswith(f"{PREFIX}1234_") and ours != f"{PREFIX}1234"
+    token = ours.removeprefix(f"{PREFIX}1234_")
+    assert len(token) == 16 and int(token, 16) >= 0 and str(1234) not in token
+    assert region_name(1234) == ours  # the same server: the same name
+    monkeypatch.setattr(shm, "_token", "")  # another server (another master's token)
+    assert region_name(1234) != ours
+
+
+def test_a_pool_never_removes_a_file_it_did_not_create(monkeypatch) -> None:
+    """Another server's region under the name we would take (its token equal to ours, as
+    unlikely as it is): the pool does not unlink it, it goes by HTTP."""
+    from triton_score import shm
+
+    pool = _pool()
+    name = region_name(os.getpid(), shm._regions_created.get(os.getpid(), 0))
+    theirs = SHM_DIR / name
+    theirs.write_bytes(b"another server's tensors")
+    outcomes: list[str] = []
+    pool._on_tensor = outcomes.append  # type: ignore[attr-defined]
+    try:
+        with pool.lease({"x": np.ones((1, 1024), np.float32)}) as placed:
+            assert placed == {}
+        assert theirs.read_bytes() == b"another server's tensors"
+        assert pool.broken
+    finally:
+        pool.close()
+        theirs.unlink(missing_ok=True)
+
+
+def test_a_freed_slot_is_zeroed() -> None:
+    pool = _pool()
+    try:
+        with pool.lease({"x": np.full((1, 1024), 7.0, np.float32)}) as placed:
+            where = placed["x"]
+            assert pool._map is not None  # type: ignore[attr-defined]
+            region = np.frombuffer(pool._map, np.float32, 1024, where.offset)  # type: ignore[attr-defined]
+            assert (region == 7.0).all()
+            del region
+        left = np.frombuffer(pool._map, np.uint8, where.byte_size, where.offset)  # type: ignore[attr-defined]
+        assert not left.any(), "the tensor is still in the region after its request"
+        del left
+    finally:
+        pool.close()
+
+
 # -- the gateway against a real Triton --------------------------------------------------------
 @pytest.fixture(scope="module")
 def shm_triton(triton_score_servers: TritonServers) -> LocalTriton:
@@ -362,7 +418,7 @@ def test_score_serve_registers_and_the_master_cleans_a_killed_worker(
         new = our_regions(shm_triton.url) - before
         assert len(new) == 1, new
         (name,) = new
-        worker = int(name.removeprefix(PREFIX))
+        worker = int(name.removeprefix(PREFIX).split("_")[0])
         assert worker != server.process.pid and (SHM_DIR / name).exists()
         metrics = requests.get(f"{server.url}/metrics", timeout=10).text
         assert 'score_shm_tensors_total{outcome="shm"} 1.0' in metrics
@@ -390,7 +446,12 @@ def test_the_master_removes_a_dead_workers_region_even_without_triton() -> None:
     does not answer."""
     pid = 2**22 + 12345  # above any pid_max this machine hands out: no live process has it
     mine = [SHM_DIR / region_name(pid), SHM_DIR / region_name(pid, 2)]
-    not_mine = [SHM_DIR / f"triton_score_{pid}_0a1b2c3d_region", SHM_DIR / f"{PREFIX}{pid}9"]
+    not_mine = [
+        SHM_DIR / f"triton_score_{pid}_0a1b2c3d_region",  # a local Triton's own
+        SHM_DIR / f"{PREFIX}{pid}9",
+        SHM_DIR / f"{PREFIX}{pid}_0123456789abcdef",  # another server's worker, the same pid
+        SHM_DIR / f"{PREFIX}{pid}",  # the old pid-only form: never ours now
+    ]
     for path in mine + not_mine:
         path.write_bytes(b"x")
     try:

@@ -74,11 +74,15 @@ control_socket_disable = True
 
 def on_starting(server):  # noqa: ANN001, ANN201 - gunicorn hook signature
     """In the master, before any worker: refuse settings that cannot serve (exit code 2, one
-    line), and warn when nothing but the network stands between the port and its clients."""
+    line), warn when nothing but the network stands between the port and its clients, and
+    make the token of this server's shared memory region names (:func:`server_token`)."""
     import logging
     import sys
 
     from triton_score.settings import Settings, insecure_bind_warning, settings_error
+    from triton_score.shm import server_token
+
+    server_token()  # before any fork: the workers' region names carry the master's token
 
     refused = settings_error(os.environ)
     if refused:

@@ -6,27 +6,33 @@ out of it again: the worker writes it into a POSIX shared memory object that Tri
 mapped too, and the request carries only where it is::
 
     {"name": "x", "shape": [1, 3, 224, 224], "datatype": "FP32",
-     "parameters": {"shared_memory_region": "triton_score_shm_4242",
+     "parameters": {"shared_memory_region": "triton_score_shm_4242_5f0c9a31d2e84b76",
                     "shared_memory_offset": 0, "shared_memory_byte_size": 602112}}
 
 How a worker uses it:
 
 - **one region per gateway** (so one per worker process), created lazily on first use,
-  after Gunicorn forked: ``/dev/shm/triton_score_shm_<pid>`` (:func:`region_name`), of
-  ``SCORE_SHM_BYTES``. Its pages are reserved at creation (``posix_fallocate``): on a full
-  ``/dev/shm`` (Docker gives 64 MB by default) creation fails cleanly, where a sparse file
-  would kill the worker with ``SIGBUS`` on first write;
+  after Gunicorn forked: ``/dev/shm/triton_score_shm_<pid>_<token>`` (:func:`region_name`),
+  of ``SCORE_SHM_BYTES``. The token is random and this server's own (:func:`server_token`):
+  Triton finds a region by its name among *all* regions registered with it, so a name a
+  client could guess would be a way into another client's tensors, and a pid alone repeats
+  across containers that share ``/dev/shm`` and one Triton. Its pages are reserved at
+  creation (``posix_fallocate``): on a full ``/dev/shm`` (Docker gives 64 MB by default)
+  creation fails cleanly, where a sparse file would kill the worker with ``SIGBUS`` on
+  first write;
 - registered with Triton once (``POST /v2/systemsharedmemory/region/<name>/register``);
 - shared by the many requests a gevent worker has in flight through a first-fit
   :class:`Allocator`: a request leases slots for its large inputs, and gives them back when
-  Triton has answered or the call failed;
+  Triton has answered or the call failed, zeroed, so no client's tensor lies in the region
+  once its request is over;
 - anything that does not fit, and every tensor under ``SCORE_SHM_MIN_BYTES`` (the JSON
   header and a second write cost more than the copy they save), goes in the HTTP body as
   before. So does everything when Triton is remote (:func:`shm_disabled_reason`) or the
   region cannot be created or registered (logged once, with why);
 - unregistered and unlinked when the worker exits (Gunicorn's ``worker_exit`` and
   ``atexit``); the master's ``child_exit`` does it for a worker that was killed
-  (:func:`cleanup_dead_worker`), so ``/dev/shm`` does not fill up with orphans.
+  (:func:`cleanup_dead_worker`), so ``/dev/shm`` does not fill up with orphans. It removes
+  only the regions of *this* server (its token), never another scorer's of the same pid.
 
 Outputs still come back in the HTTP body: putting them in shared memory needs their size
 before the call, which ``class_count`` and variable output shapes make unknown.
@@ -42,6 +48,7 @@ import json
 import logging
 import mmap
 import os
+import secrets
 import threading
 import urllib.request
 import weakref
@@ -55,8 +62,8 @@ from triton_score.locations import is_local_address
 
 log = logging.getLogger(__name__)
 
-#: Every region this package creates is named ``<PREFIX><pid>[_<n>]``: the master can find
-#: a dead worker's, and a test session can check none is left. Not just ``triton_score_``:
+#: Every region this package creates is named ``<PREFIX><pid>_<token>[_<n>]``: the master can
+#: find a dead worker's, and a test session can check none is left. Not just ``triton_score_``:
 #: a local Triton's python backend names its own files ``triton_score_<pid>_<hex>_...``
 #: (:mod:`triton_score.local.server`), and those must never look like a worker's.
 PREFIX = "triton_score_shm_"
@@ -72,15 +79,33 @@ OUTCOME_SHM = "shm"
 OUTCOME_FULL = "full"
 OUTCOME_UNAVAILABLE = "unavailable"
 
+#: This server's token (see :func:`server_token`); empty until first asked.
+_token = ""
+
+
+def server_token() -> str:
+    """The random part of this server's region names (16 hex digits, 64 bits).
+
+    Made once, in the first process that asks: Gunicorn's master asks before it forks
+    (``on_starting``), so its workers inherit it and the master can tell its dead workers'
+    regions from anyone else's; any other process (a test, azmlinfsrv's worker) makes its own.
+    Never put in the environment: ``tritonserver`` and the models' stubs inherit that.
+    """
+    global _token
+    if not _token:
+        _token = secrets.token_hex(8)
+    return _token
+
 
 def region_name(pid: int | None = None, sequence: int = 0) -> str:
     """The region (and ``/dev/shm`` file) name of a process's ``sequence``-th gateway."""
     pid = os.getpid() if pid is None else pid
-    return f"{PREFIX}{pid}" if sequence == 0 else f"{PREFIX}{pid}_{sequence}"
+    base = f"{PREFIX}{pid}_{server_token()}"
+    return base if sequence == 0 else f"{base}_{sequence}"
 
 
 def regions_of(pid: int) -> list[str]:
-    """The region files in ``/dev/shm`` that process ``pid`` created."""
+    """The region files in ``/dev/shm`` that process ``pid`` of this server created."""
     base = region_name(pid)
     try:
         names = [p.name for p in SHM_DIR.iterdir()]
@@ -223,7 +248,7 @@ class SharedMemoryPool:
         only the request that timed out (and was answered 504) could see its data mixed.
         """
         placed: dict[str, Placement] = {}
-        offsets: list[int] = []
+        offsets: list[tuple[int, int]] = []  # (offset, length) of each slot taken
         try:
             if self._ensure_ready():
                 assert self._map is not None and self._allocator is not None
@@ -235,7 +260,7 @@ class SharedMemoryPool:
                     if offset is None:
                         self._on_tensor(OUTCOME_FULL)
                         continue
-                    offsets.append(offset)
+                    offsets.append((offset, array.nbytes))
                     view: np.ndarray = np.ndarray(array.shape, array.dtype, self._map, offset)
                     view[...] = array
                     placed[name] = Placement(self.name, offset, array.nbytes)
@@ -246,10 +271,14 @@ class SharedMemoryPool:
                         self._on_tensor(OUTCOME_UNAVAILABLE)
             yield placed
         finally:
-            allocator = self._allocator
-            if offsets and allocator is not None:  # None: the worker closed it meanwhile
+            allocator, region = self._allocator, self._map
+            if offsets and allocator is not None and region is not None:  # None: closed
+                for offset, length in offsets:
+                    # Zeroed before anyone can lease it again: the tensor is gone with its
+                    # request (6 us for a 3x224x224 FP32 image).
+                    np.ndarray((length,), np.uint8, region, offset).fill(0)
                 with self._lock:
-                    for offset in offsets:
+                    for offset, _ in offsets:
                         allocator.free(offset)
 
     @property
@@ -347,9 +376,8 @@ class SharedMemoryPool:
         _regions_created[self._pid] = sequence + 1
         self.name = region_name(self._pid, sequence)
         path = SHM_DIR / self.name
-        # A file left by a killed process that had our pid: stale, and ours by name.
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        # O_EXCL, and never an unlink first: a file of this name is not ours (the token makes
+        # a name of our own new), so this fails and the tensors go by HTTP.
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             # Reserve the pages now: on a tmpfs too small, fail here rather than SIGBUS later.
