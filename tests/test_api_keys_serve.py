@@ -242,27 +242,40 @@ def test_an_empty_key_setting_stops_the_server_instead_of_opening_it(
 ) -> None:
     """A templated manifest or an empty Secret must not serve without keys: exit code 2 and
     one line naming the variable, before a worker starts; Gunicorn's master says the same."""
+    import signal
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCORE_API_KEYS")}
     env[variable] = value
-    done = subprocess.run(
-        [sys.executable, "-m", "triton_score", "serve", "--triton-url", triton.url, "--port", "9"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 2, done.stdout + done.stderr
-    errors = [line for line in (done.stdout + done.stderr).splitlines() if "error:" in line]
+
+    def run(*args: str, extra: dict[str, str]) -> tuple[int, str]:
+        # Its own process group, stopped whole if it ever did start: nothing outlives the test.
+        process = subprocess.Popen(
+            [sys.executable, "-m", *args],
+            env={**env, **extra},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            output, _ = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        return process.returncode, output
+
+    code, output = run("triton_score", "serve", "--triton-url", triton.url, "--port", "9", extra={})
+    assert code == 2, output
+    errors = [line for line in output.splitlines() if "error:" in line]
     assert len(errors) == 1 and variable in errors[0], errors
-    master = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "--config", "python:triton_score.gunicorn_conf"],
-        env={**env, "SCORE_PORT": "9", "TRITON_URL": triton.url},
-        capture_output=True,
-        text=True,
-        timeout=60,
+    code, output = run(
+        "gunicorn",
+        "--config",
+        "python:triton_score.gunicorn_conf",
+        extra={"SCORE_PORT": "9", "TRITON_URL": triton.url},
     )
-    assert master.returncode == 2, master.stderr
-    assert variable in master.stderr and "Booting worker" not in master.stderr
+    assert code == 2, output
+    assert variable in output and "Booting worker" not in output
