@@ -94,14 +94,19 @@ class Abandoned:
 _UNCOUNTED = Abandoned()
 
 
-def shielded(call: Callable[[], T], abandoned: Abandoned | None = None) -> T:
+def shielded(
+    call: Callable[[], T], abandoned: Abandoned | None = None, *, sends: int | None = None
+) -> T:
     """``call()``, run so that a deadline firing meanwhile cannot interrupt it.
 
     Under gevent the call runs in a child greenlet and this one waits; a timeout (or any
     exception) raised while waiting leaves the child running to its own end. ``call`` must
     do the whole exchange, including reading the response and returning the connection.
+
+    :param sends: the bytes the call sends, when known: a send that cannot wait
+        (:func:`may_block`) runs inline, with no greenlet.
     """
-    if not gevent_patched():
+    if not gevent_patched() or (sends is not None and not may_block(sends)):
         return call()
     import gevent  # noqa: PLC0415
 

@@ -46,7 +46,7 @@ import orjson
 from geventhttpclient import HTTPClient
 from tritonclient.utils import InferenceServerException
 
-from triton_score.deadline import Abandoned, may_block, shielded
+from triton_score.deadline import Abandoned, shielded
 from triton_score.metadata import ModelInfo
 from triton_score.script_clients import make_http_pool_fair
 
@@ -370,10 +370,8 @@ class Hop:
             )
             return response.status_code, response.read(), response.get(HEADER_LENGTH)
 
-        if may_block(len(body) + 512):  # (the request line and headers: a few hundred bytes)
-            status, data, length = shielded(exchange, self.abandoned)
-        else:
-            status, data, length = exchange()
+        # (+512: the request line and headers, a few hundred bytes)
+        status, data, length = shielded(exchange, self.abandoned, sends=len(body) + 512)
         if status != 200:
             raise InferenceServerException(error_message(data), status=str(status))
         if isinstance(length, list):  # a repeated header: geventhttpclient lists the values

@@ -23,7 +23,7 @@ from urllib.parse import quote, urlsplit
 
 from geventhttpclient import HTTPClient
 
-from triton_score.deadline import Abandoned, may_block, shielded
+from triton_score.deadline import Abandoned, shielded
 from triton_score.errors import BadRequest, ScoringError, ScoringTimeout, TritonUnavailable
 
 _MODEL = r"/v2/models/[^/]+(?:/versions/[^/]+)?"
@@ -143,9 +143,8 @@ class TritonForwarder:
             return response.status_code, content, kept
 
         try:
-            if may_block(len(body) + 1024):  # (the request line and headers)
-                return shielded(exchange, self._abandoned)
-            return exchange()
+            # (+1024: the request line and headers)
+            return shielded(exchange, self._abandoned, sends=len(body) + 1024)
         except TimeoutError as exc:
             raise ScoringTimeout("Triton did not answer in time") from exc
         except OSError as exc:

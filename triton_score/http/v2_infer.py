@@ -83,7 +83,7 @@ def check_infer_request(model: ModelInfo, body: bytes, headers: Mapping[str, str
     :raises ParameterRefused: a parameter clients may not set (403 for ``shared_memory_*``).
     """
     # Triton reads the body as JSON whatever its Content-Type, unless it is the binary form.
-    request = decode_request(body, "application/json", dict(headers))
+    request = decode_request(body, "application/json", headers)
     payload = request.json
     if not isinstance(payload, Mapping):
         raise BadRequest('an inference request is a JSON object with "inputs"')
