@@ -391,6 +391,25 @@ class TestSchema:
             if status == 500:
                 assert ours.headers["x-ms-run-function-failed"] == "True"
 
+    def test_json_nested_past_the_parsers_is_a_400(
+        self, schema_pair: tuple[ScoreServer, Azmlinfsrv]
+    ) -> None:
+        """Deeper than orjson's 1024 levels, Python's json raises RecursionError: before,
+        a 500 with a traceback in the log (security review L5), in the body and the query."""
+        ours, _ = schema_pair
+        deep = "[" * 5000 + "]" * 5000
+        as_json = {"content-type": "application/json"}
+        answers = [
+            ask(ours, data=deep, headers=as_json),
+            ask(ours, data='{"images": ' + deep + "}", headers=as_json),
+            # Unclosed: json recurses before it finds that out, and the line stays < 4 KiB.
+            ask(ours, "GET", params={"images": "[" * 1100}),
+        ]
+        for answer in answers:
+            assert answer.status_code == 400, answer.text
+            assert "nested too deeply" in answer.json()["error"], answer.text
+        assert "RecursionError" not in ours.output()
+
     def test_swagger_documents_the_schemas_as_azmlinfsrv(
         self,
         schema_pair: tuple[ScoreServer, Azmlinfsrv],

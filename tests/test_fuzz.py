@@ -39,7 +39,7 @@ schemathesis = pytest.importorskip(
     "schemathesis", minversion="4.0", reason="fuzzing needs the test extra (schemathesis>=4)"
 )
 
-from hypothesis import HealthCheck, example, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, note, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 from schemathesis import checks as st_checks  # noqa: E402
@@ -445,6 +445,254 @@ def test_arbitrary_bodies_get_a_json_4xx_or_a_200(
     health.check()
 
 
+# -- 2b. the v2 binary tensor extension, at /score and /v2 ------------------------------------
+#: Real input names and datatypes (so some requests get far), and wrong ones.
+BINARY_INPUTS = (("image", "FP32"), ("context_word", "BYTES"), ("query_char", "BYTES"))
+#: Shapes that once cost memory or a 500: a BYTES count no body can hold (security review #4),
+#: a zero-size shape numpy cannot build and more dimensions than numpy has (L2).
+HOSTILE_SHAPES = ([200_000_000, 1], [2**31, 2**31], [0, 2**70], [0, 2**62, 2**62], [1] * 40)
+
+
+def bytes_elements(items: list[bytes]) -> bytes:
+    return b"".join(len(item).to_bytes(4, "little") + item for item in items)
+
+
+@st.composite
+def binary_tensors(draw: st.DrawFn) -> tuple[dict[str, Any], bytes]:
+    """One v2 binary input entry and its bytes: often self-consistent, often not."""
+    name, datatype = draw(st.sampled_from(BINARY_INPUTS))
+    name = draw(st.one_of(st.just(name), st.sampled_from(TENSOR_NAMES)))
+    datatype = draw(st.one_of(st.just(datatype), st.sampled_from(["FP32", "BYTES", "INT8", "x"])))
+    shape = draw(
+        st.one_of(
+            st.lists(st.integers(0, 8), min_size=1, max_size=4),
+            st.sampled_from(HOSTILE_SHAPES),
+            st.lists(st.sampled_from([-1, 0, 1, 8, 2**32, 2**63]), max_size=5),
+            json_values,
+        )
+    )
+    count = (
+        math.prod(shape)
+        if isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)
+        else 0
+    )
+    if datatype == "BYTES":
+        items = draw(st.lists(st.binary(max_size=6), min_size=min(count, 64), max_size=64))
+        data = bytes_elements(items[:count] if count <= 64 else items)
+    elif count <= 256:
+        data = np.asarray(
+            draw(st.lists(st.floats(0, 16, width=32), min_size=count, max_size=count)), "<f4"
+        ).tobytes()
+    else:
+        data = b""
+    data = draw(st.one_of(st.just(data), st.binary(max_size=64)))
+    size = draw(st.one_of(st.just(len(data)), st.integers(-4, 300), json_values))
+    entry = {
+        "name": name,
+        "datatype": datatype,
+        "shape": shape,
+        "parameters": {"binary_data_size": size},
+    }
+    return entry, data
+
+
+@st.composite
+def consistent_tensors(draw: st.DrawFn) -> list[tuple[dict[str, Any], bytes]]:
+    """Inputs whose sizes add up, for one model or the other: these reach Triton."""
+    if draw(st.booleans()):
+        batch = draw(st.integers(0, 17))  # 0 and 17 are outside the model's 1..16
+        pixels = draw(st.sampled_from([np.float32(5), np.float32(np.nan), np.float32(-1e30)]))
+        data = np.full((batch, 8, 8), pixels, "<f4").tobytes()
+        shape = [batch, 8, 8]
+        return [
+            (
+                {
+                    "name": "image",
+                    "datatype": "FP32",
+                    "shape": shape,
+                    "parameters": {"binary_data_size": len(data)},
+                },
+                data,
+            )
+        ]
+    words = draw(st.integers(0, 3))
+    tensors = []
+    for name, per_word in (
+        ("context_word", 1),
+        ("context_char", 16),
+        ("query_word", 1),
+        ("query_char", 16),
+    ):
+        items = draw(
+            st.lists(st.binary(max_size=4), min_size=words * per_word, max_size=words * per_word)
+        )
+        data = bytes_elements(items)
+        shape = [words, 1] if per_word == 1 else [words, 1, 1, 16]
+        tensors.append(
+            (
+                {
+                    "name": name,
+                    "datatype": "BYTES",
+                    "shape": shape,
+                    "parameters": {"binary_data_size": len(data)},
+                },
+                data,
+            )
+        )
+    return tensors
+
+
+@st.composite
+def binary_bodies(draw: st.DrawFn) -> tuple[bytes, str]:
+    """A v2 binary request: JSON header, the tensors' bytes, and a header length (right or not)."""
+    tensors = draw(st.one_of(st.lists(binary_tensors(), max_size=4), consistent_tensors()))
+    header: dict[str, Any] = {"inputs": [entry for entry, _ in tensors]}
+    if draw(st.booleans()):
+        header["outputs"] = draw(
+            st.lists(
+                st.fixed_dictionaries(
+                    {"name": st.sampled_from(["probabilities", "start_pos", "nope"])},
+                    optional={
+                        "parameters": st.dictionaries(
+                            st.sampled_from(["binary_data", "classification", "x"]),
+                            json_values,
+                            max_size=2,
+                        )
+                    },
+                ),
+                max_size=2,
+            )
+        )
+    head = json.dumps(header).encode()
+    tail = b"".join(data for _, data in tensors)
+    body = head + tail
+    length = draw(
+        st.one_of(
+            st.just(str(len(head))),
+            st.integers(-2, len(body) + 2).map(str),
+            st.sampled_from(["", "x", "1e3", "+5", "0x10", str(2**64)]),
+        )
+    )
+    return body, length
+
+
+def _digits_binary() -> tuple[bytes, str]:
+    image = np.full((1, 8, 8), 5.0, "<f4").tobytes()
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "datatype": "FP32",
+                    "shape": [1, 8, 8],
+                    "parameters": {"binary_data_size": len(image)},
+                }
+            ]
+        }
+    ).encode()
+    return head + image, str(len(head))
+
+
+def _claimed(name: str, datatype: str, shape: list[int]) -> tuple[bytes, str]:
+    """A header that claims ``shape`` and sends no bytes for it."""
+    entry = {"name": name, "datatype": datatype, "shape": shape}
+    head = json.dumps({"inputs": [{**entry, "parameters": {"binary_data_size": 0}}]}).encode()
+    return head, str(len(head))
+
+
+@pytest.mark.parametrize("front", ["/score", "/v2"])
+def test_binary_extension_bodies_get_a_prompt_4xx_or_a_200(
+    plain_server: ScoreServer, front: str
+) -> None:
+    """Arbitrary v2 binary requests: never a 5xx, never a slow answer (nothing is allocated
+    from a claimed shape before it is checked against the bytes sent), the worker unharmed."""
+    health = Health(plain_server)
+    session = requests.Session()
+    seen: Counter[object] = Counter()
+    slowest = [0.0]
+
+    @settings(FUZZ, max_examples=300)
+    @given(model=st.sampled_from(MODELS), request_=binary_bodies())
+    @example(model="digits_onnx", request_=_digits_binary())
+    @example(model="qa_lexical", request_=_claimed("context_word", "BYTES", [200_000_000, 1]))
+    @example(model="digits_onnx", request_=_claimed("image", "FP32", [0, 2**70]))
+    def check(model: str, request_: tuple[bytes, str]) -> None:
+        body, length = request_
+        path = f"/score/{model}" if front == "/score" else f"/v2/models/{model}/infer"
+        headers = {
+            "content-type": "application/octet-stream",
+            "inference-header-content-length": length,
+        }
+        started = time.monotonic()
+        response = session.post(
+            plain_server.url + path, data=body, headers=headers, timeout=TIMEOUT_S
+        )
+        took = time.monotonic() - started
+        slowest[0] = max(slowest[0], took)
+        seen[response.status_code] += 1
+        assert took < 1.0, f"{took:.2f} s for {body[:300]!r}"
+        note(f"{path} {length} {body[:400]!r} -> {response.status_code} {response.text[:300]}")
+        if front == "/score":
+            if response.status_code != 200:  # binary answers are asked for by binary_data
+                assert_json_answer(response)
+            return
+        assert response.status_code < 500, f"{response.status_code}: {response.text[:300]}"
+        if response.status_code >= 400:  # ours or Triton's: JSON with an error either way
+            assert isinstance(response.json().get("error"), str), response.text[:300]
+
+    try:
+        check()
+    finally:
+        session.close()
+    print(f"{front} binary bodies: {dict(seen)}, slowest {slowest[0] * 1000:.0f} ms")
+    assert seen[200] >= 1, f"nothing was scored: the fuzzing tested error paths only {seen}"
+    health.check()
+
+
+def test_v2_infer_json_bodies_get_a_4xx_or_a_200(plain_server: ScoreServer) -> None:
+    """Arbitrary JSON (and not quite JSON) at ``/v2/models/<m>/infer``: our checks or
+    Triton's answer it, with a 4xx JSON error or a 200, promptly; never a 5xx."""
+    health = Health(plain_server)
+    session = requests.Session()
+    seen: Counter[object] = Counter()
+
+    @settings(FUZZ, max_examples=200)
+    @given(model=st.sampled_from(MODELS), body=bodies)
+    @example(
+        model="digits_onnx",
+        body=_dump(
+            {
+                "inputs": [
+                    {"name": "image", "datatype": "FP32", "shape": [1, 8, 8], "data": [5.0] * 64}
+                ]
+            }
+        ),
+    )
+    def check(model: str, body: bytes) -> None:
+        started = time.monotonic()
+        response = session.post(
+            f"{plain_server.url}/v2/models/{model}/infer",
+            data=body,
+            headers={"content-type": "application/json"},
+            timeout=TIMEOUT_S,
+        )
+        took = time.monotonic() - started
+        seen[response.status_code] += 1
+        note(f"{body[:400]!r} -> {response.status_code} {response.text[:300]}")
+        assert took < 1.0, f"{took:.2f} s"
+        assert response.status_code < 500, response.text[:300]
+        if response.status_code >= 400:
+            assert isinstance(response.json().get("error"), str), response.text[:300]
+
+    try:
+        check()
+    finally:
+        session.close()
+    print(f"/v2 JSON bodies: {dict(seen)}")
+    assert seen[200] >= 1, seen
+    health.check()
+
+
 # -- 3. the QA processor on arbitrary text ---------------------------------------------------
 SAMPLES = (
     "The Eiffel Tower was completed in 1889. It is 330 metres tall.",
@@ -633,3 +881,22 @@ def test_qa_long_context_is_not_a_denial_of_service(score_server: ScoreServer) -
     elapsed = time.perf_counter() - started
     assert response.status_code == 200, response.text
     assert elapsed < 5, f"{len(context)} characters took {elapsed:.1f} s"
+
+
+def test_an_empty_outputs_list_means_every_output(plain_server: ScoreServer) -> None:
+    # Found by test_binary_extension_bodies_...: Triton answers "outputs": [] with every
+    # output as JSON, where NaN is not JSON; the hop could not parse it (500 triton_error).
+    image = np.full((1, 8, 8), np.nan, "<f4").tobytes()
+    entry = {"name": "image", "datatype": "FP32", "shape": [1, 8, 8]}
+    header = {"inputs": [{**entry, "parameters": {"binary_data_size": 256}}], "outputs": []}
+    head = json.dumps(header).encode()
+    headers = {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(len(head)),
+    }
+    response = requests.post(
+        f"{plain_server.url}/score/digits_onnx", data=head + image, headers=headers, timeout=30
+    )
+    answer = assert_json_answer(response)
+    assert response.status_code == 200, answer
+    assert np.asarray(answer["outputs"]["probabilities"], dtype=float).shape == (1, 10), answer

@@ -231,6 +231,61 @@ def test_headers_alone_cost_the_worker_no_memory(plain_server: ScoreServer) -> N
             sock.close()
 
 
+# -- 4 and L2: shapes are bounded by the bytes sent, before anything is allocated ----------
+def _binary(model: str, entry: dict, tail: bytes = b"") -> tuple[bytes, dict[str, str]]:
+    header = json.dumps({"inputs": [entry]}).encode()
+    headers = {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(header))}
+    return header + tail, headers
+
+
+@pytest.mark.parametrize("path", ["/score/qa_lexical", "/v2/models/qa_lexical/infer"])
+def test_a_bytes_shape_bomb_is_refused_before_any_allocation(
+    plain_server: ScoreServer, path: str
+) -> None:
+    """~130 bytes claiming 2e8 (then 2e9) BYTES elements. Before: np.empty(2e8, object)
+    committed 1.6 GB and stalled the worker 5.6 s before its 400; 2e9 is an OOM."""
+    workers = workers_of(plain_server)
+    before = sum(rss_kb(pid) for pid in workers)
+    for count in (200_000_000, 2_000_000_000):
+        entry = {
+            "name": "context_word",
+            "shape": [count, 1],
+            "datatype": "BYTES",
+            "parameters": {"binary_data_size": 0},
+        }
+        body, headers = _binary("qa_lexical", entry)
+        started = time.monotonic()
+        response = requests.post(plain_server.url + path, data=body, headers=headers, timeout=30)
+        took = time.monotonic() - started
+        assert response.status_code == 400, response.text
+        assert "at most 0 BYTES elements" in response.json()["error"], response.text
+        assert took < 0.5, f"{count} elements took {took:.2f} s to refuse"
+    grown_mib = (sum(rss_kb(pid) for pid in workers) - before) / 1024
+    assert grown_mib < 40, grown_mib
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [[0, 2**70], [0, 2**62, 2**62], [1] * 40],
+    ids=["zero-size-too-big", "zero-size-overflow", "more-than-32-dims"],
+)
+def test_a_binary_shape_numpy_cannot_build_is_a_400_not_a_500(
+    plain_server: ScoreServer, shape: list[int]
+) -> None:
+    """Before: the binary path's reshape raised ValueError, a 500 processor_error."""
+    count = 1 if all(d == 1 for d in shape) else 0
+    entry = {
+        "name": "image",
+        "shape": shape,
+        "datatype": "FP32",
+        "parameters": {"binary_data_size": 4 * count},
+    }
+    body, headers = _binary("digits_onnx", entry, b"\0\0\0\0" * count)
+    response = requests.post(plain_server.url + "/score/digits_onnx", data=body, headers=headers)
+    assert response.status_code == 400, response.text
+    assert response.json()["input"] == "image", response.text
+
+
 def test_a_refused_path_is_answered_before_its_body(plain_server: ScoreServer) -> None:
     sock = _claim(plain_server.url, "/v2/repository/models/digits_onnx/load", 50 * 2**20)
     try:

@@ -145,6 +145,126 @@ def test_json_outputs_still_decode() -> None:
     np.testing.assert_array_equal(decode_response(body, None)["y"], np.array([1, 2]))
 
 
+def answer(outputs: list, tail: bytes = b"") -> tuple[bytes, int]:
+    """A Triton answer with hand-written output entries (a buggy or hostile Triton's)."""
+    header = orjson.dumps({"model_name": "m", "model_version": "1", "outputs": outputs})
+    return header + tail, len(header)
+
+
+def y(shape: object, datatype: str = "FP32", size: object = 4) -> dict:
+    return {
+        "name": "y",
+        "datatype": datatype,
+        "shape": shape,
+        "parameters": {"binary_data_size": size},
+    }
+
+
+TAIL = np.arange(8, dtype=np.float32).tobytes()
+#: Answers that do not hold together, each with what the error says. Before these checks, a
+#: negative shape with a matching negative size read to the body's end, a negative header
+#: length read the JSON from the body's end, and BF16 sizes were not checked.
+BAD_ANSWERS = {
+    "negative dim and size": (answer([y([-1], size=-4)], TAIL), "shape"),
+    "negative size": (answer([y([1], size=-4)], TAIL), "binary_data_size"),
+    "float dim": (answer([y([1.0])], TAIL[:4]), "shape"),
+    "bool dim": (answer([y([True])], TAIL[:4]), "shape"),
+    "string size": (answer([y([1], size="4")], TAIL[:4]), "binary_data_size"),
+    "bool size": (answer([y([1], size=True)], TAIL[:4]), "binary_data_size"),
+    "bf16 size too big": (answer([y([2], "BF16", size=8)], TAIL[:8]), "8 bytes for shape"),
+    "bf16 size too small": (answer([y([4], "BF16", size=4)], TAIL[:4]), "4 bytes for shape"),
+    "bytes count past its size": (answer([y([10**7, 1], "BYTES", size=0)]), "cannot hold"),
+}
+
+
+@pytest.mark.parametrize(("body", "fragment"), BAD_ANSWERS.values(), ids=list(BAD_ANSWERS))
+def test_decode_response_refuses_what_does_not_hold_together(
+    body: tuple[bytes, int], fragment: str
+) -> None:
+    import tracemalloc  # noqa: PLC0415
+
+    data, length = body
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=fragment):
+            decode_response(data, length)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak  # a claimed count is refused before an array is made
+
+
+@pytest.mark.parametrize("length", [-5, -1, 10**6, 2.0])
+def test_decode_response_refuses_a_header_length_outside_the_body(length: object) -> None:
+    data, _ = answer([y([1])], TAIL[:4])
+    with pytest.raises(ValueError, match="header length"):
+        decode_response(data, length)  # type: ignore[arg-type]
+
+
+def test_bf16_outputs_still_decode() -> None:
+    values = np.array([1.5, -2.0, 0.0], dtype=np.float32)
+    data, length = answer([y([3], "BF16", size=6)], hop.tensor_bytes(values, "BF16"))
+    np.testing.assert_array_equal(decode_response(data, length)["y"], values)
+
+
+def serve_answers(body: bytes, header_length: str) -> object:
+    """A stand-in Triton (a gevent server) that answers every request with ``body``."""
+    import gevent.server  # noqa: PLC0415
+
+    head = (
+        f"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+        f"Content-Length: {len(body)}\r\n{hop.HEADER_LENGTH}: {header_length}\r\n\r\n"
+    ).encode()
+
+    def handle(socket, address):  # type: ignore[no-untyped-def]
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += socket.recv(65536)
+        head_end = request.index(b"\r\n\r\n") + 4
+        length = int(request.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(request) < head_end + length:
+            request += socket.recv(65536)
+        socket.sendall(head + body)
+
+    server = gevent.server.StreamServer(("127.0.0.1", 0), handle)
+    server.start()
+    return server
+
+
+_PARAMETERS_LIST = {"name": "y", "datatype": "FP32", "shape": [1], "parameters": [4]}
+_UNHASHABLE = {"name": "y", "datatype": [1], "shape": [1], "data": [1]}
+#: Answers with a field of the wrong type; the header length is the JSON's unless given.
+MALFORMED: dict[str, tuple[bytes, str | None]] = {
+    "header not an object": (b"[1, 2]", None),
+    "outputs not a list": (b'{"outputs": 7}', None),
+    "output not an object": (b'{"outputs": [[1]]}', None),
+    "parameters not an object": (orjson.dumps({"outputs": [_PARAMETERS_LIST]}) + b"\0" * 4, "-4"),
+    "datatype unhashable": (orjson.dumps({"outputs": [_UNHASHABLE]}), None),
+    "negative header length": (b'{"outputs": []}', "-3"),
+    "header length not a number": (b'{"outputs": []}', "x"),
+}
+
+
+@pytest.mark.parametrize(("body", "length"), MALFORMED.values(), ids=list(MALFORMED))
+def test_a_malformed_answer_is_tritons_error_not_ours(body: bytes, length: str | None) -> None:
+    """What Triton should never send is "Triton's answer could not be parsed" (a 500 the
+    gateway logs as Triton's failure), never an exception that escapes as an internal error."""
+    from tritonclient.utils import InferenceServerException  # noqa: PLC0415
+
+    if length == "-4":  # the JSON, without the 4 bytes of tensor data after it
+        length = str(len(body) - 4)
+    server = serve_answers(body, length if length is not None else str(len(body)))
+    client = hop.Hop(f"127.0.0.1:{server.server_port}", concurrency=1, timeout_s=5)  # type: ignore[attr-defined]
+    try:
+        with pytest.raises(InferenceServerException) as failed:
+            client.infer("m", b"{}", 2, None, {"y": 0})
+        assert failed.value.status() == "500"
+        assert "Triton's answer could not be parsed" in failed.value.message()
+    finally:
+        client.close()
+        server.stop()  # type: ignore[attr-defined]
+
+
 # -- against a real Triton ------------------------------------------------------------------
 @pytest.fixture()
 def gateway(echo_triton: LocalTriton) -> TritonGateway:

@@ -227,6 +227,8 @@ class BodyParts:
 def decode_bytes(buffer: bytes | memoryview, offset: int, size: int, count: int) -> np.ndarray:
     """``count`` length-prefixed elements from ``buffer[offset:offset+size]``, as an object
     array of ``bytes`` (the only copy: each element becomes a Python object)."""
+    if count > size // _LENGTH.size:  # each element takes its 4-byte length at least
+        raise ValueError(f"a BYTES output of {size} bytes cannot hold {count} elements")
     items = np.empty(count, dtype=object)
     end = offset + size
     view = memoryview(buffer)
@@ -242,48 +244,74 @@ def decode_bytes(buffer: bytes | memoryview, offset: int, size: int, count: int)
     return items
 
 
+def _size(value: Any) -> bool:
+    """Whether ``value`` is a size Triton may send: a non-negative int (not a bool)."""
+    return type(value) is int and value >= 0
+
+
 def decode_response(body: bytes, header_length: int | None) -> dict[str, np.ndarray]:
     """Outputs of a Triton answer: name -> array.
 
     Numeric outputs are read-only ``np.frombuffer`` views over ``body`` (no copy); BYTES
     outputs are object arrays of ``bytes``; BF16 comes back as FP32.
 
+    Triton is trusted with nothing: header length, shapes and ``binary_data_size`` must be
+    non-negative ints that fit the body, and each output's size must fit its shape.
+
     :param header_length: the answer's ``Inference-Header-Content-Length``; ``None`` when the
         whole body is JSON (outputs sent as JSON ``data``).
+    :raises ValueError: an answer that does not hold together (also ``KeyError``,
+        ``TypeError``: a missing or mistyped field).
     """
-    size = len(body) if header_length is None else header_length
+    if header_length is None:
+        size = len(body)
+    elif _size(header_length) and header_length <= len(body):
+        size = header_length
+    else:
+        raise ValueError(f"header length {header_length!r} does not fit a {len(body)}-byte answer")
     header = orjson.loads(memoryview(body)[:size])
+    outputs = header.get("outputs", []) if isinstance(header, dict) else None
+    if not isinstance(outputs, list):
+        raise ValueError('the answer is not a JSON object with a list of "outputs"')
     offset = size
     result: dict[str, np.ndarray] = {}
-    for output in header.get("outputs", []):
-        name, datatype = output["name"], output["datatype"]
-        shape = tuple(int(d) for d in output["shape"])
+    for output in outputs:
+        name, datatype, shape = output["name"], output["datatype"], output["shape"]
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise ValueError(f"output {name!r}: shape {shape!r} is not non-negative ints")
         binary_size = (output.get("parameters") or {}).get("binary_data_size")
         if binary_size is None:
             result[name] = _from_json(output.get("data", []), datatype, shape)
             continue
-        count = math.prod(shape)  # np.prod costs ~10x more on a tuple this small
+        if not _size(binary_size):
+            raise ValueError(f"output {name!r}: binary_data_size {binary_size!r}")
+        count = math.prod(shape)  # np.prod costs ~10x more on a list this small
         if offset + binary_size > len(body):
             raise ValueError(f"output {name!r} runs past the end of Triton's answer")
         if datatype == "BYTES":
             array = decode_bytes(body, offset, binary_size, count).reshape(shape)
-        elif datatype == "BF16":
-            bits = np.frombuffer(body, dtype="<u2", count=count, offset=offset)
-            array = (bits.astype("<u4") << 16).view("<f4").reshape(shape)
         else:
-            dtype = DTYPES[datatype]
+            dtype = _BF16_BITS if datatype == "BF16" else DTYPES[datatype]
             if count * dtype.itemsize != binary_size:
-                raise ValueError(f"output {name!r}: {binary_size} bytes for shape {list(shape)}")
-            array = np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(shape)
+                raise ValueError(f"output {name!r}: {binary_size} bytes for shape {shape}")
+            flat = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
+            if datatype == "BF16":
+                flat = (flat.astype("<u4") << 16).view("<f4")
+            array = flat.reshape(shape)
         result[name] = array
         offset += binary_size
     return result
 
 
-def _from_json(data: Any, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
+#: A BF16 output on the wire: the upper 16 bits of each FP32.
+_BF16_BITS = np.dtype("<u2")
+
+
+def _from_json(data: Any, datatype: str, shape: list[int]) -> np.ndarray:
     if datatype == "BYTES":
-        flat = [d.encode("utf-8") if isinstance(d, str) else bytes(d) for d in data]
-        return np.array(flat, dtype=object).reshape(shape)
+        if not isinstance(data, list) or not all(isinstance(d, str) for d in data):
+            raise ValueError("BYTES output data is not a list of strings")
+        return np.array([d.encode("utf-8") for d in data], dtype=object).reshape(shape)
     dtype = np.dtype("<f4") if datatype == "BF16" else DTYPES[datatype]
     return np.asarray(data, dtype=dtype).reshape(shape)
 
@@ -378,7 +406,10 @@ class Hop:
             length = length[0]
         try:
             decoded = decode_response(data, int(length) if length is not None else None)
-        except (ValueError, KeyError, orjson.JSONDecodeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            # JSONDecodeError is a ValueError; TypeError and AttributeError: a field of the
+            # wrong type (a list where a dict or a name belongs), so no malformed answer
+            # escapes as an internal error.
             log.error("Triton's answer for model %s could not be parsed: %s", model, exc)
             raise InferenceServerException(
                 f"Triton's answer could not be parsed: {exc}", status="500"

@@ -36,11 +36,18 @@ READ_METHODS = frozenset({"GET", "POST"})
 ALL_METHODS = frozenset({"GET", "HEAD", "POST", "OPTIONS"})
 
 
+#: What a request gets for JSON nested deeper than the parsers go (orjson stops at 1024
+#: levels; Python's json raises RecursionError near its recursion limit).
+TOO_DEEP = "the JSON is nested too deeply"
+
+
 def _json_or_text(value: str) -> Any:
     try:
         return json.loads(value)
     except ValueError:
         return value
+    except RecursionError:
+        raise BadRequest(f"a query value is not usable: {TOO_DEEP}") from None
 
 
 def query_values(request: Request) -> dict[str, Any]:
@@ -106,6 +113,8 @@ class ObjectInput(InputParser):
                 values = json.loads(body)
             except ValueError as exc:
                 raise BadRequest(f"the body is not valid JSON: {exc}") from None
+            except RecursionError:
+                raise BadRequest(f"the body is not usable: {TOO_DEEP}") from None
         if not isinstance(values, dict):
             raise BadRequest("the body must be a JSON object with run()'s arguments")
         return self._arguments(values)

@@ -72,13 +72,43 @@ def little_endian(spec: TensorSpec) -> np.dtype[Any]:
     return np.dtype(spec.numpy_dtype).newbyteorder("<")
 
 
-def _shape(name: str, entry: Mapping[str, Any]) -> list[int]:
-    shape = entry.get("shape")
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
-        raise InvalidInput(name, 'binary data needs "shape": a list of non-negative integers')
+#: numpy's limit on array dimensions (32 before numpy 2, 64 after): stay under both.
+MAX_DIMENSIONS = 32
+#: The fewest bytes a BYTES element takes on the wire: its 4-byte length prefix.
+BYTES_ELEMENT_MIN_BYTES = _LENGTH_PREFIX.size
+
+
+def client_shape(name: str, shape: Any) -> list[int]:
+    """A shape a client sent, checked before anything is allocated from it: a list of at
+    most :data:`MAX_DIMENSIONS` non-negative integers (not booleans). Every decoder of client
+    tensors holds it to the bytes or data actually given before it builds an array from it
+    (:func:`elements_within`, or an exact size check), and reshapes with :func:`reshaped`.
+    """
+    if not isinstance(shape, list):
+        raise InvalidInput(name, '"shape" must be a list of non-negative integers')
+    if len(shape) > MAX_DIMENSIONS:
+        raise InvalidInput(name, f'"shape" has more than {MAX_DIMENSIONS} dimensions')
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise InvalidInput(name, '"shape" must be a list of non-negative integers')
     return shape
+
+
+def elements_within(name: str, shape: list[int], most: int, why: str) -> int:
+    """The element count of ``shape`` (Python ints: no overflow), refused when it is more
+    than the ``most`` elements the bytes given can hold (``why`` says why)."""
+    count = math.prod(shape)
+    if count > most:
+        raise InvalidInput(name, f"shape {shape} has {count} elements; {why}")
+    return count
+
+
+def reshaped(name: str, array: np.ndarray, shape: list[int]) -> np.ndarray:
+    """``array.reshape(shape)``, and a 400 naming the input for a shape numpy cannot build
+    (a zero-size shape whose other dimensions overflow, say ``[0, 2**62, 2**62]``)."""
+    try:
+        return array.reshape(shape)
+    except ValueError as exc:
+        raise InvalidInput(name, f"cannot use shape {shape}: {exc}") from None
 
 
 def binary_input(
@@ -86,18 +116,30 @@ def binary_input(
 ) -> np.ndarray:
     """Input ``spec`` from ``size`` bytes of ``body`` at ``offset``: a read-only view for
     numbers; an object array of ``bytes`` for BYTES (the one form that must be copied)."""
-    shape = _shape(spec.name, entry)
-    count = math.prod(shape)
+    if "shape" not in entry:
+        raise InvalidInput(spec.name, 'binary data needs "shape": a list of non-negative integers')
+    shape = client_shape(spec.name, entry["shape"])
     if spec.is_bytes:
-        return _bytes_elements(spec, body, offset, size, count).reshape(shape)
+        # Each element takes 4 bytes at least (its length prefix): bound the count by the
+        # bytes given before the object array is made (8 bytes per element, zero-filled).
+        most = size // BYTES_ELEMENT_MIN_BYTES
+        count = elements_within(
+            spec.name,
+            shape,
+            most,
+            f"binary_data_size {size} holds at most {most} BYTES elements "
+            f"({BYTES_ELEMENT_MIN_BYTES} bytes each at least)",
+        )
+        return reshaped(spec.name, _bytes_elements(spec, body, offset, size, count), shape)
     dtype = little_endian(spec)
+    count = math.prod(shape)
     if count * dtype.itemsize != size:
         raise InvalidInput(
             spec.name,
             f"binary_data_size is {size} bytes, but shape {shape} of {spec.datatype} "
             f"needs {count * dtype.itemsize}",
         )
-    return np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(shape)
+    return reshaped(spec.name, np.frombuffer(body, dtype=dtype, count=count, offset=offset), shape)
 
 
 def _bytes_elements(
@@ -150,7 +192,7 @@ def raw_tensor(model: ModelInfo, body: bytes, shape_text: str | None) -> dict[st
             f"shape {shape} needs {math.prod(shape) * dtype.itemsize} bytes, the body has "
             f"{len(body)}",
         )
-    return {spec.name: np.frombuffer(body, dtype=dtype).reshape(shape)}
+    return {spec.name: reshaped(spec.name, np.frombuffer(body, dtype=dtype), shape)}
 
 
 def _parse_shape(spec: TensorSpec, text: str) -> list[int]:
@@ -158,7 +200,7 @@ def _parse_shape(spec: TensorSpec, text: str) -> list[int]:
         shape = [int(d) for d in text.split(",")]
     except ValueError:
         shape = [-1]
-    if not shape or any(d < 0 for d in shape) or len(shape) > 32:
+    if not shape or any(d < 0 for d in shape) or len(shape) > MAX_DIMENSIONS:
         raise InvalidInput(spec.name, f"?shape= must be non-negative integers like 1,8,8: {text!r}")
     return shape
 

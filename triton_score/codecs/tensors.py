@@ -36,9 +36,6 @@ from triton_score.errors import BadRequest, InvalidInput
 from triton_score.metadata import ModelInfo, TensorSpec
 from triton_score.validation import input_spec
 
-#: numpy's limit on array dimensions (32 before numpy 2, 64 after): stay under both.
-MAX_DIMENSIONS = 32
-
 
 def _to_array(spec: TensorSpec, value: Any) -> np.ndarray:
     """A JSON value as an array for ``spec``; the dtype/shape checks follow in validation.
@@ -81,24 +78,16 @@ def _v2_input(model: ModelInfo, entry: Any) -> tuple[str, np.ndarray]:
     spec = input_spec(model, name)
     if "datatype" in entry and entry["datatype"] != spec.datatype:
         raise InvalidInput(name, f"datatype must be {spec.datatype}, got {entry['datatype']!r}")
+    # The shape is checked before the data becomes an array; then it must fit that data.
+    shape = binary.client_shape(name, entry["shape"]) if "shape" in entry else None
     array = _to_array(spec, entry["data"])
-    if "shape" in entry:
-        shape = entry["shape"]
-        if not isinstance(shape, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-        ):
-            raise InvalidInput(name, '"shape" must be a list of non-negative integers')
-        if len(shape) > MAX_DIMENSIONS:
-            raise InvalidInput(name, f'"shape" has more than {MAX_DIMENSIONS} dimensions')
+    if shape is not None:
         needed = math.prod(shape)  # Python ints: no overflow, unlike np.prod
         if needed != array.size:
             raise InvalidInput(
                 name, f"shape {shape} needs {needed} elements, data has {array.size}"
             )
-        try:
-            array = array.reshape(shape)
-        except ValueError as exc:  # e.g. a zero-size shape numpy cannot build
-            raise InvalidInput(name, f"cannot use shape {shape}: {exc}") from None
+        array = binary.reshaped(name, array, shape)
     return name, array
 
 
@@ -166,9 +155,13 @@ def decode_inputs(request: Request, model: ModelInfo) -> dict[str, np.ndarray]:
 
 
 def decode_outputs(request: Request) -> dict[str, int] | None:
-    """Requested outputs and their ``class_count``; ``None`` when the request names none."""
+    """Requested outputs and their ``class_count``; ``None`` when the request names none.
+
+    An empty ``"outputs": []`` names none too: Triton answers such a request with every
+    output, as JSON (where NaN is not valid JSON), so it means "all of them" here as well.
+    """
     payload = request.json
-    if not isinstance(payload, Mapping) or payload.get("outputs") is None:
+    if not isinstance(payload, Mapping) or payload.get("outputs") in (None, []):
         return None
     entries = payload["outputs"]
     if not isinstance(entries, list):
