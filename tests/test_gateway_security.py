@@ -63,12 +63,19 @@ def rss_kb(pid: int) -> int:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
-def metric(text: str, name: str) -> float:
+def metric(text: str, name: str, **labels: str) -> float:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == name:
+            if sample.name == name and labels.items() <= sample.labels.items():
                 return float(sample.value)
     return 0.0
+
+
+def free_connections(url: str) -> dict[str, float]:
+    text = requests.get(url + "/metrics", timeout=5).text
+    return {
+        pool: metric(text, "score_triton_connections_free", pool=pool) for pool in ("score", "v2")
+    }
 
 
 # -- 1: shared memory is not the client's --------------------------------------------------
@@ -436,6 +443,8 @@ def test_a_deadline_during_a_send_to_triton_loses_no_connection(
         abandoned = metric(
             requests.get(url + "/metrics", timeout=5).text, "score_triton_abandoned_calls"
         )
+        time.sleep(1.2)  # the pools are sampled every second
+        held = free_connections(url)  # every connection is held by an abandoned call
     finally:
         os.kill(triton.pid, signal.SIGCONT)
     # Triton first works off the calls the deadlines abandoned (24 batches of 8 photos); they
@@ -456,6 +465,12 @@ def test_a_deadline_during_a_send_to_triton_loses_no_connection(
         assert time.monotonic() - started < 1.5
     assert requests.get(url + "/v2/models/digits_onnx", timeout=30).status_code == 200
     assert abandoned >= 1, "the calls the deadlines left running were on /metrics"
+    time.sleep(1.2)
+    print(f"free connections while Triton was stopped {held}, after {free_connections(url)}")
+    # /score's calls outlive the deadline until Triton answers; /v2's end at its network
+    # timeout (the deadline's 2 s here), so how many of those are still held varies.
+    assert held["score"] == 0, held
+    assert free_connections(url) == {"score": 2, "v2": 16}  # SCORE_TRITON_CONCURRENCY; /v2's 16
 
 
 ENTRY_SCRIPT = """

@@ -48,7 +48,7 @@ from tritonclient.utils import InferenceServerException
 
 from triton_score.deadline import Abandoned, shielded
 from triton_score.metadata import ModelInfo
-from triton_score.script_clients import make_http_pool_fair
+from triton_score.script_clients import free_connections, make_http_pool_fair
 
 log = logging.getLogger(__name__)
 
@@ -365,6 +365,10 @@ class Hop:
 
     def close(self) -> None:
         self._client.close()
+
+    def free_connections(self) -> int | None:
+        """Connections no call holds now (``None``: a pool this runtime does not know)."""
+        return free_connections(self._client)
 
     def infer(
         self,

@@ -38,6 +38,9 @@ Triton's own metrics (``nv_inference_*``) are at ``/metrics/triton``.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Mapping
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -93,6 +96,14 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="livesum",
         )
+        self.connections_free = Gauge(
+            "score_triton_connections_free",
+            "Connections to Triton no call holds, by pool (score: /score and processors; "
+            "v2: the /v2 forwarder), sampled every second. 0 for long: calls queue for one.",
+            ["pool"],
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
         self.shed = Counter(
             "score_requests_shed",
             "Scoring requests refused with 503 because the worker had SCORE_MAX_IN_FLIGHT.",
@@ -132,6 +143,13 @@ class Metrics:
     def abandoned_call(self, change: int) -> None:
         self.abandoned_calls.inc(change)
 
+    def sample_connections(self, pools: Mapping[str, Callable[[], int | None]]) -> None:
+        """Set :attr:`connections_free` from each pool's count (``None``: left out)."""
+        for pool, free in pools.items():
+            value = free()
+            if value is not None:
+                self.connections_free.labels(pool).set(value)
+
     def auth_failed(self, group: str, reason: str) -> None:
         self.auth_failures.labels(group, reason).inc()
 
@@ -150,3 +168,32 @@ class Metrics:
             multiprocess.MultiProcessCollector(registry, path=self.multiproc_dir)
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+#: How often a worker samples its connection pools into ``score_triton_connections_free``.
+CONNECTIONS_SAMPLE_S = 1.0
+
+
+def start_connection_sampler(
+    metrics: Metrics, pools: Mapping[str, Callable[[], int | None]]
+) -> object | None:
+    """Under gevent workers, a greenlet that samples ``pools`` every
+    :data:`CONNECTIONS_SAMPLE_S`; elsewhere (tests, sync servers) nothing: ``None``.
+
+    Sampled rather than counted on each call because it then costs the request path nothing.
+    """
+    from gevent.monkey import is_module_patched  # noqa: PLC0415
+
+    if not is_module_patched("socket"):
+        return None
+    import gevent  # noqa: PLC0415
+
+    def sample() -> None:
+        while True:
+            try:
+                metrics.sample_connections(pools)
+            except Exception:  # a metric must never end the loop, nor the worker
+                logging.getLogger(__name__).exception("sampling connection pools failed")
+            gevent.sleep(CONNECTIONS_SAMPLE_S)
+
+    return gevent.spawn(sample)

@@ -63,6 +63,11 @@ class FairSemaphore:
         self._free = value
         self._waiters: deque[gevent.event.Event] = deque()
 
+    @property
+    def free(self) -> int:
+        """Slots no greenlet holds now (0 while greenlets wait for one)."""
+        return self._free
+
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         if self._free > 0 and not self._waiters:
             self._free -= 1
@@ -119,6 +124,13 @@ def make_http_pool_fair(http: object) -> bool:
         return False
     pool._semaphore = FairSemaphore(size)  # type: ignore[union-attr]
     return True
+
+
+def free_connections(http: object) -> int | None:
+    """Free slots of a ``geventhttpclient.HTTPClient``'s pool made fair by
+    :func:`make_http_pool_fair`; ``None`` for a pool it did not recognise."""
+    semaphore = getattr(getattr(http, "_connection_pool", None), "_semaphore", None)
+    return semaphore.free if isinstance(semaphore, FairSemaphore) else None
 
 
 def adapt_script_clients(connections: int) -> None:

@@ -137,6 +137,10 @@ class TritonGateway:
                 on_tensor=on_shm_tensor,
             )
 
+    def free_connections(self) -> int | None:
+        """Connections of the scoring pool (the lean hop's) no call holds now."""
+        return self._hop.free_connections()
+
     def close(self) -> None:
         if self._shm is not None:
             self._shm.close()

@@ -35,6 +35,7 @@ from triton_score.http.responses import (
 from triton_score.http.shedding import InFlightLimit
 from triton_score.http.v2_infer import ModelCatalog
 from triton_score.logs import configure_logging
+from triton_score.metrics import start_connection_sampler
 from triton_score.runtime import Runtime, build_runtime
 from triton_score.settings import Settings
 
@@ -64,6 +65,13 @@ def create_app(
         rt.settings.triton_url,
         timeout_s=rt.settings.scoring_timeout_ms / 1000,
         abandoned=rt.gateway.abandoned,
+    )
+    start_connection_sampler(
+        rt.metrics,
+        {
+            "score": rt.gateway.free_connections,
+            "v2": app.extensions[routes.FORWARDER].free_connections,
+        },
     )
     scorer = rt.scorer
     app.extensions[routes.V2_MODELS] = ModelCatalog(

@@ -25,6 +25,7 @@ from geventhttpclient import HTTPClient
 
 from triton_score.deadline import Abandoned, shielded
 from triton_score.errors import BadRequest, ScoringError, ScoringTimeout, TritonUnavailable
+from triton_score.script_clients import free_connections, make_http_pool_fair
 
 _MODEL = r"/v2/models/[^/]+(?:/versions/[^/]+)?"
 #: What a path segment may hold unescaped (RFC 3986 ``pchar``), and ``/``.
@@ -99,9 +100,15 @@ class TritonForwarder:
             connection_timeout=min(timeout_s, 10.0),
             network_timeout=timeout_s,
         )
+        # First come, first served past `concurrency` calls, as the hop's (see script_clients).
+        make_http_pool_fair(self._client)
 
     def close(self) -> None:
         self._client.close()
+
+    def free_connections(self) -> int | None:
+        """Connections no forwarded call holds now."""
+        return free_connections(self._client)
 
     @staticmethod
     def allowed(method: str, path: str) -> bool:
@@ -170,9 +177,15 @@ class TritonMetrics:
             connection_timeout=min(timeout_s, 5.0),
             network_timeout=timeout_s,
         )
+        # First come, first served past `concurrency` calls, as the hop's (see script_clients).
+        make_http_pool_fair(self._client)
 
     def close(self) -> None:
         self._client.close()
+
+    def free_connections(self) -> int | None:
+        """Connections no forwarded call holds now."""
+        return free_connections(self._client)
 
     def scrape(self) -> tuple[int, bytes, str]:
         """Status, body and content type of Triton's metrics page.
