@@ -705,8 +705,9 @@ def test_an_entry_scripts_413_is_counted_as_413(
 
 def test_processor_models_get_a_default_body_limit() -> None:
     from triton_score import processor
-    from triton_score.pipeline import PROCESSOR_BODY_BYTES, Scorer
     from triton_score.processors import ProcessorRegistry
+    from triton_score.scoring import Scorer
+    from triton_score.scoring.plan import PROCESSOR_BODY_BYTES
 
     @processor("digits_onnx")
     class Decodes:

@@ -26,9 +26,9 @@ from triton_score.errors import (
     UnsupportedMediaType,
 )
 from triton_score.locations import is_local_address
-from triton_score.pipeline import Scorer
 from triton_score.processors import ProcessorDefinitionError, ProcessorRegistry
 from triton_score.refresh import MetadataRefresher
+from triton_score.scoring import RequestTelemetry, Scorer
 from triton_score.settings import Settings
 
 DIGITS = ModelInfo(
@@ -149,17 +149,18 @@ class TwoModels:
 
 def test_predict_calls_several_models_through_the_one_gateway() -> None:
     gateway = FakeGateway(DIGITS, WORDS)
-    stages: list[str] = []
     scorer = scorer_for(TwoModels, gateway)
-    scorer.observe = lambda stage, model, seconds: stages.append(stage)
-    result = scorer.score(json_request(b'{"caption": "a b c"}', request_id="req-7"), "digits")
+    telemetry = RequestTelemetry(request_id="req-7")
+    request = json_request(b'{"caption": "a b c"}', request_id="req-7")
+    result = scorer.score(request, "digits", telemetry)
     assert result == {"images": 3}
     assert [call[0] for call in gateway.calls] == ["words", "digits"]
     words_inputs = gateway.calls[0][1]
     assert words_inputs["text"].dtype == np.object_  # validated: str -> BYTES
     assert gateway.calls[1][1]["image"].dtype == np.float32  # validated: float64 -> FP32
     assert {call[3] for call in gateway.calls} == {"req-7"}  # the request id reaches Triton
-    assert stages == ["preprocess", "infer", "postprocess"]  # predict is timed as "infer"
+    # predict is timed as "infer"
+    assert list(telemetry.timings) == ["preprocess", "infer", "postprocess"]
 
 
 def test_predict_calls_are_validated_against_the_called_model() -> None:
@@ -539,7 +540,7 @@ def test_refresh_swaps_changed_models_and_loads_the_processor_again(caplog) -> N
     from dataclasses import replace
 
     gateway.served["digits"] = replace(DIGITS, version="2", parameters={"t": "0.9"})
-    with caplog.at_level(logging.INFO, logger="triton_score.pipeline"):
+    with caplog.at_level(logging.INFO, logger="triton_score.scoring.pipeline"):
         assert scorer.refresh(gateway) == ["digits"]
     assert scorer.models is not before and before["digits"] == DIGITS  # swapped, not mutated
     assert scorer.models["digits"].version == "2"
@@ -558,7 +559,7 @@ def test_refresh_adds_new_models_and_keeps_unreadable_ones(caplog) -> None:
     assert scorer.refresh(gateway) == ["words"]
     assert set(scorer.models) == {"digits", "words"}
     gateway.fail = TritonUnavailable("gone")
-    with caplog.at_level(logging.WARNING, logger="triton_score.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="triton_score.scoring.pipeline"):
         for _ in range(3):
             scorer.refresh(gateway)
     assert set(scorer.models) == {"digits", "words"}

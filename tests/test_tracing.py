@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -18,10 +19,9 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from triton_score import BadRequest, ModelInfo, TensorSpec, processor
 from triton_score.cli import _triton_args, build_parser
-from triton_score.codecs.request import decode_request
 from triton_score.otel import OtelTracing, exporter_names, find_exporter, resource_from_env
-from triton_score.pipeline import Scorer
 from triton_score.processors import ProcessorRegistry
+from triton_score.scoring import RequestTelemetry, Scorer
 from triton_score.serve import ServeOptions, Supervisor
 from triton_score.settings import Settings, tracing_mode
 from triton_score.tracing import (
@@ -203,22 +203,27 @@ def scorer(tracing: OtelTracing, gateway: RecordingGateway, cls: type = Doubler)
 def serve(
     tracing: OtelTracing, score: Scorer, body: bytes, headers: dict[str, str], rid: str = "r-1"
 ) -> tuple[Any, str]:
-    """What the /score route does: request span, decode, score, encode."""
-    traced = tracing.request("POST", "/score/{model}", headers, rid, lambda: "doubler")
+    """What the /score route does: the request's telemetry, then the scorer's six stages."""
+    telemetry = RequestTelemetry.start(
+        None,
+        tracing,
+        method="POST",
+        route="/score/{model}",
+        headers=headers,
+        request_id=rid,
+        model="doubler",
+    )
     status = 500
     try:
-        with traced.stage("decode"):
-            request = decode_request(body, "application/json", headers, rid)
-        result = score.score(request, "doubler")
-        with traced.stage("encode"):
-            pass
-        status = 200
-        return result, traced.trace_id
+        plan = score.plan("doubler")
+        encoded = score.handle(plan, body, "application/json", headers, telemetry)
+        status = encoded.status
+        return orjson.loads(encoded.body), telemetry.trace_id
     except Exception as exc:
         status = getattr(exc, "status_code", 500)
         raise
     finally:
-        traced.finish(status, "doubler")
+        telemetry.finish(status, "doubler")
 
 
 def by_name(exported: InMemorySpanExporter) -> dict[str, Any]:
@@ -320,7 +325,7 @@ def test_a_client_error_is_recorded_but_leaves_the_status_unset(
 def test_a_processor_failure_is_an_error_span_and_its_log_line_names_the_trace(
     tracing: OtelTracing, exported: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.ERROR, logger="triton_score.pipeline")
+    caplog.set_level(logging.ERROR, logger="triton_score.scoring.pipeline")
     with pytest.raises(Exception, match="preprocess failed"):
         serve(
             tracing,

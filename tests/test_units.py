@@ -268,7 +268,7 @@ def test_a_processors_request_format_is_its_own() -> None:
 
 def test_a_processor_may_lower_the_body_limit() -> None:
     from triton_score.errors import BodyTooLarge
-    from triton_score.pipeline import Scorer
+    from triton_score.scoring import Scorer
 
     for bad in (0, -1, 1.5, "10", True):
         with pytest.raises(ProcessorDefinitionError, match="max_body_bytes"):

@@ -153,9 +153,6 @@ class Metrics:
     def auth_failed(self, group: str, reason: str) -> None:
         self.auth_failures.labels(group, reason).inc()
 
-    def observe_stage(self, stage: str, model: str, seconds: float) -> None:
-        self.stage.labels(model, stage).observe(seconds)
-
     def observe_coalesced(self, model: str, requests: int) -> None:
         self.coalesced.labels(model).observe(requests)
 

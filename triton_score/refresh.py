@@ -4,7 +4,7 @@ Triton may reload a model with a new ``config.pbtxt`` or a new version folder (e
 control, or ``--model-control-mode=poll``). A worker reads metadata once, at start-up, and
 never per request; so every ``SCORE_METADATA_REFRESH_S`` seconds (default 10, 0 = off) a
 :class:`MetadataRefresher` reads every model's metadata and config again and lets
-:meth:`~triton_score.pipeline.Scorer.refresh` swap what changed (re-running the processor's
+:meth:`~triton_score.scoring.Scorer.refresh` swap what changed (re-running the processor's
 ``load(model)``, with one log line per model).
 
 Under Gunicorn's gevent workers it is a greenlet; elsewhere (Flask's test client, AzureML's
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from triton_score.errors import ScoringError
-from triton_score.pipeline import Scorer
+from triton_score.scoring import Scorer
 from triton_score.triton import TritonGateway
 
 log = logging.getLogger(__name__)

@@ -20,10 +20,10 @@ from triton_score.deadline import Abandoned
 from triton_score.entry_script import EntryScript, is_native
 from triton_score.locations import find_code_directory, find_model_repository
 from triton_score.metrics import Metrics
-from triton_score.pipeline import Scorer
 from triton_score.processors import ProcessorRegistry
 from triton_score.processors.loading import load_processors
 from triton_score.refresh import MetadataRefresher
+from triton_score.scoring import Scorer
 from triton_score.script_clients import adapt_script_clients
 from triton_score.settings import Settings
 from triton_score.shm import shm_disabled_reason
@@ -62,13 +62,6 @@ class Runtime:
     def _refresher_gateway(self) -> TritonGateway:
         """The refresher's own client (tritonclient.http is not thread-safe)."""
         return TritonGateway(self.settings.triton_url, concurrency=1, timeout_s=10.0)
-
-    def body_limit(self, model: str | None, *, raw: bool = False) -> tuple[int, str]:
-        """The largest body ``/score[/<model>]`` reads, and the setting that says so
-        (``raw``: an ``application/octet-stream`` tensor, see :meth:`Scorer.body_limit`)."""
-        if self.scorer is not None:
-            return self.scorer.body_limit(model, raw=raw)
-        return self.settings.max_body_bytes, "SCORE_MAX_BODY_BYTES"
 
     def is_ready(self) -> bool:
         if self.scorer is not None:
@@ -149,9 +142,7 @@ def build_runtime(
             code_directory=settings.code_directory or None,
             model_repository=settings.model_repository or None,
         )
-    runtime.scorer = Scorer(
-        settings, gateway, registry, observe=metrics.observe_stage, tracing=runtime.tracing
-    )
+    runtime.scorer = Scorer(settings, gateway, registry, tracing=runtime.tracing)
     runtime.scorer.coalescer = Coalescer(
         gateway,
         mode=settings.coalesce,

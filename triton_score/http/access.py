@@ -1,10 +1,10 @@
 """One access line per request, with the pipeline's stage timings.
 
-:func:`start` (the first ``before_request`` hook) notes the time; the pipeline reports each
-stage through the scorer's ``observe`` callback, which :func:`observing` extends to add the
-stage to the request's own timings (``flask.g.stages``, per greenlet under gevent); the
-views note the model (``g.model``); :func:`log_request` (the last ``after_request`` hook)
-writes the line, at INFO on logger ``triton_score.access``:
+:func:`start` (the first ``before_request`` hook) notes the time; a scoring request's
+stage timings are its :class:`~triton_score.scoring.RequestTelemetry`'s, which the route
+puts in ``flask.g.stages`` (per greenlet under gevent), and other views add theirs with
+:func:`record_stage`; the views note the model (``g.model``); :func:`log_request` (the last
+``after_request`` hook) writes the line, at INFO on logger ``triton_score.access``:
 
 text (the request id is appended by the log format, as for every line of a request)::
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable
 
 from flask import Response, g, has_request_context, request
 
@@ -43,18 +42,6 @@ def record_stage(stage: str, seconds: float) -> None:
         return
     stages: dict[str, float] = g.setdefault("stages", {})
     stages[stage] = stages.get(stage, 0.0) + seconds
-
-
-def observing(
-    observe: Callable[[str, str, float], None],
-) -> Callable[[str, str, float], None]:
-    """``observe`` (the metrics) that also records the stage for the access line."""
-
-    def observe_and_record(stage: str, model: str, seconds: float) -> None:
-        observe(stage, model, seconds)
-        record_stage(stage, seconds)
-
-    return observe_and_record
 
 
 def _model() -> str:

@@ -55,8 +55,6 @@ def create_app(
     settings = runtime.settings if runtime is not None else settings or Settings.from_env()
     configure_logging(settings.log_format, settings.log_level)
     rt = runtime or build_runtime(settings)
-    if rt.scorer is not None:  # stage timings to the metrics and to the request's access line
-        rt.scorer.observe = access.observing(rt.scorer.observe)
     app = Flask("triton_score")
     app.config["MAX_CONTENT_LENGTH"] = rt.settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]

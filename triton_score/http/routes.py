@@ -42,6 +42,7 @@ from triton_score.errors import (
     BadRequest,
     BodyTooLarge,
     HTTPFailure,
+    ModelNotFound,
     Overloaded,
     ScoringError,
     ScoringTimeout,
@@ -55,6 +56,7 @@ from triton_score.http.responses import error_response, json_response, runtime
 from triton_score.http.shedding import InFlightLimit
 from triton_score.http.v2_infer import ModelCatalog, check_infer_request
 from triton_score.runtime import Runtime
+from triton_score.scoring import ModelPlan, RequestTelemetry
 
 log = logging.getLogger("triton_score")
 blueprint = Blueprint("triton_score", __name__)
@@ -176,11 +178,11 @@ def _other_method(rt: Runtime) -> Response | None:
     raise MethodNotAllowed(valid_methods=sorted(script.methods) if script else ["POST"])
 
 
-def _run_entry_script(script: EntryScript) -> Response:
+def _run_entry_script(script: EntryScript, telemetry: RequestTelemetry) -> Response:
     """run()'s output as a response (a response object as it is, anything else as JSON),
     with azmlinfsrv's ``x-ms-run-fn-exec-ms`` and ``x-ms-run-function-failed``."""
     result = script.run(request._get_current_object(), g.request_id)  # type: ignore[attr-defined]
-    record_stage("run", result.elapsed_ms / 1000)
+    telemetry.add("run", result.elapsed_ms / 1000)
     if isinstance(result.output, Response):  # AMLResponse (ours or azmlinfsrv's) and friends
         response = result.output
     else:
@@ -254,41 +256,57 @@ def score(model: str | None = None) -> Response:
 
 
 def _score_admitted(rt: Runtime, model: str | None) -> Response:
-    """``/score`` for a request within ``SCORE_MAX_IN_FLIGHT``: measured, traced, answered."""
-    metrics = rt.metrics
-    started = time.perf_counter()
-    metrics.in_flight.inc()
+    """``/score`` for a request within ``SCORE_MAX_IN_FLIGHT``: HTTP only. The model's plan
+    is resolved once; the scorer runs the stages; the telemetry records the request."""
+    scorer = rt.scorer
+    plan: ModelPlan | None = None
+    refused: ScoringError | None = None
+    if scorer is None:
+        label = "entry_script"
+    else:
+        try:
+            plan = scorer.plan(model)
+            label = plan.name
+        except ScoringError as exc:  # answered below, inside the request's telemetry
+            refused = exc
+            label = ("unknown" if model not in scorer.models else model) if model else "default"
+    g.model = label
+    telemetry = RequestTelemetry.start(
+        rt.metrics,
+        rt.tracing,
+        method=request.method,
+        route="/score/{model}" if model else "/score",
+        headers=request.headers,
+        request_id=g.request_id,
+        model=label,
+    )
+    g.stages = telemetry.timings  # for the access line
+    if telemetry.trace_id:
+        g.trace_id = telemetry.trace_id  # for the log lines of this request
     status = 500
     triton_failure = ""
-    # The request's span (SCORE_TRACING), child of the caller's traceparent; free when off.
-    route = "/score/{model}" if model else "/score"
-    traced = rt.tracing.request(
-        request.method, route, request.headers, g.request_id, lambda: _model_label(model)
-    )
-    if traced.trace_id:
-        g.trace_id = traced.trace_id  # for the log lines of this request
     try:
         with request_deadline(rt.settings.scoring_timeout_ms):
             if rt.entry_script is not None:
-                response = _run_entry_script(rt.entry_script)
+                response = _run_entry_script(rt.entry_script, telemetry)
                 status = response.status_code
                 return response
-            assert rt.scorer is not None
+            assert scorer is not None
             content_type = request.content_type or ""
+            if plan is None:  # an unknown model, or Triton down: too large a body comes first
+                _read_body(rt.settings.max_body_bytes, "SCORE_MAX_BODY_BYTES")
+                raise refused or ModelNotFound(f"unknown model {model!r}")
             # A raw tensor's limit is exact; known from the headers, before the body is read.
             raw = is_raw_tensor(content_type, request.headers)
-            with traced.stage("decode"):
-                body = _read_body(*rt.body_limit(model, raw=raw))
-                decoded = rt.scorer.decode(
-                    body,
-                    content_type,
-                    dict(request.headers),  # the one copy; the Request keeps it
-                    g.request_id,
-                    query=request.args.to_dict(),  # first value of a repeated parameter
-                )
-            result = rt.scorer.score(decoded, model)
-            with traced.stage("encode"):
-                encoded = render(result)  # a Response keeps its status
+            body = _read_body(*plan.body_limit(raw=raw))
+            encoded = scorer.handle(
+                plan,
+                body,
+                content_type,
+                dict(request.headers),  # the one copy; the Request keeps it
+                telemetry,
+                query=request.args.to_dict(),  # first value of a repeated parameter
+            )
         status = encoded.status
         return _send(encoded)
     except ScoringError as exc:
@@ -299,14 +317,7 @@ def _score_admitted(rt: Runtime, model: str | None) -> Response:
         status = exc.code or 500
         raise
     finally:
-        label = _model_label(model)
-        g.model = label
-        traced.finish(status, label)
-        metrics.in_flight.dec()
-        metrics.requests.labels(label, str(status)).inc()
-        metrics.duration.labels(label).observe(time.perf_counter() - started)
-        if triton_failure:
-            metrics.triton_errors.labels(label, triton_failure).inc()
+        telemetry.finish(status, label, triton_failure)
 
 
 # -- Triton passthrough ------------------------------------------------------------------

@@ -2,9 +2,11 @@
 
 :class:`Scorer` owns one worker's view of the world: the Triton gateway, each model's
 :class:`~triton_score.metadata.ModelInfo` (read once, cached, swapped by :meth:`Scorer.refresh`
-when Triton reloads a model) and the processors. The web layer hands it a decoded
-:class:`~triton_score.codecs.Request`; it returns what the client gets, or raises a
-:class:`~triton_score.errors.ScoringError`.
+when Triton reloads a model) with its :class:`~triton_score.scoring.plan.ModelPlan`, and the
+processors; and it owns the stages. The route hands :meth:`Scorer.handle` the body and gets
+the encoded answer back; AzureML's ``run()`` calls :meth:`Scorer.run`, which stops before
+encoding because AzureML's server encodes what ``run()`` returns. Either raises a
+:class:`~triton_score.errors.ScoringError` for what the client gets as an error.
 
 With a processor's ``predict()``, "validate -> infer" becomes the processor's own calls
 through a :class:`~triton_score.calls.Triton` handle, each validated the same way.
@@ -15,7 +17,6 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,7 +25,8 @@ from typing import Any
 from triton_score.calls import Triton
 from triton_score.coalesce import Coalescer
 from triton_score.codecs.request import REQUEST_ID, Request, decode_request, header
-from triton_score.codecs.tensors import is_raw_tensor, largest_request_bytes
+from triton_score.codecs.response import Encoded, render
+from triton_score.codecs.tensors import is_raw_tensor
 from triton_score.errors import (
     BadRequest,
     BodyTooLarge,
@@ -36,6 +38,8 @@ from triton_score.locations import is_local_address
 from triton_score.metadata import ModelInfo
 from triton_score.offload import Offloader
 from triton_score.processors import Processor, ProcessorRegistry
+from triton_score.scoring.plan import Limit, ModelPlan, plan_model
+from triton_score.scoring.telemetry import RequestTelemetry
 from triton_score.settings import Settings
 from triton_score.tracing import NO_TRACING, Tracing, log_ids
 from triton_score.triton import TritonGateway
@@ -45,17 +49,7 @@ from triton_score.validation import validate_inputs, validate_outputs
 #: reads ~1 GB/s, so below it the worker's loop is held for about a millisecond at most, less
 #: than the hop to a thread and back costs under load.
 OFFLOAD_DECODE_BYTES = 1024 * 1024
-#: The body limit of a model whose processor decodes the request itself (a ``preprocess``)
-#: and says nothing (no ``max_body_bytes``): the default codec's models are bounded by
-#: their metadata, a processor's by this, so that a digits or QA request cannot be 100 MiB
-#: of JSON parsed in the worker. A processor's own ``max_body_bytes`` replaces it (up to
-#: ``SCORE_MAX_BODY_BYTES``).
-PROCESSOR_BODY_BYTES = 16 * 1024 * 1024
-
 log = logging.getLogger(__name__)
-
-#: Called with (stage, model, seconds) after each stage; the metrics module listens.
-StageObserver = Callable[[str, str, float], None]
 
 
 @dataclass
@@ -65,8 +59,8 @@ class Scorer:
     settings: Settings
     gateway: TritonGateway
     processors: ProcessorRegistry
-    observe: StageObserver = field(default=lambda stage, model, seconds: None)
-    #: Spans for the stages (preprocess, validate, infer, postprocess); off by default.
+    #: Spans for requests and their stages; off by default. Each request's
+    #: :class:`RequestTelemetry` opens them (and the metrics are its too).
     tracing: Tracing = NO_TRACING
     #: Joins concurrent requests into one Triton call (``SCORE_COALESCE``); ``None``: each
     #: request is its own call. :func:`triton_score.runtime.build_runtime` sets it.
@@ -76,6 +70,10 @@ class Scorer:
     helpers: dict[str, ModelInfo] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _missing: set[str] = field(default_factory=set, repr=False)
+    #: Each model's plan, and the ``models`` dict they were made from: when refresh() (or a
+    #: test) puts a new dict in place, the plans are made again on the next request.
+    _plans: dict[str, ModelPlan] = field(default_factory=dict, repr=False)
+    _plans_for: dict[str, ModelInfo] | None = field(default=None, repr=False)
     #: Runs CPU-heavy processor stages in threads (``SCORE_OFFLOAD``); see :meth:`_call`.
     offloader: Offloader = field(init=False, repr=False)
 
@@ -177,64 +175,47 @@ class Scorer:
         return True
 
     # -- scoring ---------------------------------------------------------------------------
-    def model(self, name: str | None) -> ModelInfo:
-        """The model ``name``, or the default model when ``name`` is empty."""
+    def plan(self, name: str | None) -> ModelPlan:
+        """The plan of model ``name``, or of the default model when ``name`` is empty: one
+        lookup per request (the plans are made when the models are read)."""
         models = self.ensure_loaded()
+        if self._plans_for is not models:
+            self._plans = {
+                model.name: plan_model(self.settings, model, self.processors.for_model(model.name))
+                for model in models.values()
+            }
+            self._plans_for = models
+        plans = self._plans
         if name:
-            if name not in models:
-                raise ModelNotFound(f"unknown model {name!r}; served models: {sorted(models)}")
-            return models[name]
+            found = plans.get(name)
+            if found is None:
+                raise ModelNotFound(f"unknown model {name!r}; served models: {sorted(plans)}")
+            return found
         default = self.settings.default_model
         if default:
-            if default not in models:
+            if default not in plans:
                 raise ModelNotFound(f"SCORE_MODEL is {default!r}, which Triton does not serve")
-            return models[default]
-        if len(models) == 1:
-            return next(iter(models.values()))
+            return plans[default]
+        if len(plans) == 1:
+            return next(iter(plans.values()))
         raise BadRequest(
-            f"several models are served ({sorted(models)}): POST to /score/<model>, "
+            f"several models are served ({sorted(plans)}): POST to /score/<model>, "
             "or set SCORE_MODEL to choose the one /score uses"
         )
 
-    def body_limit(self, model_name: str | None, *, raw: bool = False) -> tuple[int, str]:
-        """The largest request body the model accepts, and which limit says so.
+    def model(self, name: str | None) -> ModelInfo:
+        """The model ``name``, or the default model when ``name`` is empty."""
+        return self.plan(name).model
 
-        The smallest of ``SCORE_MAX_BODY_BYTES``, the processor's ``max_body_bytes`` and,
-        when the default codec decodes the request, the largest valid request the model's
-        metadata allows (:func:`triton_score.codecs.tensors.largest_request_bytes`). A model that
-        cannot be resolved (unknown, Triton down) gets ``SCORE_MAX_BODY_BYTES``: its error
-        is the scoring's to report, in the usual order.
-
-        :param raw: the request is a raw ``application/octet-stream`` tensor, whose largest
-            valid size is exact (:func:`~triton_score.codecs.tensors.is_raw_tensor`).
-        """
+    def body_limit(self, model_name: str | None, *, raw: bool = False) -> Limit:
+        """The largest request body the model accepts, and which limit says so
+        (:func:`~triton_score.scoring.plan.body_limit`). A model that cannot be resolved
+        (unknown, Triton down) gets ``SCORE_MAX_BODY_BYTES``: its error is the scoring's to
+        report, in the usual order."""
         try:
-            model = self.model(model_name)
+            return self.plan(model_name).body_limit(raw=raw)
         except ScoringError:
             return self.settings.max_body_bytes, "SCORE_MAX_BODY_BYTES"
-        return self._body_limit(model, self.processors.for_model(model.name), raw=raw)
-
-    def _body_limit(
-        self, model: ModelInfo, processor: Processor, *, raw: bool = False
-    ) -> tuple[int, str]:
-        limits = [(self.settings.max_body_bytes, "SCORE_MAX_BODY_BYTES")]
-        own = processor.max_body_bytes
-        if own is not None:
-            limits.append((own, f"max_body_bytes of the {model.name} processor"))
-        elif processor.has_preprocess:
-            limits.append(
-                (
-                    PROCESSOR_BODY_BYTES,
-                    f"the default for a processor (give the {model.name} processor "
-                    "max_body_bytes for more)",
-                )
-            )
-        if not processor.has_preprocess:  # the default codec reads the tensors: bound them
-            largest = largest_request_bytes(model, raw=raw)
-            if largest is not None:
-                limits.append((largest, f"the largest valid request for model {model.name}"))
-        # min() keeps the first of equals: the setting, then the processor's, then the model's.
-        return min(limits, key=lambda limit: limit[0])
 
     def decode(
         self,
@@ -255,59 +236,88 @@ class Scorer:
             )
         return decode_request(body, content_type, headers, request_id, query=query)
 
-    def score(self, request: Request, model_name: str | None = None) -> Any:
-        """Score one decoded request; returns what the postprocessor returns."""
-        model = self.model(model_name)
-        processor = self.processors.for_model(model.name)
-        # /score refused larger bodies before reading them; this holds for the other callers
-        # (the entry script's run(), tests) too.
-        raw = is_raw_tensor(request.content_type, request.headers)
-        limit, source = self._body_limit(model, processor, raw=raw)
+    def handle(
+        self,
+        plan: ModelPlan,
+        body: bytes,
+        content_type: str,
+        headers: dict[str, str],
+        telemetry: RequestTelemetry,
+        *,
+        query: Mapping[str, str] | None = None,
+    ) -> Encoded:
+        """All six stages for one request to ``plan``'s model: the body in, the answer out.
+
+        The caller read ``body`` within ``plan.body_limit(...)``; ``telemetry`` observes the
+        stages and is the caller's to :meth:`~RequestTelemetry.finish`.
+        """
+        with telemetry.stage("decode"):
+            request = self.decode(body, content_type, headers, telemetry.request_id, query=query)
+        result = self.score(request, plan, telemetry)
+        with telemetry.stage("encode"):
+            return render(result)  # a processor's Response keeps its status and headers
+
+    def score(
+        self,
+        request: Request,
+        model: ModelPlan | str | None = None,
+        telemetry: RequestTelemetry | None = None,
+    ) -> Any:
+        """The middle four stages for one decoded request; returns what the postprocessor
+        returns (not yet encoded). ``model``: a plan, a model's name, or the default model."""
+        plan = model if isinstance(model, ModelPlan) else self.plan(model)
+        if telemetry is None:  # used on its own: spans when tracing, no metrics
+            telemetry = RequestTelemetry(None, self.tracing, request_id=request.id)
+        telemetry.model = plan.name
+        processor = plan.processor
+        # The route refused larger bodies before reading them; this holds for the other
+        # callers (AzureML's run(), tests) too.
+        limit, source = plan.body_limit(raw=is_raw_tensor(request.content_type, request.headers))
         if len(request.body) > limit:
             raise BodyTooLarge(limit, len(request.body), source=source)
 
-        tracing, name = self.tracing, model.name
-        started = time.perf_counter()
-        with tracing.span("preprocess", name, request.id):
+        model_info = plan.model
+        with telemetry.stage("preprocess"):
             processor.check_request(request)
-            raw_inputs = self._call(processor, "preprocess", processor.preprocess, request, model)
+            raw_inputs = self._call(
+                processor, "preprocess", processor.preprocess, request, model_info
+            )
             _expect(
                 processor, "preprocess", raw_inputs, Mapping, "a mapping of input name to array"
             )
         if processor.has_predict:
             inputs, wanted = dict(raw_inputs), None  # predict() validates each of its calls
         else:
-            with tracing.span("validate", name, request.id):
-                inputs = validate_inputs(model, raw_inputs)
-                chosen = self._call(processor, "outputs", processor.outputs, request, model)
+            with telemetry.stage("validate"):
+                inputs = validate_inputs(model_info, raw_inputs)
+                chosen = self._call(processor, "outputs", processor.outputs, request, model_info)
                 if chosen is not None:
                     what = "a mapping of output to class_count"
                     _expect(processor, "outputs", chosen, Mapping, what)
-                wanted = validate_outputs(model, chosen)
-        self.observe("preprocess", name, time.perf_counter() - started)
+                wanted = validate_outputs(model_info, chosen)
 
-        started = time.perf_counter()
-        with tracing.span("infer", name, request.id):
+        with telemetry.stage("infer"):
             if processor.has_predict:
-                triton = Triton(self._inference, self.lookup, request.id, tracing)
+                triton = Triton(self._inference, self.lookup, request.id, self.tracing)
                 outputs = self._call(
-                    processor, "predict", processor.predict, inputs, request, model, triton
+                    processor, "predict", processor.predict, inputs, request, model_info, triton
                 )
                 what = "a mapping of output name to array"
                 _expect(processor, "predict", outputs, Mapping, what)
             else:
                 outputs = self._inference.infer(
-                    model, inputs, wanted, request_id=request.id, headers=tracing.headers()
+                    model_info,
+                    inputs,
+                    wanted,
+                    request_id=request.id,
+                    headers=self.tracing.headers(),
                 )
-        self.observe("infer", name, time.perf_counter() - started)
 
-        started = time.perf_counter()
-        with tracing.span("postprocess", name, request.id):
+        with telemetry.stage("postprocess"):
             result = self._call(
-                processor, "postprocess", processor.postprocess, outputs, request, model
+                processor, "postprocess", processor.postprocess, outputs, request, model_info
             )
             _expect(processor, "postprocess", result, object, "a JSON-able value or bytes")
-        self.observe("postprocess", name, time.perf_counter() - started)
         return result
 
     @property
@@ -359,14 +369,19 @@ class Scorer:
         return changed
 
     def run(self, raw: str | bytes, headers: Mapping[str, str] | None = None) -> Any:
-        """AzureML's ``run(raw_data)``: score ``raw`` on the default model.
+        """AzureML's ``run(raw_data)``: score ``raw`` on the default model; the stages of
+        :meth:`handle` but the last, since AzureML's server encodes what ``run()`` returns.
 
         ``headers`` (when the server passes them) supply the content type and request id.
         """
         body = raw.encode("utf-8") if isinstance(raw, str) else raw
-        headers = headers or {}
-        content_type = header(headers, "content-type")
-        return self.score(decode_request(body, content_type, headers, header(headers, REQUEST_ID)))
+        headers = dict(headers or {})
+        request_id = header(headers, REQUEST_ID)
+        telemetry = RequestTelemetry(None, self.tracing, request_id=request_id)
+        plan = self.plan(None)
+        with telemetry.stage("decode"):
+            request = self.decode(body, header(headers, "content-type"), headers, request_id)
+        return self.score(request, plan, telemetry)
 
     def _call(
         self, processor: Processor, stage: str, function: Callable[..., Any], *args: Any
