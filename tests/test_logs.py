@@ -125,3 +125,36 @@ def test_the_access_line_of_a_forwarded_request(restore_logging, capsys) -> None
     assert access["route"] == "/v2/<path:path>" and access["model"] == "m"
     assert set(access["stages_ms"]) == {"forward"} and access["duration_ms"] > 0
     assert "secret-in-query" not in json.dumps(access)  # no query string in the log
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_the_fast_access_line_is_the_line_logging_writes(restore_logging, log_format) -> None:
+    """write_access skips logging's per-record work when only our handler would see the
+    line; the line must be the one logging would have written (time aside)."""
+    from triton_score.logs import ACCESS_LOGGER, write_access
+
+    configure_logging(log_format, "INFO")
+    (handler,) = logging.getLogger("triton_score").handlers
+    access = logging.getLogger(ACCESS_LOGGER)
+    fields = {"method": "POST", "path": "/score/m", "status": 200, "stages_ms": {"infer": 1.5}}
+    ids = {"request_id": "r 1", "trace_id": "ab"}
+    lines = []
+    for slow in (False, True):
+        handler.stream = io.StringIO()
+        if slow:  # any filter on the way makes it take logging's way
+            access.addFilter(lambda record: True)
+        try:
+            write_access(access, "POST /score/m 200 1.00ms", fields, ids)
+        finally:
+            access.filters.clear()
+        lines.append(handler.stream.getvalue())
+    fast, slow_line = lines
+    assert fast.endswith("\n") and fast.count("\n") == 1
+    if log_format == "json":
+        fast_entry, slow_entry = json.loads(fast), json.loads(slow_line)
+        assert fast_entry.pop("time")[:16] == slow_entry.pop("time")[:16]
+        assert list(fast_entry.items()) == list(slow_entry.items())
+    else:
+        # "[2026-12-07 12:00:00,123] [pid] [INFO] ..." : the same but for the milliseconds
+        assert fast[:20] == slow_line[:20] and fast[24:] == slow_line[24:], (fast, slow_line)
+        assert fast.endswith('request_id="r 1" trace_id=ab\n')

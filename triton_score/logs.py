@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -98,6 +99,88 @@ class JsonFormatter(logging.Formatter):
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     """Ours, so that configuring again replaces it (and leaves anyone else's alone)."""
 
+    #: Our formatter's kind ("text" or "json"), for :func:`write_access`.
+    kind = "text"
+
+
+class _Clock:
+    """``asctime`` as :class:`logging.Formatter` writes it (local time, ``,mmm``), with the
+    part before the milliseconds made once a second, not once a line."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def asctime(self, now: float) -> str:
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        return f"{self._prefix},{int((now - second) * 1000):03d}"
+
+
+_clock = _Clock()
+
+
+def _only_handler(logger: logging.Logger) -> _Handler | None:
+    """Our handler, when it is the only thing ``logger``'s INFO records reach: no other
+    handler or filter on the way, so a line written straight to it is what logging would
+    have written. ``None`` otherwise (a test's capture, an extra handler): use logging."""
+    if logger.handlers or logger.filters or logger.disabled or not logger.propagate:
+        return None
+    parent = logger.parent
+    if parent is None or parent.name != LOGGER or parent.propagate or parent.filters:
+        return None
+    handlers = parent.handlers
+    if len(handlers) != 1 or type(handlers[0]) is not _Handler:
+        return None
+    handler = handlers[0]
+    filters = handler.filters
+    if len(filters) != 1 or type(filters[0]) is not RequestContextFilter:
+        return None
+    if not parent.isEnabledFor(logging.INFO) or handler.level > logging.INFO:
+        return None
+    return handler
+
+
+def write_access(
+    logger: logging.Logger, message: str, fields: dict[str, Any], ids: dict[str, str]
+) -> None:
+    """One access line: ``message`` (text) or ``fields`` (JSON), with the request's ``ids``.
+
+    Once per request, so it skips what logging does per record (a ``LogRecord``, the
+    caller's frame, the filters, ``%`` formatting) when our handler is the only one that
+    would see it; the line is the same either way (``tests/test_logs.py`` compares them).
+    """
+    handler = _only_handler(logger)
+    if handler is None:
+        logger.info(message, extra={"access": fields, "request_fields": ids})
+        return
+    now = time.time()
+    if handler.kind == "json":
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+            + f".{int((now - int(now)) * 1000):03d}Z",
+            "level": "INFO",
+            "logger": logger.name,
+            "pid": os.getpid(),
+            "message": message,
+            **ids,
+            **fields,
+        }
+        line = json.dumps(entry, default=str, ensure_ascii=False)
+    else:
+        context = "".join(f" {k}={logfmt(v)}" for k, v in ids.items())
+        line = f"[{_clock.asctime(now)}] [{os.getpid()}] [INFO] {logger.name}: {message}{context}"
+    handler.acquire()
+    try:
+        handler.stream.write(line + handler.terminator)
+        handler.flush()
+    except Exception:  # noqa: BLE001 - as logging does: a broken stream never fails a request
+        handler.handleError(logging.makeLogRecord({"msg": message}))
+    finally:
+        handler.release()
+
 
 def configure_logging(log_format: str = "text", level: str | int = "INFO") -> None:
     """(Re)configure the ``triton_score`` logger: one handler on stderr in ``log_format``."""
@@ -106,6 +189,7 @@ def configure_logging(log_format: str = "text", level: str | int = "INFO") -> No
         if isinstance(handler, _Handler):
             logger.removeHandler(handler)
     handler = _Handler(sys.stderr)
+    handler.kind = "json" if log_format == "json" else "text"
     handler.addFilter(RequestContextFilter())
     handler.setFormatter(JsonFormatter() if log_format == "json" else _text_formatter())
     logger.addHandler(handler)

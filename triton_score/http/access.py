@@ -26,7 +26,7 @@ import time
 
 from flask import Response, g, has_request_context, request
 
-from triton_score.logs import ACCESS_LOGGER, logfmt
+from triton_score.logs import ACCESS_LOGGER, logfmt, write_access
 
 access_log = logging.getLogger(ACCESS_LOGGER)
 _V2_MODEL = re.compile(r"models/([^/]+)")
@@ -83,5 +83,11 @@ def log_request(response: Response) -> Response:
         f"remote={logfmt(request.remote_addr or '-')}",
         *(f"{logfmt(name)}_ms={ms:.3f}" for name, ms in stages.items()),
     ]
-    access_log.info(" ".join(parts), extra={"access": fields})
+    ids = {"request_id": g.get("request_id") or ""}
+    if not ids["request_id"]:
+        del ids["request_id"]
+    trace_id = g.get("trace_id")
+    if trace_id:
+        ids["trace_id"] = str(trace_id)
+    write_access(access_log, " ".join(parts), fields, ids)
     return response
