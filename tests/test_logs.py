@@ -133,6 +133,7 @@ def test_the_fast_access_line_is_the_line_logging_writes(restore_logging, log_fo
     line; the line must be the one logging would have written (time aside)."""
     from triton_score.logs import ACCESS_LOGGER, write_access
 
+    logging.getLogger("triton_score").handlers.clear()  # another test's may be there
     configure_logging(log_format, "INFO")
     (handler,) = logging.getLogger("triton_score").handlers
     access = logging.getLogger(ACCESS_LOGGER)
