@@ -121,3 +121,17 @@ def test_processors_page_testing_example_runs(
 
 def python_blocks_of(text: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+
+
+def test_the_architecture_diagram_names_modules_that_exist() -> None:
+    """docs/architecture.md draws the request path with module names: each must exist, and
+    the modules that own the path must be in it."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    diagram = re.search(r"```text\n(.*?)```", text, flags=re.DOTALL)
+    assert diagram is not None
+    named = set(re.findall(r"(?:triton_score/)?([a-z_]+(?:/[a-z_0-9]+)*\.py)", diagram.group(1)))
+    package = ROOT / "triton_score"
+    missing = sorted(name for name in named if not (package / name).is_file())
+    assert not missing, f"the diagram names modules that do not exist: {missing}"
+    owners = {"http/routes.py", "scoring/pipeline.py", "scoring/telemetry.py", "codecs/v2.py"}
+    assert owners <= named, owners - named

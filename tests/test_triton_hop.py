@@ -13,8 +13,9 @@ import pytest
 import tritonclient.http as httpclient
 
 from triton_score import hop
+from triton_score.codecs.v2 import decode_response, tensor_bytes
 from triton_score.errors import ModelNotFound, ScoringTimeout, TritonError, TritonUnavailable
-from triton_score.hop import decode_response, encode_request, tensor_bytes
+from triton_score.hop import encode_request
 from triton_score.local import LocalTriton
 from triton_score.local.processes import free_port
 from triton_score.metadata import ModelInfo, TensorSpec
@@ -203,7 +204,7 @@ def test_decode_response_refuses_a_header_length_outside_the_body(length: object
 
 def test_bf16_outputs_still_decode() -> None:
     values = np.array([1.5, -2.0, 0.0], dtype=np.float32)
-    data, length = answer([y([3], "BF16", size=6)], hop.tensor_bytes(values, "BF16"))
+    data, length = answer([y([3], "BF16", size=6)], tensor_bytes(values, "BF16"))
     np.testing.assert_array_equal(decode_response(data, length)["y"], values)
 
 

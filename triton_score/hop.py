@@ -35,8 +35,6 @@ flight, the oldest waiter gets the next free connection, so no request starves.
 from __future__ import annotations
 
 import logging
-import math
-import struct
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -46,76 +44,19 @@ import orjson
 from geventhttpclient import HTTPClient
 from tritonclient.utils import InferenceServerException
 
+from triton_score.codecs.v2 import (
+    HEADER_LENGTH,
+    decode_response,
+    tensor_buffer,
+)
 from triton_score.deadline import Abandoned, shielded
 from triton_score.metadata import ModelInfo
 from triton_score.script_clients import free_connections, make_http_pool_fair
 
 log = logging.getLogger(__name__)
 
-HEADER_LENGTH = "Inference-Header-Content-Length"
-
-#: Triton datatype -> numpy dtype, little-endian (BYTES and BF16 are handled apart).
-DTYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype("?"),
-    "UINT8": np.dtype("u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-}
-
-_LENGTH = struct.Struct("<I")
-
 
 # -- encoding -------------------------------------------------------------------------------
-def tensor_bytes(array: np.ndarray, datatype: str) -> bytes:
-    """The wire bytes of one tensor of ``datatype``."""
-    if datatype == "BYTES":
-        return encode_bytes(array)
-    if datatype == "BF16":
-        # The upper 16 bits of each FP32 are its bfloat16 (truncation, as tritonclient does).
-        bits = np.ascontiguousarray(array, dtype="<f4").view("<u4") >> 16
-        return bits.astype("<u2").tobytes()
-    dtype = DTYPES.get(datatype)
-    if dtype is None:
-        raise ValueError(f"datatype {datatype!r} cannot travel as binary data")
-    # A no-op for the usual C-ordered little-endian array; converts anything else.
-    return np.ascontiguousarray(array, dtype=dtype).tobytes()
-
-
-def tensor_buffer(array: np.ndarray, datatype: str) -> bytes | np.ndarray:
-    """:func:`tensor_bytes` without its copy for the usual numeric tensor: the C-ordered,
-    little-endian array itself (``bytes.join`` reads its buffer), so a large tensor is copied
-    once into the request body, not twice."""
-    dtype = DTYPES.get(datatype)
-    if dtype is None:
-        return tensor_bytes(array, datatype)
-    return np.ascontiguousarray(array, dtype=dtype)
-
-
-def encode_bytes(array: np.ndarray) -> bytes:
-    """A BYTES tensor: each element (``bytes``, or ``str`` as UTF-8) length-prefixed."""
-    parts: list[bytes] = []
-    for item in array.reshape(-1):
-        if isinstance(item, str):
-            data = item.encode("utf-8")
-        elif isinstance(item, bytes | bytearray | memoryview):
-            data = bytes(item)
-        elif isinstance(item, np.bytes_):
-            data = item.tobytes()
-        else:
-            data = str(item).encode("utf-8")
-        parts.append(_LENGTH.pack(len(data)))
-        parts.append(data)
-    return b"".join(parts)
-
-
 def encode_request(
     model: ModelInfo,
     inputs: Mapping[str, np.ndarray],
@@ -221,99 +162,6 @@ class BodyParts:
         turns out closed) sends the whole body again."""
         self._next = 0
         return 0
-
-
-# -- decoding -------------------------------------------------------------------------------
-def decode_bytes(buffer: bytes | memoryview, offset: int, size: int, count: int) -> np.ndarray:
-    """``count`` length-prefixed elements from ``buffer[offset:offset+size]``, as an object
-    array of ``bytes`` (the only copy: each element becomes a Python object)."""
-    if count > size // _LENGTH.size:  # each element takes its 4-byte length at least
-        raise ValueError(f"a BYTES output of {size} bytes cannot hold {count} elements")
-    items = np.empty(count, dtype=object)
-    end = offset + size
-    view = memoryview(buffer)
-    for i in range(count):
-        if offset + 4 > end:
-            raise ValueError("a BYTES output is shorter than its element count")
-        (length,) = _LENGTH.unpack_from(view, offset)
-        offset += 4
-        if offset + length > end:
-            raise ValueError("a BYTES output element runs past the output's data")
-        items[i] = bytes(view[offset : offset + length])
-        offset += length
-    return items
-
-
-def _size(value: Any) -> bool:
-    """Whether ``value`` is a size Triton may send: a non-negative int (not a bool)."""
-    return type(value) is int and value >= 0
-
-
-def decode_response(body: bytes, header_length: int | None) -> dict[str, np.ndarray]:
-    """Outputs of a Triton answer: name -> array.
-
-    Numeric outputs are read-only ``np.frombuffer`` views over ``body`` (no copy); BYTES
-    outputs are object arrays of ``bytes``; BF16 comes back as FP32.
-
-    Triton is trusted with nothing: header length, shapes and ``binary_data_size`` must be
-    non-negative ints that fit the body, and each output's size must fit its shape.
-
-    :param header_length: the answer's ``Inference-Header-Content-Length``; ``None`` when the
-        whole body is JSON (outputs sent as JSON ``data``).
-    :raises ValueError: an answer that does not hold together (also ``KeyError``,
-        ``TypeError``: a missing or mistyped field).
-    """
-    if header_length is None:
-        size = len(body)
-    elif _size(header_length) and header_length <= len(body):
-        size = header_length
-    else:
-        raise ValueError(f"header length {header_length!r} does not fit a {len(body)}-byte answer")
-    header = orjson.loads(memoryview(body)[:size])
-    outputs = header.get("outputs", []) if isinstance(header, dict) else None
-    if not isinstance(outputs, list):
-        raise ValueError('the answer is not a JSON object with a list of "outputs"')
-    offset = size
-    result: dict[str, np.ndarray] = {}
-    for output in outputs:
-        name, datatype, shape = output["name"], output["datatype"], output["shape"]
-        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-            raise ValueError(f"output {name!r}: shape {shape!r} is not non-negative ints")
-        binary_size = (output.get("parameters") or {}).get("binary_data_size")
-        if binary_size is None:
-            result[name] = _from_json(output.get("data", []), datatype, shape)
-            continue
-        if not _size(binary_size):
-            raise ValueError(f"output {name!r}: binary_data_size {binary_size!r}")
-        count = math.prod(shape)  # np.prod costs ~10x more on a list this small
-        if offset + binary_size > len(body):
-            raise ValueError(f"output {name!r} runs past the end of Triton's answer")
-        if datatype == "BYTES":
-            array = decode_bytes(body, offset, binary_size, count).reshape(shape)
-        else:
-            dtype = _BF16_BITS if datatype == "BF16" else DTYPES[datatype]
-            if count * dtype.itemsize != binary_size:
-                raise ValueError(f"output {name!r}: {binary_size} bytes for shape {shape}")
-            flat = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
-            if datatype == "BF16":
-                flat = (flat.astype("<u4") << 16).view("<f4")
-            array = flat.reshape(shape)
-        result[name] = array
-        offset += binary_size
-    return result
-
-
-#: A BF16 output on the wire: the upper 16 bits of each FP32.
-_BF16_BITS = np.dtype("<u2")
-
-
-def _from_json(data: Any, datatype: str, shape: list[int]) -> np.ndarray:
-    if datatype == "BYTES":
-        if not isinstance(data, list) or not all(isinstance(d, str) for d in data):
-            raise ValueError("BYTES output data is not a list of strings")
-        return np.array([d.encode("utf-8") for d in data], dtype=object).reshape(shape)
-    dtype = np.dtype("<f4") if datatype == "BF16" else DTYPES[datatype]
-    return np.asarray(data, dtype=dtype).reshape(shape)
 
 
 def error_message(body: bytes) -> str:

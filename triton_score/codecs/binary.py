@@ -21,23 +21,24 @@ for binary outputs (``"parameters": {"binary_data": true}`` on an output, or
 from __future__ import annotations
 
 import math
-import struct
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import orjson
 
+from triton_score.codecs.v2 import (
+    DATATYPES,
+    HEADER_LENGTH,
+    LENGTH_PREFIX,
+    decode_bytes,
+    encode_bytes,
+)
 from triton_score.errors import BadRequest, InvalidInput
-from triton_score.metadata import NUMPY_DTYPES, ModelInfo, TensorSpec
+from triton_score.metadata import ModelInfo, TensorSpec
 
-#: The header that marks a binary request or response and gives its JSON header's length.
-HEADER_LENGTH = "Inference-Header-Content-Length"
 #: The query parameter that gives a raw octet-stream tensor its shape (``?shape=1,8,8``).
 SHAPE_PARAMETER = "shape"
-_LENGTH_PREFIX = struct.Struct("<I")
-#: numpy dtype -> Triton datatype, to name the outputs of a binary response.
-_DATATYPES = {np.dtype(t).str: name for name, t in NUMPY_DTYPES.items() if name != "BYTES"}
 
 
 def header_length(value: str, body_size: int) -> int:
@@ -75,7 +76,7 @@ def little_endian(spec: TensorSpec) -> np.dtype[Any]:
 #: numpy's limit on array dimensions (32 before numpy 2, 64 after): stay under both.
 MAX_DIMENSIONS = 32
 #: The fewest bytes a BYTES element takes on the wire: its 4-byte length prefix.
-BYTES_ELEMENT_MIN_BYTES = _LENGTH_PREFIX.size
+BYTES_ELEMENT_MIN_BYTES = LENGTH_PREFIX.size
 
 
 def client_shape(name: str, shape: Any) -> list[int]:
@@ -145,23 +146,10 @@ def binary_input(
 def _bytes_elements(
     spec: TensorSpec, body: bytes, offset: int, size: int, count: int
 ) -> np.ndarray:
-    elements = np.empty(count, dtype=np.object_)
-    view, end, position = memoryview(body), offset + size, offset
-    for index in range(count):
-        if position + 4 > end:
-            raise InvalidInput(spec.name, f"BYTES data ends after {index} of {count} elements")
-        (length,) = _LENGTH_PREFIX.unpack_from(body, position)
-        position += 4
-        if position + length > end:
-            raise InvalidInput(spec.name, f"BYTES element {index} runs past binary_data_size")
-        elements[index] = bytes(view[position : position + length])
-        position += length
-    if position != end:
-        raise InvalidInput(
-            spec.name,
-            f"binary_data_size is {size} bytes; its {count} elements use {position - offset}",
-        )
-    return elements
+    try:
+        return decode_bytes(body, offset, size, count)
+    except ValueError as exc:
+        raise InvalidInput(spec.name, str(exc)) from None
 
 
 def raw_tensor(model: ModelInfo, body: bytes, shape_text: str | None) -> dict[str, np.ndarray]:
@@ -251,13 +239,9 @@ def binary_outputs(payload: Any) -> set[str] | bool:
 def _serialize(array: np.ndarray) -> tuple[str, bytes]:
     """Datatype and little-endian bytes of one output (length-prefixed elements for BYTES)."""
     if array.dtype == np.object_:
-        parts = []
-        for value in array.ravel():
-            raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
-            parts += [_LENGTH_PREFIX.pack(len(raw)), raw]
-        return "BYTES", b"".join(parts)
+        return "BYTES", encode_bytes(array)
     wire = array.astype(array.dtype.newbyteorder("<"), copy=False)
-    return _DATATYPES.get(wire.dtype.str, "BYTES"), wire.tobytes()
+    return DATATYPES.get(wire.dtype.str, "BYTES"), wire.tobytes()
 
 
 def encode_binary(
