@@ -26,6 +26,7 @@ from typing import Protocol
 PATH_LABELS = {
     "direct": "direct Triton",
     "seed": "azmlinfsrv + seed script",
+    "floor": "floor (minimal Flask app)",
     "entry": "score serve --entry-script",
     "score": "/score default codec",
     "processor": "/score + processor",
@@ -54,6 +55,8 @@ class Measured(Protocol):
     def batch(self) -> float: ...
     @property
     def errors(self) -> int: ...
+    @property
+    def cpu_ms(self) -> float: ...
 
 
 Cells = Mapping[tuple[str, str, int], Measured]  # (payload, path, concurrency)
@@ -243,12 +246,14 @@ def payload_table(
     """One markdown table: a row per path and concurrency, with ratios to direct and seed."""
     head = (
         "| path | conc | req/s | p50 ms | p99 ms | errors | req/s vs direct | p50 added "
-        "over direct (ms) | req/s vs seed | mean Triton batch | batch vs direct |"
+        "over direct (ms) | req/s vs seed | mean Triton batch | batch vs direct "
+        "| CPU ms/req | CPU vs floor | CPU vs seed |"
     )
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for conc in concurrency:
         direct = cells.get((payload, "direct", conc))
         seed = cells.get((payload, "seed", conc))
+        floor = cells.get((payload, "floor", conc))
         for path in paths:
             c = cells.get((payload, path, conc))
             if c is None:
@@ -264,7 +269,9 @@ def payload_table(
                 f"| {label}{mark} | {conc} | {c.rps:.0f} | {fmt(c.p50)} | {fmt(c.p99)} "
                 f"| {c.errors} | {fmt(_ratio(c.rps, direct.rps if direct else None))} "
                 f"| {fmt(added)} | {fmt(_ratio(c.rps, seed.rps if seed else None))} "
-                f"| {fmt(c.batch)} | {fmt(_ratio(c.batch, direct.batch if direct else None))} |"
+                f"| {fmt(c.batch)} | {fmt(_ratio(c.batch, direct.batch if direct else None))} "
+                f"| {fmt(c.cpu_ms, 3)} | {fmt(_ratio(c.cpu_ms, floor.cpu_ms if floor else None))} "
+                f"| {fmt(_ratio(c.cpu_ms, seed.cpu_ms if seed else None))} |"
             )
     return rows
 
@@ -274,6 +281,7 @@ def payload_table(
 COLORS = {
     "direct": (76, 114, 176),
     "seed": (196, 78, 82),
+    "floor": (140, 140, 140),
     "entry": (221, 132, 82),
     "score": (85, 168, 104),
     "processor": (129, 114, 179),

@@ -64,7 +64,8 @@ from perf_analyzer import PerfRow
 from triton_score.local import LocalTriton
 from triton_score.local.processes import descendants, free_port, process_table, stop_process_group
 
-ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = Path(__file__).resolve().parent
+ROOT = BENCHMARKS.parent
 DEFAULT_MODELS = ROOT / "models" / "triton"
 SEED_SCRIPT = ROOT / "tests" / "fixtures" / "seed_score.py"
 #: The address the seed script hard-codes; the served copy points at the benchmark's Triton.
@@ -78,7 +79,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 NETWORK_TIMEOUT_S = 10.0
 #: A cell during which other processes used more CPU than this (cores) is flagged.
 DISTURBED_CORES = 0.25
-PATHS = ("direct", "seed", "entry", "score", "processor", "forward")
+PATHS = ("direct", "seed", "floor", "entry", "score", "processor", "forward")
 PAYLOADS = ("small", "image", "t224-json", "t224-binary")
 #: Which paths each payload is measured on (the seed script and the entry script know
 #: digits only; the image's ``direct`` is the hand-written client).
@@ -400,6 +401,19 @@ def start_score_serve(
     return server
 
 
+def start_floor(scratch: Path, triton_url: str, workers: int) -> Server:
+    """``floor_app.py`` under Gunicorn's gevent worker, with ``score serve``'s worker count and
+    keep-alive: the least a Flask app can do for the ``small`` payload."""
+    server = Server("floor", scratch)
+    env = {**os.environ, "TRITON_URL": triton_url}
+    cmd = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", str(workers)]
+    cmd += ["--keep-alive", "5", "--worker-connections", "256", "--chdir", str(BENCHMARKS)]
+    cmd += ["-b", f"127.0.0.1:{server.port}", "floor_app:app"]
+    server.launch(cmd, env, cwd=scratch)
+    server.wait_for(lambda: server.log_text().count("Booting worker") >= workers)
+    return server
+
+
 def start_azmlinfsrv(scratch: Path, script: Path, workers: int) -> Server:
     """azmlinfsrv as AzureML runs it: its stock Gunicorn settings (sync workers), so from a
     folder with no ``gunicorn.conf.py``; bound to 127.0.0.1."""
@@ -488,6 +502,17 @@ class Cell:
     @property
     def errors(self) -> int:
         return sum(s.load.errors for s in self.samples)
+
+    @property
+    def cpu_ms(self) -> float:
+        """CPU per request (ms) of the serving processes, from ``/proc``: the server's whole
+        process tree (Gunicorn's master and workers), or Triton's for ``direct``."""
+
+        def per_request(s: Sample) -> float | None:
+            cores = s.cpu_server if s.cpu_server is not None else s.cpu_triton
+            return cores / s.rps * 1000 if s.rps > 0 else None
+
+        return self.median(per_request)
 
     @property
     def cpu_other_max(self) -> float:
@@ -710,6 +735,8 @@ class Bench:
             extra = ["--code-dir", str(ROOT / "score")]
             server = start_score_serve("score-processors", self.scratch, url, args.models,
                                        args.workers, *extra)  # fmt: skip
+        elif kind == "floor":
+            server = start_floor(self.scratch, url, args.workers)
         elif kind == "entry":
             extra = ["--entry-script", str(self.seed_script())]
             server = start_score_serve("score-entry", self.scratch, url, args.models,
@@ -778,6 +805,12 @@ class Bench:
                                       model, f"/score/{model}", score_body.encode(),
                                       JSON_HEADERS)  # fmt: skip
                 self.check_outputs(target, reference)
+            elif name == "floor":
+                score_body = json.dumps({"inputs": {k: v.tolist() for k, v in inputs.items()}})
+                target = self.through("floor", "small", name, "floor (minimal Flask app)",
+                                      model, f"/score/{model}", score_body.encode(),
+                                      JSON_HEADERS)  # fmt: skip
+                self.check_script(target, reference)
             elif name == "processor":
                 proc_body = json.dumps({"image": inputs["image"][0].tolist()}).encode()
                 target = self.through("proc", "small", name, "POST /score + processor", model,
@@ -1171,7 +1204,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--payloads", type=parse_names(PAYLOADS), default=list(PAYLOADS), help=",".join(PAYLOADS))
     add("--concurrency", type=parse_ints, default=[1, 8, 32], help="connections (1,8,32)")
     add("--runs", type=int, default=3, help="rounds; each cell reports the median (3)")
-    add("--duration", type=float, default=5.0, help="measured seconds per cell (5)")
+    add("--duration", type=float, default=4.5, help="measured seconds per cell (4.5)")
     add("--warmup", type=float, default=0.5, help="unmeasured seconds before each cell (0.5)")
     add("--workers", type=int, default=2, help="WORKER_COUNT of every server (2)")
     add("--tool", choices=("auto", "wrk", "python"), default="auto", help="load generator")

@@ -75,6 +75,7 @@ class FakeCell:
     p99: float = 2.0
     batch: float = 1.0
     errors: int = 0
+    cpu_ms: float = 1.0
 
 
 def goal_cells(**override: FakeCell) -> dict:

@@ -124,10 +124,13 @@ def post_worker_init(worker):  # noqa: ANN001, ANN201 - gunicorn hook signature
 
 
 def post_fork(server, worker):  # noqa: ANN001, ANN201 - gunicorn hook signature
-    """In the new worker: what processors print() becomes log lines with the request id."""
+    """In the new worker: what processors print() becomes log lines with the request id;
+    metrics that know their process without asking for its pid on every update."""
     from triton_score.logs import capture_stdout
+    from triton_score.metrics import pin_process_identity
 
     capture_stdout()
+    pin_process_identity()
 
 
 def worker_exit(server, worker):  # noqa: ANN001, ANN201 - gunicorn hook signature
