@@ -91,6 +91,23 @@ PAYLOAD_PATHS = {
 }
 SMALL_MODEL, IMAGE_MODEL = "digits_onnx", "imagenet_lite0"
 #: perf_analyzer's runs: (model, --shape, concurrency), against Triton and against our /v2.
+#: ``--features``: what each costs, by changing one setting of the ``score`` path at a time
+#: (``small``, c=:data:`FEATURE_CONCURRENCY`). name -> (what it is, the env it changes).
+FEATURE_KEY = "bench-key-0123456789abcdef"
+FEATURES: dict[str, tuple[str, dict[str, str]]] = {
+    "access-log-off": ("access line off (SCORE_LOG_LEVEL=WARNING)", {"SCORE_LOG_LEVEL": "WARNING"}),
+    "json-logs": ("JSON log lines (SCORE_LOG_FORMAT=json)", {"SCORE_LOG_FORMAT": "json"}),
+    "api-keys": ("API keys on (Authorization: Bearer)", {"SCORE_API_KEYS": FEATURE_KEY}),
+    "coalesce-off": ("coalescing off (SCORE_COALESCE=off)", {"SCORE_COALESCE": "off"}),
+    "shedding-off": ("shedding off (SCORE_MAX_IN_FLIGHT=0)", {"SCORE_MAX_IN_FLIGHT": "0"}),
+    "tracing-on": (
+        "tracing on, nothing exported (SCORE_TRACING=otel, OTEL_TRACES_EXPORTER=none)",
+        {"SCORE_TRACING": "otel", "OTEL_TRACES_EXPORTER": "none"},
+    ),
+}
+#: Features with no setting to turn them off: their share is in the py-spy profile.
+UNSWITCHED = ("metrics", "request ids", "validation")
+FEATURE_CONCURRENCY = 8
 PERF_RUNS = ((SMALL_MODEL, "image:8,8", 1), (SMALL_MODEL, "image:8,8", 8))
 PERF_SECONDS = 20  # a rough upper bound per perf_analyzer run, for the estimate
 #: The goal for ``entry`` against ``seed`` at every concurrency: at least its throughput, and
@@ -387,11 +404,17 @@ class Server:
 
 
 def start_score_serve(
-    name: str, scratch: Path, triton_url: str, models: Path, workers: int, *extra: str
+    name: str,
+    scratch: Path,
+    triton_url: str,
+    models: Path,
+    workers: int,
+    *extra: str,
+    env_extra: dict[str, str] | None = None,
 ) -> Server:
     """``score serve`` (Gunicorn, gevent workers) in front of the benchmark's Triton."""
     server = Server(name, scratch)
-    env = dict(os.environ)
+    env = {**os.environ, **(env_extra or {})}
     env.pop("SCORE_ACCESS_LOG", None)
     env["SCORE_GRACEFUL_TIMEOUT"] = "5"  # idle at stop time; don't wait 30 s if not
     cmd = [*SCORE_CMD, "serve", "--models", str(models), "--host", "127.0.0.1"]
@@ -450,6 +473,8 @@ class Target:
     wrk_script: Path | None = None
     #: False: only this process can send it (the hand-written image client decodes per call).
     wrk_ok: bool = True
+    #: Measured at this concurrency only (the feature variants); ``None``: at every one.
+    only_at: int | None = None
 
 
 @dataclass
@@ -737,6 +762,11 @@ class Bench:
                                        args.workers, *extra)  # fmt: skip
         elif kind == "floor":
             server = start_floor(self.scratch, url, args.workers)
+        elif kind.startswith("feature:"):
+            _, env = FEATURES[kind.partition(":")[2]]
+            server = start_score_serve(f"score-{kind[8:]}", self.scratch, url, args.models,
+                                       args.workers, "--processors", "none",
+                                       env_extra=env)  # fmt: skip
         elif kind == "entry":
             extra = ["--entry-script", str(self.seed_script())]
             server = start_score_serve("score-entry", self.scratch, url, args.models,
@@ -828,6 +858,18 @@ class Bench:
                                       JSON_HEADERS)  # fmt: skip
                 self.check_script(target, reference)
             self.targets.append(target)
+        if self.args.features and "score" in paths:
+            score_body = json.dumps({"inputs": {k: v.tolist() for k, v in inputs.items()}})
+            for feature, (label, env) in FEATURES.items():
+                headers = dict(JSON_HEADERS)
+                if "SCORE_API_KEYS" in env:
+                    headers["Authorization"] = f"Bearer {FEATURE_KEY}"
+                target = self.through(f"feature:{feature}", "small", f"score:{feature}", label,
+                                      model, f"/score/{model}", score_body.encode(),
+                                      headers)  # fmt: skip
+                target.only_at = FEATURE_CONCURRENCY
+                self.check_outputs(target, reference)
+                self.targets.append(target)
 
     def prepare_image(self, paths: list[str]) -> None:
         jpeg = sample_jpeg()
@@ -980,6 +1022,8 @@ class Bench:
         for round_ in range(1, args.runs + 1):
             for concurrency in args.concurrency:
                 for target in self.targets:
+                    if target.only_at is not None and target.only_at != concurrency:
+                        continue
                     sample = self.measure(target, concurrency)
                     key = (target.payload, target.name, concurrency)
                     cell = self.cells.setdefault(key, Cell(*key))
@@ -1102,6 +1146,9 @@ def render(
         out += payload_table(payload, bench.cells, args.paths, args.concurrency)
         marks = [f"- ⚠ {p}: {why}" for (pl, p), why in bench.marks.items() if pl == payload]
         out += [""] + marks if marks else []
+        if payload == "small" and args.features:
+            out += ["", "#### What each feature costs (`--features`)", ""]
+            out += feature_table(bench.cells)
     if perf:
         out += ["", "### NVIDIA perf_analyzer (HTTP, batch 1)", ""]
         out += ["| server | model | conc | infer/s | p50 ms | p99 ms | note |", "|---" * 7 + "|"]
@@ -1186,11 +1233,38 @@ def parse_names(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
     return parse
 
 
+def feature_table(cells: dict) -> list[str]:
+    """``/score`` with one setting changed, against ``/score`` as it is, at the same
+    concurrency and in the same rounds."""
+    conc = FEATURE_CONCURRENCY
+    base = cells.get(("small", "score", conc))
+    rows = [
+        f"| `/score` at c={conc} with | req/s | vs as is | CPU ms/req | CPU vs as is |",
+        "|---|---|---|---|---|",
+    ]
+    if base is not None:
+        rows.append(f"| as it is (the defaults) | {base.rps:.0f} | 1.00 | {fmt(base.cpu_ms, 3)} "
+                    "| 1.00 |")  # fmt: skip
+    for feature, (label, _) in FEATURES.items():
+        cell = cells.get(("small", f"score:{feature}", conc))
+        if cell is None:
+            continue
+        rps_ratio = cell.rps / base.rps if base and base.rps else None
+        cpu_ratio = cell.cpu_ms / base.cpu_ms if base and base.cpu_ms else None
+        rows.append(f"| {label} | {cell.rps:.0f} | {fmt(rps_ratio)} | {fmt(cell.cpu_ms, 3)} "
+                    f"| {fmt(cpu_ratio)} |")  # fmt: skip
+    for name in UNSWITCHED:
+        rows.append(f"| {name} off | no switch: see the py-spy profile | | | |")
+    return rows
+
+
 def estimate_seconds(args: argparse.Namespace, perf_runs: int) -> float:
     """Roughly how long a run takes: cells x (duration + warm-up) x runs, plus the rest."""
     cells = sum(
         len([p for p in PAYLOAD_PATHS[payload] if p in args.paths]) for payload in args.payloads
     ) * len(args.concurrency)
+    if getattr(args, "features", False) and "small" in args.payloads and "score" in args.paths:
+        cells += len(FEATURES)
     per_cell = max(1, round(args.duration)) + args.warmup + 0.3
     servers = 60.0  # Triton and up to four servers
     startup = 0.0 if args.no_startup else 30.0
@@ -1212,6 +1286,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--entry-script", type=Path, default=SEED_SCRIPT,
         help="the script seed and entry serve (tests/fixtures/seed_score.py)")  # fmt: skip
     add("--no-perf-analyzer", action="store_true", help="skip NVIDIA perf_analyzer")
+    add("--features", action="store_true",
+        help="what each feature costs: /score with one setting changed, at c=8")  # fmt: skip
     add("--no-startup", action="store_true", help="skip P5 (ready time, memory, big bodies)")
     add("--big-body-mb", type=float, default=50.0, help="size of P5's invalid JSON body (50)")
     add("--json", type=Path, default=None, help="write the raw results to this JSON file")

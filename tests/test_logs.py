@@ -145,7 +145,7 @@ def test_the_fast_access_line_is_the_line_logging_writes(restore_logging, log_fo
         if slow:  # any filter on the way makes it take logging's way
             access.addFilter(lambda record: True)
         try:
-            write_access(access, "POST /score/m 200 1.00ms", fields, ids)
+            write_access(access, "POST /score/m 200 1.00ms", lambda: fields, ids)
         finally:
             access.filters.clear()
         lines.append(handler.stream.getvalue())

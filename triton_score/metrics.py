@@ -41,6 +41,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -63,6 +64,7 @@ class Metrics:
 
     def __init__(self, multiproc_dir: str = "") -> None:
         self.multiproc_dir = multiproc_dir
+        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "score_requests",
@@ -137,6 +139,16 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, kept: labels() validates and locks on every call, and a
+        request records four or five labelled values (the label sets are few: models x
+        codes x stages)."""
+        key = (metric._name, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def shm_tensor(self, outcome: str) -> None:
         self.shm_tensors.labels(outcome).inc()
@@ -213,4 +225,3 @@ def pin_process_identity() -> None:
 
     pid = os.getpid()
     values.ValueClass = values.MultiProcessValue(process_identifier=lambda: pid)
-

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from typing import Any
 
 from flask import Response, g, has_request_context, request
 
@@ -60,32 +61,43 @@ def log_request(response: Response) -> Response:
         return response
     started = g.get("access_started")
     elapsed_ms = (time.perf_counter() - started) * 1000 if started is not None else 0.0
-    stages = {name: round(s * 1000, 3) for name, s in (g.get("stages") or {}).items()}
-    route = request.url_rule.rule if request.url_rule is not None else ""
+    seen = request._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup
+    method, path, remote, status = (
+        seen.method,
+        seen.path,
+        seen.remote_addr or "",
+        response.status_code,
+    )
+    route = seen.url_rule.rule if seen.url_rule is not None else ""
     model = _model()
-    fields = {
-        "method": request.method,
-        "path": request.path,
-        "route": route,
-        "model": model,
-        "status": response.status_code,
-        "duration_ms": round(elapsed_ms, 3),
-        "stages_ms": stages,
-        "remote": request.remote_addr or "",
-    }
+    timings = g.get("stages") or {}
     parts = [
-        logfmt(request.method),
-        logfmt(request.path),
-        str(response.status_code),
+        logfmt(method),
+        logfmt(path),
+        str(status),
         f"{elapsed_ms:.2f}ms",
         f"route={logfmt(route or '-')}",
         f"model={logfmt(model or '-')}",
-        f"remote={logfmt(request.remote_addr or '-')}",
-        *(f"{logfmt(name)}_ms={ms:.3f}" for name, ms in stages.items()),
+        f"remote={logfmt(remote or '-')}",
+        *(f"{logfmt(name)}_ms={seconds * 1000:.3f}" for name, seconds in timings.items()),
     ]
-    ids = {"request_id": g.get("request_id") or ""}
-    if not ids["request_id"]:
-        del ids["request_id"]
+
+    def fields() -> dict[str, Any]:  # for JSON lines only: a text line never builds it
+        return {
+            "method": method,
+            "path": path,
+            "route": route,
+            "model": model,
+            "status": status,
+            "duration_ms": round(elapsed_ms, 3),
+            "stages_ms": {name: round(seconds * 1000, 3) for name, seconds in timings.items()},
+            "remote": remote,
+        }
+
+    ids = {}
+    request_id = g.get("request_id")
+    if request_id:
+        ids["request_id"] = str(request_id)
     trace_id = g.get("trace_id")
     if trace_id:
         ids["trace_id"] = str(trace_id)

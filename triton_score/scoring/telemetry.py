@@ -132,10 +132,11 @@ class RequestTelemetry:
         if metrics is None:
             return
         metrics.in_flight.dec()
-        metrics.requests.labels(model, str(status)).inc()
-        metrics.duration.labels(model).observe(time.perf_counter() - self._started)
+        child = metrics.child
+        child(metrics.requests, model, str(status)).inc()
+        child(metrics.duration, model).observe(time.perf_counter() - self._started)
         for stage, seconds in self.timings.items():
             if stage in METERED:
-                metrics.stage.labels(model, stage).observe(seconds)
+                child(metrics.stage, model, stage).observe(seconds)
         if triton_failure:
-            metrics.triton_errors.labels(model, triton_failure).inc()
+            child(metrics.triton_errors, model, triton_failure).inc()
