@@ -5,7 +5,8 @@ One run starts its own Triton (``triton_score.local.LocalTriton`` on free ports,
 ``models/triton``; the model builders run first, so ``imagenet_lite0`` exists) and, in front
 of it, every server it compares; then, for each of ``--runs`` rounds, each concurrency, each
 payload and each path, it measures a cell. Paths (``--paths``): ``direct`` (Triton itself),
-``seed`` (azmlinfsrv + the seed-style script ``tests/fixtures/seed_score.py``), ``entry``
+``seed`` (azmlinfsrv + the seed-style script ``tests/fixtures/seed_score.py``), ``floor``
+(``floor_app.py``: the least a Flask app under the same gevent worker does), ``entry``
 (``score serve --entry-script``, the same script), ``score`` (``/score/<m>``, default codec),
 ``processor`` (``/score/<m>`` through the template's processors) and ``forward`` (``/v2``
 forwarded by ``score serve``). Payloads (``--payloads``): ``small`` (a digit), ``image`` (a
