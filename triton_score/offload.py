@@ -51,7 +51,9 @@ STAGES = frozenset({"preprocess", "outputs", "postprocess"})
 
 
 def gevent_patched() -> bool:
-    """Whether gevent has monkey-patched this process (as Gunicorn's gevent worker does)."""
+    """Whether gevent has monkey-patched this process (as Gunicorn's gevent worker does): the
+    one test of it, for everything that runs greenlets (the deadline, coalescing, the
+    refresher, the connection sampler, the offload pool)."""
     try:
         from gevent.monkey import is_module_patched  # noqa: PLC0415
     except ImportError:  # pragma: no cover - gevent is a dependency

@@ -20,18 +20,11 @@ from collections.abc import Callable
 from typing import Any
 
 from triton_score.errors import ScoringError
+from triton_score.offload import gevent_patched
 from triton_score.scoring import Scorer
 from triton_score.triton import TritonGateway
 
 log = logging.getLogger(__name__)
-
-
-def _gevent_patched() -> bool:
-    try:
-        from gevent.monkey import is_module_patched  # noqa: PLC0415
-    except ImportError:  # pragma: no cover - gevent is a dependency
-        return False
-    return bool(is_module_patched("threading"))
 
 
 class MetadataRefresher:
@@ -52,7 +45,7 @@ class MetadataRefresher:
     def start(self) -> MetadataRefresher:
         if self._task is not None:
             raise RuntimeError("the metadata refresher is already running")
-        if _gevent_patched():
+        if gevent_patched():
             import gevent  # noqa: PLC0415
 
             self._task, kind = gevent.spawn(self._loop), "a greenlet"

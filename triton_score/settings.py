@@ -139,9 +139,9 @@ class Settings:
     #: variables say, and a ``traceparent`` to Triton; see :mod:`triton_score.tracing`.
     tracing: str = ""
     #: Join requests in flight in one worker into one Triton call along the batch axis
-    #: (``SCORE_COALESCE``): ``auto`` (the default: models with ``max_batch_size`` > 1 and
-    #: no ``dynamic_batching`` in their config), ``on`` (every model with a batch axis) or
-    #: ``off``; :func:`triton_score.coalesce.coalesces` says why.
+    #: (``SCORE_COALESCE``): ``auto`` (the default: every model with ``max_batch_size`` > 1,
+    #: those with Triton's ``dynamic_batching`` included), ``on`` (the same) or ``off``;
+    #: :func:`triton_score.coalesce.coalesces` says why.
     coalesce: str = "auto"
     #: Triton calls in flight per model (and input shape, output set) in each worker while
     #: coalescing (``SCORE_COALESCE_CALLS``); requests beyond them wait for the next call,

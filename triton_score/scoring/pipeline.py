@@ -253,7 +253,7 @@ class Scorer:
         """
         with telemetry.stage("decode"):
             request = self.decode(body, content_type, headers, telemetry.request_id, query=query)
-        result = self.score(request, plan, telemetry)
+        result = self._stages(plan, request, telemetry)
         with telemetry.stage("encode"):
             return render(result)  # a processor's Response keeps its status and headers
 
@@ -268,14 +268,17 @@ class Scorer:
         plan = model if isinstance(model, ModelPlan) else self.plan(model)
         if telemetry is None:  # used on its own: spans when tracing, no metrics
             telemetry = RequestTelemetry(None, self.tracing, request_id=request.id)
-        telemetry.model = plan.name
-        processor = plan.processor
-        # The route refused larger bodies before reading them; this holds for the other
-        # callers (AzureML's run(), tests) too.
+        # The route refuses larger bodies before it reads them (handle() does not check
+        # again); AzureML's run() and other callers are held to the same limit here.
         limit, source = plan.body_limit(raw=is_raw_tensor(request.content_type, request.headers))
         if len(request.body) > limit:
             raise BodyTooLarge(limit, len(request.body), source=source)
+        return self._stages(plan, request, telemetry)
 
+    def _stages(self, plan: ModelPlan, request: Request, telemetry: RequestTelemetry) -> Any:
+        """Preprocess, validate, infer, postprocess: the middle of :meth:`handle`."""
+        telemetry.model = plan.name
+        processor = plan.processor
         model_info = plan.model
         with telemetry.stage("preprocess"):
             processor.check_request(request)
