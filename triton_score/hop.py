@@ -150,13 +150,13 @@ class BodyParts:
     def __bytes__(self) -> bytes:
         return b"".join(self._parts)
 
-    def read(self, size: int = -1) -> memoryview | bytes:  # noqa: ARG002 - a whole buffer
+    def read(self, size: int = -1) -> memoryview | bytes:  # a whole buffer
         if self._next >= len(self._parts):
             return b""
         self._next += 1
         return self._parts[self._next - 1]
 
-    def seek(self, offset: int, whence: int = 0) -> int:  # noqa: ARG002
+    def seek(self, offset: int, whence: int = 0) -> int:
         """Start over. gevent's ``sendfile`` calls this once when it is done, sent or not:
         so a retry on a fresh connection (geventhttpclient retries when a kept-alive one
         turns out closed) sends the whole body again."""

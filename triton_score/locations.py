@@ -77,7 +77,7 @@ def find_code_directory(explicit: str = "", entry_script: str = "") -> Path | No
     template = DEFAULT_CODE_DIRECTORY
     if (template / "score.py").is_file():
         return template
-    from triton_score.processors.loading import code_directory_files  # noqa: PLC0415
+    from triton_score.processors.loading import code_directory_files
 
     if code_directory_files(template):
         return template

@@ -174,7 +174,7 @@ class Metrics:
     def render(self) -> tuple[bytes, str]:
         """The exposition text: all workers' metrics under Gunicorn, else this process's."""
         if self.multiproc_dir:
-            from prometheus_client import multiprocess  # noqa: PLC0415
+            from prometheus_client import multiprocess
 
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry, path=self.multiproc_dir)
@@ -196,7 +196,7 @@ def start_connection_sampler(
     """
     if not gevent_patched():
         return None
-    import gevent  # noqa: PLC0415
+    import gevent
 
     def sample() -> None:
         while True:
@@ -221,7 +221,7 @@ def pin_process_identity() -> None:
     """
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return
-    from prometheus_client import values  # noqa: PLC0415
+    from prometheus_client import values
 
     pid = os.getpid()
     values.ValueClass = values.MultiProcessValue(process_identifier=lambda: pid)

@@ -55,7 +55,7 @@ def gevent_patched() -> bool:
     one test of it, for everything that runs greenlets (the deadline, coalescing, the
     refresher, the connection sampler, the offload pool)."""
     try:
-        from gevent.monkey import is_module_patched  # noqa: PLC0415
+        from gevent.monkey import is_module_patched
     except ImportError:  # pragma: no cover - gevent is a dependency
         return False
     return bool(is_module_patched("threading"))
@@ -99,7 +99,7 @@ class Offloader:
 
     def _threads(self) -> ThreadPool:
         if self._pool is None:
-            from gevent.threadpool import ThreadPool  # noqa: PLC0415
+            from gevent.threadpool import ThreadPool
 
             self._pool = ThreadPool(self.threads)
             log.info("processor stages offloaded to %d threads (SCORE_OFFLOAD)", self.threads)

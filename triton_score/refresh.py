@@ -46,7 +46,7 @@ class MetadataRefresher:
         if self._task is not None:
             raise RuntimeError("the metadata refresher is already running")
         if gevent_patched():
-            import gevent  # noqa: PLC0415
+            import gevent
 
             self._task, kind = gevent.spawn(self._loop), "a greenlet"
         else:
@@ -86,6 +86,6 @@ class MetadataRefresher:
             return self.scorer.refresh(gateway)
         except ScoringError as exc:  # Triton away for a moment: the next round will tell
             log.debug("metadata refresh skipped: %s", exc.message)
-        except Exception:  # noqa: BLE001 - the refresher must outlive any one failure
+        except Exception:  # the refresher must outlive any one failure
             log.exception("metadata refresh failed")
         return []

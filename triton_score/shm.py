@@ -436,7 +436,7 @@ def cleanup_dead_worker(pid: int, triton_url: str, timeout_s: float = 2.0) -> li
         url = f"http://{triton_url.removeprefix('http://')}/v2/systemsharedmemory/region/{name}/unregister"
         try:
             request = urllib.request.Request(url, data=b"", method="POST")
-            with urllib.request.urlopen(request, timeout=timeout_s) as answer:  # noqa: S310
+            with urllib.request.urlopen(request, timeout=timeout_s) as answer:
                 answer.read()
         except Exception as exc:  # noqa: BLE001 - Triton may be down; the file is gone anyway
             log.debug("could not unregister %s from Triton: %s", name, exc)
@@ -446,6 +446,6 @@ def cleanup_dead_worker(pid: int, triton_url: str, timeout_s: float = 2.0) -> li
 def registered_regions(triton_url: str, timeout_s: float = 2.0) -> list[str]:
     """The names of the system shared memory regions Triton has registered (for tests, ops)."""
     url = f"http://{triton_url.removeprefix('http://')}/v2/systemsharedmemory/status"
-    with urllib.request.urlopen(url, timeout=timeout_s) as answer:  # noqa: S310
+    with urllib.request.urlopen(url, timeout=timeout_s) as answer:
         status = json.loads(answer.read() or b"[]")
     return sorted(region["name"] for region in status)

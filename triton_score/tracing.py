@@ -106,7 +106,7 @@ def start_tracing(settings: Settings) -> Tracing:
     if settings.tracing != "otel":
         return NO_TRACING
     try:
-        from triton_score.otel import OtelTracing  # noqa: PLC0415 - only when turned on
+        from triton_score.otel import OtelTracing  # only when turned on
     except ImportError as exc:
         raise RuntimeError(
             f"SCORE_TRACING=otel needs the OpenTelemetry SDK ({exc.name} is missing): "
@@ -172,7 +172,7 @@ def check_tracing(environ: Mapping[str, str]) -> str:
         mode = tracing_mode(environ.get("SCORE_TRACING", ""))
         if not mode:
             return ""
-        from triton_score.otel import exporter_names, find_exporter  # noqa: PLC0415
+        from triton_score.otel import exporter_names, find_exporter
 
         for name in exporter_names(environ):
             find_exporter(name)

@@ -360,7 +360,7 @@ class Scorer:
             try:
                 processor.load(fresh)
                 loaded = f"processor {processor.name} loaded again"
-            except Exception:  # noqa: BLE001 - one bad load() must not stop the refresher
+            except Exception:  # one bad load() must not stop the refresher
                 log.exception("model %s: load() of processor %s failed", name, processor.name)
                 loaded = f"load() of processor {processor.name} FAILED (see above)"
             (fresh_helpers if name in helpers else fresh_models)[name] = fresh
