@@ -50,6 +50,7 @@ from triton_score.codecs.v2 import (
     tensor_buffer,
 )
 from triton_score.deadline import Abandoned, shielded
+from triton_score.locations import split_address
 from triton_score.metadata import ModelInfo
 from triton_score.script_clients import free_connections, make_http_pool_fair
 
@@ -197,10 +198,10 @@ class Hop:
     ) -> None:
         #: Calls a deadline abandoned that still hold a connection (see :mod:`.deadline`).
         self.abandoned = abandoned
-        host, _, port = url.removeprefix("http://").rpartition(":")
+        host, port = split_address(url)
         self._client = HTTPClient(
-            host or "localhost",
-            port=int(port),
+            host,
+            port=port,
             concurrency=concurrency,
             connection_timeout=min(timeout_s, 10.0),
             network_timeout=timeout_s,

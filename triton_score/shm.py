@@ -58,7 +58,7 @@ from pathlib import Path
 
 import numpy as np
 
-from triton_score.locations import is_local_address
+from triton_score.locations import is_local_address, split_address
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def shm_disabled_reason(mode: str, triton_url: str) -> str:
     """
     if mode == "off":
         return "SCORE_SHM=off"
-    host = triton_url.removeprefix("http://").rpartition(":")[0]
+    host = split_address(triton_url)[0]
     if mode == "auto" and not is_local_address(host):
         return f"Triton's host {host!r} is not this machine (SCORE_SHM=auto)"
     return ""

@@ -134,8 +134,7 @@ class Scorer:
         """The model repository Triton serves, when it is on this machine and known."""
         if not self.settings.model_repository:
             return None
-        host = self.settings.triton_url.removeprefix("http://").rpartition(":")[0]
-        if not is_local_address(host):
+        if not is_local_address(self.settings.triton_host):
             return None
         repository = Path(self.settings.model_repository)
         return repository.resolve() if repository.is_dir() else None
