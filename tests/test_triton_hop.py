@@ -19,7 +19,7 @@ from triton_score.hop import encode_request
 from triton_score.local import LocalTriton
 from triton_score.local.processes import free_port
 from triton_score.metadata import ModelInfo, TensorSpec
-from triton_score.script_clients import FairSemaphore
+from triton_score.pool import FairSemaphore
 from triton_score.triton import TritonGateway
 
 RNG = np.random.default_rng(8)

@@ -28,7 +28,7 @@ bfloat16: callers hand FP32 arrays in and get FP32 arrays out, as with ``tritonc
 
 The connection: a ``geventhttpclient.HTTPClient`` (what ``tritonclient`` uses underneath)
 with ``concurrency`` kept-alive connections, whose pool queues greenlets first come, first
-served (:class:`~triton_score.script_clients.FairSemaphore`): past ``concurrency`` calls in
+served (:class:`~triton_score.pool.FairSemaphore`): past ``concurrency`` calls in
 flight, the oldest waiter gets the next free connection, so no request starves.
 """
 
@@ -52,7 +52,7 @@ from triton_score.codecs.v2 import (
 from triton_score.deadline import Abandoned, shielded
 from triton_score.locations import split_address
 from triton_score.metadata import ModelInfo
-from triton_score.script_clients import free_connections, make_http_pool_fair
+from triton_score.pool import free_connections, make_http_pool_fair
 
 log = logging.getLogger(__name__)
 
