@@ -299,7 +299,7 @@ def plot(
 ) -> Path:
     """Grouped bars of req/s: a panel per payload, a group per concurrency, a bar per path,
     each bar labelled with its value. Pillow only (no matplotlib in the dependencies)."""
-    from PIL import Image, ImageDraw, ImageFont  # noqa: PLC0415 - only when plotting
+    from PIL import Image, ImageDraw, ImageFont  # only when plotting
 
     font = ImageFont.load_default()
     panel_h, width, margin = 300, 1100, 60

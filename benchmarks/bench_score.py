@@ -599,7 +599,7 @@ def direct_connector(
 # -- the payloads ------------------------------------------------------------------------------
 def imagenet_preprocess() -> Callable[[bytes], np.ndarray]:
     """``preprocess_imagenet_image`` of the template's processor, the very code it runs."""
-    import importlib.util  # noqa: PLC0415
+    import importlib.util
 
     path = ROOT / "score" / "imagenet_processor.py"
     spec = importlib.util.spec_from_file_location("bench_imagenet_processor", path)
@@ -611,10 +611,10 @@ def imagenet_preprocess() -> Callable[[bytes], np.ndarray]:
 
 def sample_jpeg() -> bytes:
     """A real photo (scikit-learn's ``china.jpg``, 640x427) as a JPEG of quality 90."""
-    import io  # noqa: PLC0415
+    import io
 
-    from PIL import Image  # noqa: PLC0415
-    from sklearn.datasets import load_sample_image  # noqa: PLC0415
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
 
     buffer = io.BytesIO()
     Image.fromarray(load_sample_image("china.jpg")).save(buffer, format="JPEG", quality=90)
@@ -687,7 +687,7 @@ def sample_inputs(meta: dict, model: str) -> dict[str, np.ndarray]:
     for spec in meta["inputs"]:
         shape = [1 if d < 0 else d for d in spec["shape"]]
         if model == "digits_onnx" and spec["name"] == "image":
-            from sklearn.datasets import load_digits  # noqa: PLC0415 - only needed here
+            from sklearn.datasets import load_digits  # only needed here
 
             inputs["image"] = load_digits().images[:1].astype(np.float32)  # [1, 8, 8]
         elif spec["datatype"] == "BYTES":

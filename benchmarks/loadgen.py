@@ -221,7 +221,7 @@ class LoadGenerator:
         return results
 
 
-def run(url: str, *, requests: int | None = None, duration: float | None = None, **kw: object):  # noqa: ANN201
+def run(url: str, *, requests: int | None = None, duration: float | None = None, **kw: object):
     """:class:`LoadGenerator` ``(url, **kw).run(requests, duration)`` in one call."""
     return LoadGenerator(url, **kw).run(requests, duration)  # type: ignore[arg-type]
 

@@ -277,7 +277,7 @@ class ImageNetClassifier:
             pixels = preprocess_imagenet_image(image)
         except MemoryError:
             raise
-        except Exception as exc:  # truncated or corrupt data, found while decoding
+        except Exception as exc:  # noqa: BLE001 - truncated or corrupt data, found while decoding
             raise BadRequest(f"the image could not be decoded: {exc}") from None
         finally:
             image.close()

@@ -160,7 +160,7 @@ def run_score(*args: str, cwd: Path, timeout: float = 120) -> subprocess.Complet
 def echo_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTriton]:
     """A Triton serving the ``echo`` fixture (every datatype back unchanged; a negative
     ``f32`` is a 400) and ``scaler`` (y = 2x): the lean hop's and coalescing's models."""
-    import shutil  # noqa: PLC0415
+    import shutil
 
     repository = tmp_path_factory.mktemp("echo") / "repository"
     for name in ("echo", "scaler"):

@@ -63,7 +63,7 @@ class FakeTriton:
                 self.end_headers()
                 self.wfile.write(body)
 
-            do_GET = do_POST = _answer  # noqa: N815 - http.server's names
+            do_GET = do_POST = _answer  # http.server's names
 
             def log_message(self, *args: object) -> None:
                 pass

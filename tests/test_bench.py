@@ -13,10 +13,10 @@ import pytest
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import bench_report  # noqa: E402
-from bench_report import Startup, evaluate_goals, payload_table, plot  # noqa: E402
-from bench_score import estimate_seconds, parse_wrk_output  # noqa: E402
-from perf_analyzer import parse_csv, parse_stdout  # noqa: E402
+import bench_report
+from bench_report import Startup, evaluate_goals, payload_table, plot
+from bench_score import estimate_seconds, parse_wrk_output
+from perf_analyzer import parse_csv, parse_stdout
 
 PERF_STDOUT = """\
 *** Measurement Settings ***
@@ -156,7 +156,7 @@ def test_a_cell_with_errors_or_missing_never_meets() -> None:
     assert dict(evaluate_goals(only_c1, None))["P4 batching"].startswith("not measured")
 
 
-def test_table_ratios_and_plot(tmp_path) -> None:  # noqa: ANN001 - fixture
+def test_table_ratios_and_plot(tmp_path) -> None:  # fixture
     cells = goal_cells()
     rows = payload_table("small", cells, ["direct", "seed", "score"], [8])
     score_row = next(r for r in rows if r.startswith("| /score default codec |"))
@@ -166,7 +166,7 @@ def test_table_ratios_and_plot(tmp_path) -> None:  # noqa: ANN001 - fixture
     image_rows = payload_table("image", cells, ["direct", "processor"], [8])
     assert any(bench_report.IMAGE_DIRECT_LABEL in r for r in image_rows)
 
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     out = plot(cells, ["small", "image"], list(bench_report.PATH_LABELS), [1, 8, 32],
                tmp_path / "plot.png")  # fmt: skip
@@ -177,7 +177,7 @@ def test_table_ratios_and_plot(tmp_path) -> None:  # noqa: ANN001 - fixture
 
 
 def test_estimate_fits_the_budget() -> None:
-    import bench_score  # noqa: PLC0415
+    import bench_score
 
     args = bench_score.build_parser().parse_args([])
     assert estimate_seconds(args, 2 * len(bench_score.PERF_RUNS)) <= 15 * 60

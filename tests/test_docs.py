@@ -110,7 +110,7 @@ def test_processors_page_testing_example_runs(
     text = (ROOT / "docs" / "processors.md").read_text()
     section = text[text.index("## Testing a processor") : text.index("## When you need more")]
     namespace: dict[str, object] = {}
-    exec(python_blocks_of(section)[0], namespace)  # noqa: S102 - the page's own example
+    exec(python_blocks_of(section)[0], namespace)  # the page's own example
     assert namespace["pytest_plugins"] == ["triton_score.testing"]
     monkeypatch.chdir(ROOT)  # its paths are the project's
     namespace["test_digits"](triton_score_client)  # type: ignore[operator]

@@ -216,7 +216,7 @@ def parsed(parser: Any, app: Flask, **request: Any) -> Any:
             return parser(context.request)
         except ScoringError as exc:
             return exc.status_code
-        except Exception as exc:  # azmlinfsrv's InputError subclasses
+        except Exception as exc:  # noqa: BLE001 - azmlinfsrv's InputError subclasses
             return type(exc).__name__
 
 

@@ -711,7 +711,7 @@ def test_processor_models_get_a_default_body_limit() -> None:
 
     @processor("digits_onnx")
     class Decodes:
-        def preprocess(self, request, model):  # noqa: ANN001, ANN201
+        def preprocess(self, request, model):
             return {}
 
     registry = ProcessorRegistry()

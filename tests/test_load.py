@@ -38,7 +38,7 @@ from triton_score.local.processes import (
 )
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from loadgen import LoadGenerator, Results  # noqa: E402
+from loadgen import LoadGenerator, Results
 
 pytestmark = [pytest.mark.integration, pytest.mark.load]
 

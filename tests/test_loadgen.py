@@ -14,13 +14,13 @@ from conftest import ROOT
 from triton_score.local.processes import free_port
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from loadgen import LoadGenerator, main  # noqa: E402
+from loadgen import LoadGenerator, main
 
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:  # http.server's naming
         body = self.rfile.read(int(self.headers.get("content-length", 0)))
         if self.path == "/cut":  # a status line, then the connection breaks mid-answer
             self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
@@ -74,7 +74,7 @@ def test_classifies_refused_truncated_and_keeps_retry_after(url: str) -> None:
     assert {r.retry_after for r in busy.records} == {"5"}
 
 
-def test_command_line(url: str, tmp_path, capsys) -> None:  # noqa: ANN001 - fixtures
+def test_command_line(url: str, tmp_path, capsys) -> None:  # fixtures
     out = tmp_path / "records.jsonl"
     code = main([url + "/ok", "--body", "{}", "-c", "2", "-n", "10", "--json", str(out)])
     assert code == 0

@@ -172,7 +172,7 @@ def _burn(server: ScoreServer, seconds: float, request_id: str = "") -> requests
 
 def _while_burning(
     server: ScoreServer,
-    probe,  # noqa: ANN001
+    probe,
     times: int = 3,
 ) -> tuple[list[float], requests.Response]:
     """Seconds ``probe()`` took, ``times`` times, while a 1.5 s burn runs; and the burn's

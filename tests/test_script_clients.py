@@ -10,7 +10,8 @@ import gevent.lock
 import pytest
 import tritonclient.http as httpclient
 
-from triton_score.script_clients import FairSemaphore, adapt_script_clients, make_pool_fair
+from triton_score.pool import FairSemaphore
+from triton_score.script_clients import adapt_script_clients, make_pool_fair
 
 
 def queue_up(semaphore: object, names: list[str], order: list[str]) -> list[gevent.Greenlet]:

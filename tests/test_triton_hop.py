@@ -19,7 +19,7 @@ from triton_score.hop import encode_request
 from triton_score.local import LocalTriton
 from triton_score.local.processes import free_port
 from triton_score.metadata import ModelInfo, TensorSpec
-from triton_score.script_clients import FairSemaphore
+from triton_score.pool import FairSemaphore
 from triton_score.triton import TritonGateway
 
 RNG = np.random.default_rng(8)
@@ -182,7 +182,7 @@ BAD_ANSWERS = {
 def test_decode_response_refuses_what_does_not_hold_together(
     body: tuple[bytes, int], fragment: str
 ) -> None:
-    import tracemalloc  # noqa: PLC0415
+    import tracemalloc
 
     data, length = body
     tracemalloc.start()
@@ -210,7 +210,7 @@ def test_bf16_outputs_still_decode() -> None:
 
 def serve_answers(body: bytes, header_length: str) -> object:
     """A stand-in Triton (a gevent server) that answers every request with ``body``."""
-    import gevent.server  # noqa: PLC0415
+    import gevent.server
 
     head = (
         f"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
@@ -250,7 +250,7 @@ MALFORMED: dict[str, tuple[bytes, str | None]] = {
 def test_a_malformed_answer_is_tritons_error_not_ours(body: bytes, length: str | None) -> None:
     """What Triton should never send is "Triton's answer could not be parsed" (a 500 the
     gateway logs as Triton's failure), never an exception that escapes as an internal error."""
-    from tritonclient.utils import InferenceServerException  # noqa: PLC0415
+    from tritonclient.utils import InferenceServerException
 
     if length == "-4":  # the JSON, without the 4 bytes of tensor data after it
         length = str(len(body) - 4)
@@ -310,7 +310,7 @@ def test_real_triton_errors_keep_their_meaning(echo_triton: LocalTriton) -> None
 
 
 def test_a_silent_triton_is_a_timeout() -> None:
-    import gevent.server  # noqa: PLC0415
+    import gevent.server
 
     def listen_only(socket, address):  # type: ignore[no-untyped-def]
         socket.recv(65536)

@@ -413,3 +413,16 @@ def test_earlier_sources_win_and_one_source_may_not_define_a_model_twice(tmp_pat
     )
     with pytest.raises(ProcessorDefinitionError, match="two processors for model 'a'"):
         load_processors([], code_directory=code, use_entry_points=False)
+
+
+def test_an_address_is_taken_apart_in_one_place() -> None:
+    from triton_score.locations import split_address
+
+    assert split_address("triton:8001") == ("triton", 8001)
+    assert split_address("http://127.0.0.1:8000/") == ("127.0.0.1", 8000)
+    assert split_address(":8000") == ("localhost", 8000)
+    assert Settings(triton_url="http://gpu-7:9000").triton_host == "gpu-7"
+    assert Settings(triton_url="gpu-7:9000").triton_port == 9000
+    for bad in ("triton", "triton:http", ""):
+        with pytest.raises(ValueError, match="host:port"):
+            split_address(bad)

@@ -14,12 +14,12 @@ The public API, small on purpose:
 
 __version__ = "0.2.0"
 
-from triton_score.calls import Triton  # noqa: E402
-from triton_score.codecs.request import Request  # noqa: E402
-from triton_score.codecs.response import Response  # noqa: E402
-from triton_score.errors import BadRequest, ScoringError  # noqa: E402
-from triton_score.metadata import ModelInfo, TensorSpec  # noqa: E402
-from triton_score.processors import processor  # noqa: E402
+from triton_score.calls import Triton
+from triton_score.codecs.request import Request
+from triton_score.codecs.response import Response
+from triton_score.errors import BadRequest, ScoringError
+from triton_score.metadata import ModelInfo, TensorSpec
+from triton_score.processors import processor
 
 
 def create_app(*args, **kwargs):  # type: ignore[no-untyped-def]

@@ -162,7 +162,7 @@ def load_processor(spec: str | os.PathLike[str], model: str) -> Any:
     ``module:Class``) defines, as the server creates it (its ``load`` not called yet).
 
     :raises LookupError: ``spec`` has no processor for ``model``."""
-    from triton_score.processors.loading import load_processors  # noqa: PLC0415
+    from triton_score.processors.loading import load_processors
 
     registry = load_processors([str(spec)], use_entry_points=False)
     if model not in registry.models():
@@ -338,8 +338,8 @@ def check_processors(
 # -- the model repository --------------------------------------------------------------------
 def check_repository(repository: Path) -> list[Row]:
     """One row per model folder: ONNX files against their config, label files present."""
-    from triton_score.local.onnx_check import check_model  # noqa: PLC0415
-    from triton_score.local.onnx_wrapper import (  # noqa: PLC0415
+    from triton_score.local.onnx_check import check_model
+    from triton_score.local.onnx_wrapper import (
         ModelRepositoryError,
         RepositoryModel,
         parse_config,

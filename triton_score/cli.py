@@ -205,7 +205,7 @@ def _triton(
     stopped when the command is done. Yields its ``host:port``."""
     from triton_score.local import LocalTriton, TritonNotFound, find_tritonserver
     from triton_score.local.processes import free_port
-    from triton_score.locations import is_local_address
+    from triton_score.locations import is_local_address, split_address
     from triton_score.settings import Settings
 
     url = (args.triton_url or Settings.from_env().triton_url).removeprefix("http://")
@@ -213,8 +213,7 @@ def _triton(
         _say(f"{args.command}: using the Triton running at {url}")
         yield url
         return
-    host = url.rpartition(":")[0]
-    if not is_local_address(host):
+    if not is_local_address(split_address(url)[0]):
         raise CommandError(f"nothing answers at TRITON_URL={url} (not a local address)")
     if repository is None:
         raise CommandError(f"nothing answers at TRITON_URL={url}, and no model repository found")

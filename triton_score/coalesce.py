@@ -38,11 +38,11 @@ from typing import Protocol
 
 import gevent
 import gevent.event
-import gevent.monkey
 import numpy as np
 
 from triton_score.errors import ScoringError, TritonError
 from triton_score.metadata import ModelInfo
+from triton_score.offload import gevent_patched
 from triton_score.settings import COALESCE_MODES as MODES
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def in_gevent_worker() -> bool:
     """Whether this process is gevent-patched (a ``score serve`` worker). Elsewhere — a sync
     server, a threaded test client — requests are threads, and gevent's greenlets and
     events cannot be shared across threads: nothing is coalesced there."""
-    return bool(gevent.monkey.is_module_patched("threading"))
+    return gevent_patched()
 
 
 def batch_rows(inputs: Mapping[str, np.ndarray]) -> int | None:

@@ -58,7 +58,7 @@ def request_deadline(timeout_ms: int) -> AbstractContextManager[object]:
     0 or outside gevent (nothing there could interrupt the request's I/O)."""
     if timeout_ms <= 0 or not gevent_patched():
         return nullcontext()
-    from gevent import Timeout  # noqa: PLC0415 - gevent is imported in a worker only
+    from gevent import Timeout  # gevent is imported in a worker only
 
     return Timeout(
         timeout_ms / 1000,
@@ -108,7 +108,7 @@ def shielded(
     """
     if not gevent_patched() or (sends is not None and not may_block(sends)):
         return call()
-    import gevent  # noqa: PLC0415
+    import gevent
 
     outcome: list[Any] = []
     waiting = True

@@ -132,7 +132,7 @@ def is_native(script: EntryScript) -> bool:
     """Whether ``script`` hands over to triton_score (``from triton_score.entry import init,
     run``, as the template's ``score.py`` does): then it is served natively, with processors,
     every model at ``/score/<model>`` and ``/v2``, rather than through its ``run()``."""
-    from triton_score import entry  # noqa: PLC0415 - entry builds runtimes, which load scripts
+    from triton_score import entry  # entry builds runtimes, which load scripts
 
     return script.module.init is entry.init and script.module.run is entry.run
 

@@ -72,7 +72,7 @@ if os.environ.get("SCORE_LOG_FORMAT", "").strip().lower() == "json":
 control_socket_disable = True
 
 
-def on_starting(server):  # noqa: ANN001, ANN201 - gunicorn hook signature
+def on_starting(server):  # gunicorn hook signature
     """In the master, before any worker: refuse settings that cannot serve (exit code 2, one
     line), warn when nothing but the network stands between the port and its clients, and
     make the token of this server's shared memory region names (:func:`server_token`)."""
@@ -94,7 +94,7 @@ def on_starting(server):  # noqa: ANN001, ANN201 - gunicorn hook signature
         logging.getLogger("gunicorn.error").warning(warning)
 
 
-def post_worker_init(worker):  # noqa: ANN001, ANN201 - gunicorn hook signature
+def post_worker_init(worker):  # gunicorn hook signature
     """When ``score serve`` stops (the drain file exists), let SIGTERM shrink the listen
     queue to its minimum first.
 
@@ -113,7 +113,7 @@ def post_worker_init(worker):  # noqa: ANN001, ANN201 - gunicorn hook signature
 
     stop = worker.handle_exit
 
-    def handle_exit(signum, frame):  # noqa: ANN001, ANN202
+    def handle_exit(signum, frame):
         if os.path.exists(drain_file):
             for sock in worker.sockets:
                 with contextlib.suppress(OSError):
@@ -123,7 +123,7 @@ def post_worker_init(worker):  # noqa: ANN001, ANN201 - gunicorn hook signature
     signal.signal(signal.SIGTERM, handle_exit)
 
 
-def post_fork(server, worker):  # noqa: ANN001, ANN201 - gunicorn hook signature
+def post_fork(server, worker):  # gunicorn hook signature
     """In the new worker: what processors print() becomes log lines with the request id;
     metrics that know their process without asking for its pid on every update."""
     from triton_score.logs import capture_stdout
@@ -133,14 +133,14 @@ def post_fork(server, worker):  # noqa: ANN001, ANN201 - gunicorn hook signature
     pin_process_identity()
 
 
-def worker_exit(server, worker):  # noqa: ANN001, ANN201 - gunicorn hook signature
+def worker_exit(server, worker):  # gunicorn hook signature
     """In the exiting worker: unregister and unlink its shared memory region."""
     from triton_score.shm import close_all
 
     close_all()
 
 
-def child_exit(server, worker):  # noqa: ANN001, ANN201 - gunicorn hook signature
+def child_exit(server, worker):  # gunicorn hook signature
     """Drop a dead worker's live gauges from the shared Prometheus files, and remove the
     shared memory region it could not remove itself (killed: SIGKILL, OOM, timeout)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -28,7 +28,7 @@ bfloat16: callers hand FP32 arrays in and get FP32 arrays out, as with ``tritonc
 
 The connection: a ``geventhttpclient.HTTPClient`` (what ``tritonclient`` uses underneath)
 with ``concurrency`` kept-alive connections, whose pool queues greenlets first come, first
-served (:class:`~triton_score.script_clients.FairSemaphore`): past ``concurrency`` calls in
+served (:class:`~triton_score.pool.FairSemaphore`): past ``concurrency`` calls in
 flight, the oldest waiter gets the next free connection, so no request starves.
 """
 
@@ -50,8 +50,9 @@ from triton_score.codecs.v2 import (
     tensor_buffer,
 )
 from triton_score.deadline import Abandoned, shielded
+from triton_score.locations import split_address
 from triton_score.metadata import ModelInfo
-from triton_score.script_clients import free_connections, make_http_pool_fair
+from triton_score.pool import free_connections, make_http_pool_fair
 
 log = logging.getLogger(__name__)
 
@@ -150,13 +151,13 @@ class BodyParts:
     def __bytes__(self) -> bytes:
         return b"".join(self._parts)
 
-    def read(self, size: int = -1) -> memoryview | bytes:  # noqa: ARG002 - a whole buffer
+    def read(self, size: int = -1) -> memoryview | bytes:  # a whole buffer
         if self._next >= len(self._parts):
             return b""
         self._next += 1
         return self._parts[self._next - 1]
 
-    def seek(self, offset: int, whence: int = 0) -> int:  # noqa: ARG002
+    def seek(self, offset: int, whence: int = 0) -> int:
         """Start over. gevent's ``sendfile`` calls this once when it is done, sent or not:
         so a retry on a fresh connection (geventhttpclient retries when a kept-alive one
         turns out closed) sends the whole body again."""
@@ -197,10 +198,10 @@ class Hop:
     ) -> None:
         #: Calls a deadline abandoned that still hold a connection (see :mod:`.deadline`).
         self.abandoned = abandoned
-        host, _, port = url.removeprefix("http://").rpartition(":")
+        host, port = split_address(url)
         self._client = HTTPClient(
-            host or "localhost",
-            port=int(port),
+            host,
+            port=port,
             concurrency=concurrency,
             connection_timeout=min(timeout_s, 10.0),
             network_timeout=timeout_s,

@@ -77,11 +77,23 @@ def find_code_directory(explicit: str = "", entry_script: str = "") -> Path | No
     template = DEFAULT_CODE_DIRECTORY
     if (template / "score.py").is_file():
         return template
-    from triton_score.processors.loading import code_directory_files  # noqa: PLC0415
+    from triton_score.processors.loading import code_directory_files
 
     if code_directory_files(template):
         return template
     return None
+
+
+def split_address(url: str) -> tuple[str, int]:
+    """``(host, port)`` of an address such as ``TRITON_URL`` (``host:port``, with or without
+    ``http://``; no host means ``localhost``): the one place such an address is taken apart.
+
+    :raises ValueError: no port, or a port that is not a number.
+    """
+    host, _, port = url.strip().removeprefix("http://").rstrip("/").rpartition(":")
+    if not port.isdigit():
+        raise ValueError(f"TRITON_URL must look like host:port, got {url!r}")
+    return host or "localhost", int(port)
 
 
 #: Host names that always mean this machine.

@@ -40,7 +40,7 @@ MAX_PENDING = 64 * 1024
 def request_context() -> dict[str, str]:
     """``request_id`` (and ``trace_id``, when set) of the request being handled, if any."""
     try:
-        from flask import g, has_request_context  # noqa: PLC0415
+        from flask import g, has_request_context
     except ImportError:  # pragma: no cover - flask is a dependency
         return {}
     if not has_request_context():

@@ -168,7 +168,7 @@ class ModelInfo:
 
         :raises triton_score.model_config.ModelConfigError: no readable ``config.pbtxt``.
         """
-        from triton_score.model_config import read_model_config  # noqa: PLC0415
+        from triton_score.model_config import read_model_config
 
         path = Path(path)
         folder = path if path.is_dir() else path.parent

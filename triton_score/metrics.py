@@ -52,6 +52,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from triton_score.offload import gevent_patched
+
 #: Latency buckets from 1 ms to 30 s: CPU models answer in ms, big GPU models in seconds.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -172,7 +174,7 @@ class Metrics:
     def render(self) -> tuple[bytes, str]:
         """The exposition text: all workers' metrics under Gunicorn, else this process's."""
         if self.multiproc_dir:
-            from prometheus_client import multiprocess  # noqa: PLC0415
+            from prometheus_client import multiprocess
 
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry, path=self.multiproc_dir)
@@ -192,11 +194,9 @@ def start_connection_sampler(
 
     Sampled rather than counted on each call because it then costs the request path nothing.
     """
-    from gevent.monkey import is_module_patched  # noqa: PLC0415
-
-    if not is_module_patched("socket"):
+    if not gevent_patched():
         return None
-    import gevent  # noqa: PLC0415
+    import gevent
 
     def sample() -> None:
         while True:
@@ -221,7 +221,7 @@ def pin_process_identity() -> None:
     """
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return
-    from prometheus_client import values  # noqa: PLC0415
+    from prometheus_client import values
 
     pid = os.getpid()
     values.ValueClass = values.MultiProcessValue(process_identifier=lambda: pid)

@@ -80,8 +80,8 @@ def read_model_config(path: str | Path) -> dict[str, Any]:
 def parse_model_config(text: str, origin: str = CONFIG_FILE) -> dict[str, Any]:
     """``config.pbtxt`` text -> the JSON form of Triton's ``/v2/models/<m>/config``."""
     try:
-        from google.protobuf import json_format, text_format  # noqa: PLC0415
-        from tritonclient.grpc import model_config_pb2  # noqa: PLC0415
+        from google.protobuf import json_format, text_format
+        from tritonclient.grpc import model_config_pb2
     except (ImportError, RuntimeError):  # tritonclient.grpc raises RuntimeError without grpcio
         return _normalise(_Parser(text, origin).message(top=True))
     try:

@@ -51,9 +51,11 @@ STAGES = frozenset({"preprocess", "outputs", "postprocess"})
 
 
 def gevent_patched() -> bool:
-    """Whether gevent has monkey-patched this process (as Gunicorn's gevent worker does)."""
+    """Whether gevent has monkey-patched this process (as Gunicorn's gevent worker does): the
+    one test of it, for everything that runs greenlets (the deadline, coalescing, the
+    refresher, the connection sampler, the offload pool)."""
     try:
-        from gevent.monkey import is_module_patched  # noqa: PLC0415
+        from gevent.monkey import is_module_patched
     except ImportError:  # pragma: no cover - gevent is a dependency
         return False
     return bool(is_module_patched("threading"))
@@ -97,7 +99,7 @@ class Offloader:
 
     def _threads(self) -> ThreadPool:
         if self._pool is None:
-            from gevent.threadpool import ThreadPool  # noqa: PLC0415
+            from gevent.threadpool import ThreadPool
 
             self._pool = ThreadPool(self.threads)
             log.info("processor stages offloaded to %d threads (SCORE_OFFLOAD)", self.threads)

@@ -20,18 +20,11 @@ from collections.abc import Callable
 from typing import Any
 
 from triton_score.errors import ScoringError
+from triton_score.offload import gevent_patched
 from triton_score.scoring import Scorer
 from triton_score.triton import TritonGateway
 
 log = logging.getLogger(__name__)
-
-
-def _gevent_patched() -> bool:
-    try:
-        from gevent.monkey import is_module_patched  # noqa: PLC0415
-    except ImportError:  # pragma: no cover - gevent is a dependency
-        return False
-    return bool(is_module_patched("threading"))
 
 
 class MetadataRefresher:
@@ -52,8 +45,8 @@ class MetadataRefresher:
     def start(self) -> MetadataRefresher:
         if self._task is not None:
             raise RuntimeError("the metadata refresher is already running")
-        if _gevent_patched():
-            import gevent  # noqa: PLC0415
+        if gevent_patched():
+            import gevent
 
             self._task, kind = gevent.spawn(self._loop), "a greenlet"
         else:
@@ -93,6 +86,6 @@ class MetadataRefresher:
             return self.scorer.refresh(gateway)
         except ScoringError as exc:  # Triton away for a moment: the next round will tell
             log.debug("metadata refresh skipped: %s", exc.message)
-        except Exception:  # noqa: BLE001 - the refresher must outlive any one failure
+        except Exception:  # the refresher must outlive any one failure
             log.exception("metadata refresh failed")
         return []

@@ -22,8 +22,8 @@ without changing the script:
   (``SCORE_TRITON_CONCURRENCY``, the connections each worker may keep to Triton). The pool
   opens them lazily: a worker opens only as many as it has Triton calls in flight at once;
 - every client's connection pool hands a freed connection to the greenlet that has waited
-  longest (:class:`FairSemaphore`), so a script that does limit its connections queues
-  fairly;
+  longest (:class:`~triton_score.pool.FairSemaphore`), so a script that does limit its
+  connections queues fairly;
 - its ``infer()`` runs whole in a greenlet of its own (:func:`triton_score.deadline.shielded`):
   the request's ``SCORING_TIMEOUT_MS`` abandons a call that takes too long, but never
   interrupts it while it sends a large body, which would lose a pool connection for good.
@@ -34,14 +34,12 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections import deque
 from typing import Any
 
-import gevent.event
-import gevent.lock
 import tritonclient.http as httpclient
 
 from triton_score.deadline import shielded
+from triton_score.pool import make_http_pool_fair
 
 log = logging.getLogger(__name__)
 
@@ -49,88 +47,10 @@ log = logging.getLogger(__name__)
 _WRAPPED = "_triton_score_connections"
 
 
-class FairSemaphore:
-    """A counting semaphore for greenlets that serves waiters first come, first served.
-
-    ``release()`` hands the slot straight to the oldest waiter, so a greenlet that asks later
-    (even in the same turn of the event loop, before the waiter has run) cannot take it.
-    Only what ``geventhttpclient``'s connection pool uses: ``acquire()`` and ``release()``.
-    """
-
-    def __init__(self, value: int) -> None:
-        if value < 1:
-            raise ValueError(f"a semaphore needs at least one slot, got {value}")
-        self._free = value
-        self._waiters: deque[gevent.event.Event] = deque()
-
-    @property
-    def free(self) -> int:
-        """Slots no greenlet holds now (0 while greenlets wait for one)."""
-        return self._free
-
-    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-        if self._free > 0 and not self._waiters:
-            self._free -= 1
-            return True
-        if not blocking:
-            return False
-        turn = gevent.event.Event()
-        self._waiters.append(turn)
-        try:
-            granted = turn.wait(timeout)
-        except BaseException:  # a gevent Timeout or a kill while waiting
-            if turn.is_set():  # the slot was handed over already: pass it on, or it is lost
-                self.release()
-            else:
-                self._waiters.remove(turn)
-            raise
-        if not granted:  # timed out (no greenlet switch since: it cannot be set now)
-            self._waiters.remove(turn)
-        return bool(granted)
-
-    def release(self) -> None:
-        if self._waiters:
-            self._waiters.popleft().set()  # the slot goes to the oldest waiter, not back
-        else:
-            self._free += 1
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiters)
-
-
 def make_pool_fair(client: httpclient.InferenceServerClient) -> bool:
     """Give ``client``'s connection pool a :class:`FairSemaphore`; False if it has none we
     recognise (another ``geventhttpclient`` layout), which leaves the client as it was."""
     return make_http_pool_fair(getattr(client, "_client_stub", None))
-
-
-def make_http_pool_fair(http: object) -> bool:
-    """Give a ``geventhttpclient.HTTPClient``'s connection pool a :class:`FairSemaphore`
-    (tritonclient's clients and the lean hop both hold one); False if it has none we
-    recognise, which leaves the pool as it was."""
-    pool = getattr(http, "_connection_pool", None)
-    semaphore = getattr(pool, "_semaphore", None)
-    size = getattr(pool, "size", None)
-    if isinstance(semaphore, FairSemaphore):
-        return True
-    if (
-        not isinstance(semaphore, gevent.lock.Semaphore)
-        or not isinstance(size, int)
-        or size < 1
-        or semaphore.counter != size  # in use already: swapping it now would lose slots
-    ):
-        log.debug("connection pool of %r not recognised; left as it is", http)
-        return False
-    pool._semaphore = FairSemaphore(size)  # type: ignore[union-attr]
-    return True
-
-
-def free_connections(http: object) -> int | None:
-    """Free slots of a ``geventhttpclient.HTTPClient``'s pool made fair by
-    :func:`make_http_pool_fair`; ``None`` for a pool it did not recognise."""
-    semaphore = getattr(getattr(http, "_connection_pool", None), "_semaphore", None)
-    return semaphore.free if isinstance(semaphore, FairSemaphore) else None
 
 
 def adapt_script_clients(connections: int) -> None:

@@ -43,11 +43,15 @@ from pathlib import Path
 from types import FrameType
 
 from triton_score.local import LocalTriton, TritonNotFound, TritonStartError, find_tritonserver
-from triton_score.locations import find_model_repository, resolve_entry_script
+from triton_score.locations import (
+    find_model_repository,
+    is_local_address,
+    resolve_entry_script,
+    split_address,
+)
 from triton_score.settings import settings_error, tracing_mode
 from triton_score.tracing import check_tracing, otlp_traces_url, triton_trace_args
 
-LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
 #: Run in a child process by :meth:`Supervisor._check_entry_script`.
 ENTRY_SCRIPT_CHECK = (
     "import sys; from triton_score.entry_script import check; sys.exit(check(sys.argv[1]))"
@@ -82,13 +86,6 @@ def _http_status(url: str, timeout: float = 1.0) -> int:
         return int(exc.code)
     except (urllib.error.URLError, OSError):
         return 0
-
-
-def _split_url(url: str) -> tuple[str, int]:
-    host, _, port = url.removeprefix("http://").rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"TRITON_URL must look like host:port, got {url!r}")
-    return host, int(port)
 
 
 def find_shadows(*folders: Path) -> list[Path]:
@@ -208,14 +205,14 @@ class Supervisor:
             repository = find_model_repository(opts.models).resolve()
             triton_url = opts.triton_url or os.environ.get("TRITON_URL") or "localhost:8000"
             triton_url = triton_url.removeprefix("http://")
-            host, port = _split_url(triton_url)
+            host, port = split_address(triton_url)
         except (FileNotFoundError, ValueError) as exc:
             self.say(f"error: {exc}")
             return 2
         if _http_status(f"http://{triton_url}/v2/health/live") == 200:
             self.say(f"score: using the Triton already running at {triton_url}")
         else:
-            if host not in LOCAL_HOSTS:
+            if not is_local_address(host):
                 self.say(f"error: nothing answers at TRITON_URL={triton_url} (not a local address)")
                 return 1
             try:
@@ -315,7 +312,7 @@ class Supervisor:
             SCORE_DRAIN_FILE=str(self.drain_file),
         )
         if self.triton is not None:  # ours: its metrics port, for /metrics/triton
-            host = self.triton.url.rpartition(":")[0]
+            host = split_address(self.triton.url)[0]
             env["SCORE_TRITON_METRICS_URL"] = f"{host}:{self.triton.metrics_port}"
         if opts.workers is not None:
             env["WORKER_COUNT"] = str(opts.workers)

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from triton_score.locations import resolve_entry_script
+from triton_score.locations import resolve_entry_script, split_address
 from triton_score.shm import SHM_MODES
 
 
@@ -139,9 +139,9 @@ class Settings:
     #: variables say, and a ``traceparent`` to Triton; see :mod:`triton_score.tracing`.
     tracing: str = ""
     #: Join requests in flight in one worker into one Triton call along the batch axis
-    #: (``SCORE_COALESCE``): ``auto`` (the default: models with ``max_batch_size`` > 1 and
-    #: no ``dynamic_batching`` in their config), ``on`` (every model with a batch axis) or
-    #: ``off``; :func:`triton_score.coalesce.coalesces` says why.
+    #: (``SCORE_COALESCE``): ``auto`` (the default: every model with ``max_batch_size`` > 1,
+    #: those with Triton's ``dynamic_batching`` included), ``on`` (the same) or ``off``;
+    #: :func:`triton_score.coalesce.coalesces` says why.
     coalesce: str = "auto"
     #: Triton calls in flight per model (and input shape, output set) in each worker while
     #: coalescing (``SCORE_COALESCE_CALLS``); requests beyond them wait for the next call,
@@ -240,12 +240,20 @@ class Settings:
     def log_level_number(self) -> int:
         return int(logging.getLevelName(self.log_level))
 
+    @property
+    def triton_host(self) -> str:
+        """``TRITON_URL``'s host (``localhost`` when it names none)."""
+        return split_address(self.triton_url)[0]
+
+    @property
+    def triton_port(self) -> int:
+        return split_address(self.triton_url)[1]
+
     def triton_metrics_endpoint(self) -> str:
         """Triton's metrics as a URL: ``http://host:port/metrics`` unless told otherwise."""
         url = self.triton_metrics_url.strip()
         if not url:
-            host = self.triton_url.removeprefix("http://").rpartition(":")[0] or "localhost"
-            return f"http://{host}:{TRITON_METRICS_PORT}/metrics"
+            return f"http://{self.triton_host}:{TRITON_METRICS_PORT}/metrics"
         if "://" not in url:
             url = "http://" + url
         scheme, _, rest = url.partition("://")

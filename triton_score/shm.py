@@ -58,7 +58,7 @@ from pathlib import Path
 
 import numpy as np
 
-from triton_score.locations import is_local_address
+from triton_score.locations import is_local_address, split_address
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def shm_disabled_reason(mode: str, triton_url: str) -> str:
     """
     if mode == "off":
         return "SCORE_SHM=off"
-    host = triton_url.removeprefix("http://").rpartition(":")[0]
+    host = split_address(triton_url)[0]
     if mode == "auto" and not is_local_address(host):
         return f"Triton's host {host!r} is not this machine (SCORE_SHM=auto)"
     return ""
@@ -436,7 +436,7 @@ def cleanup_dead_worker(pid: int, triton_url: str, timeout_s: float = 2.0) -> li
         url = f"http://{triton_url.removeprefix('http://')}/v2/systemsharedmemory/region/{name}/unregister"
         try:
             request = urllib.request.Request(url, data=b"", method="POST")
-            with urllib.request.urlopen(request, timeout=timeout_s) as answer:  # noqa: S310
+            with urllib.request.urlopen(request, timeout=timeout_s) as answer:
                 answer.read()
         except Exception as exc:  # noqa: BLE001 - Triton may be down; the file is gone anyway
             log.debug("could not unregister %s from Triton: %s", name, exc)
@@ -446,6 +446,6 @@ def cleanup_dead_worker(pid: int, triton_url: str, timeout_s: float = 2.0) -> li
 def registered_regions(triton_url: str, timeout_s: float = 2.0) -> list[str]:
     """The names of the system shared memory regions Triton has registered (for tests, ops)."""
     url = f"http://{triton_url.removeprefix('http://')}/v2/systemsharedmemory/status"
-    with urllib.request.urlopen(url, timeout=timeout_s) as answer:  # noqa: S310
+    with urllib.request.urlopen(url, timeout=timeout_s) as answer:
         status = json.loads(answer.read() or b"[]")
     return sorted(region["name"] for region in status)

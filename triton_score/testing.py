@@ -68,8 +68,8 @@ class TritonServers:
 
     def get(self, repository: str | os.PathLike[str]) -> LocalTriton:
         """The server of ``repository``, started now if it is not running yet."""
-        from triton_score.local import LocalTriton  # noqa: PLC0415
-        from triton_score.local.processes import free_port  # noqa: PLC0415
+        from triton_score.local import LocalTriton
+        from triton_score.local.processes import free_port
 
         key = Path(repository).resolve()
         server = self._servers.get(key)
@@ -138,10 +138,10 @@ def triton_score_client(
     """``triton_score_client(*processors, **settings)``: a Flask test client of the scoring
     app, in front of ``triton_score_triton``, with these processors and no others (none: the
     processors ``score serve`` would load from the code directory)."""
-    from triton_score.http.app import create_app  # noqa: PLC0415
-    from triton_score.processors.loading import load_processors  # noqa: PLC0415
-    from triton_score.runtime import Runtime, build_runtime  # noqa: PLC0415
-    from triton_score.settings import Settings  # noqa: PLC0415
+    from triton_score.http.app import create_app
+    from triton_score.processors.loading import load_processors
+    from triton_score.runtime import Runtime, build_runtime
+    from triton_score.settings import Settings
 
     runtimes: list[Runtime] = []
 
@@ -190,7 +190,7 @@ def triton_score_processor() -> Callable[[str | os.PathLike[str], str], Any]:
     """``triton_score_processor("score/iris_processor.py", "iris")``: an instance of the
     processor of a model that a ``.py`` file, module or ``module:Class`` defines, created as
     the server creates it (``load`` not called yet)."""
-    from triton_score.check import load_processor  # noqa: PLC0415
+    from triton_score.check import load_processor
 
     return load_processor
 
@@ -201,7 +201,7 @@ def triton_score_preprocess() -> Callable[..., dict[str, Any]]:
     instance, or a file/module as above) on its ``request_example`` (or ``example``) as the
     server would, ``load(model)`` first, and check every tensor against ``model`` (a
     :class:`~triton_score.ModelInfo`): returns the tensors, or fails naming every problem."""
-    from triton_score.check import load_processor, preprocess_example  # noqa: PLC0415
+    from triton_score.check import load_processor, preprocess_example
 
     def run(processor: Any, model: ModelInfo, example: Any = None) -> dict[str, Any]:
         if isinstance(processor, str | os.PathLike):

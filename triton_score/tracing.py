@@ -13,11 +13,12 @@ by the standard ``OTEL_*`` variables; the ``tracing`` extra), which:
   Triton started with ``--trace-config mode=opentelemetry`` puts its own spans
   (``InferRequest`` > model > ``compute``) under it, in the same trace.
 
-The pipeline and the routes only ever call :meth:`Tracing.span`, :meth:`Tracing.request`,
-:meth:`Tracing.headers` and :meth:`Tracing.trace_id`. A later joint Triton call for several
-requests (coalescing) would open its own span, linked to each member's span, and send that
-span's ``traceparent``: the stage spans are plain OpenTelemetry spans, whose contexts can be
-linked.
+The request path only ever calls :meth:`Tracing.span`, :meth:`Tracing.request`,
+:meth:`Tracing.headers` and :meth:`Tracing.trace_id` (through
+:class:`~triton_score.scoring.RequestTelemetry`). A Triton call that coalescing joined for
+several requests carries the ``traceparent`` of the first of them (``coalesce.py``): Triton's
+spans for that call go under that request's ``infer`` span; the other requests' ``infer``
+spans time their wait and share of it, without Triton's spans beneath.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def start_tracing(settings: Settings) -> Tracing:
     if settings.tracing != "otel":
         return NO_TRACING
     try:
-        from triton_score.otel import OtelTracing  # noqa: PLC0415 - only when turned on
+        from triton_score.otel import OtelTracing  # only when turned on
     except ImportError as exc:
         raise RuntimeError(
             f"SCORE_TRACING=otel needs the OpenTelemetry SDK ({exc.name} is missing): "
@@ -171,7 +172,7 @@ def check_tracing(environ: Mapping[str, str]) -> str:
         mode = tracing_mode(environ.get("SCORE_TRACING", ""))
         if not mode:
             return ""
-        from triton_score.otel import exporter_names, find_exporter  # noqa: PLC0415
+        from triton_score.otel import exporter_names, find_exporter
 
         for name in exporter_names(environ):
             find_exporter(name)

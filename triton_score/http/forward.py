@@ -25,7 +25,8 @@ from geventhttpclient import HTTPClient
 
 from triton_score.deadline import Abandoned, shielded
 from triton_score.errors import BadRequest, ScoringError, ScoringTimeout, TritonUnavailable
-from triton_score.script_clients import free_connections, make_http_pool_fair
+from triton_score.locations import split_address
+from triton_score.pool import free_connections, make_http_pool_fair
 
 _MODEL = r"/v2/models/[^/]+(?:/versions/[^/]+)?"
 #: What a path segment may hold unescaped (RFC 3986 ``pchar``), and ``/``.
@@ -92,10 +93,10 @@ class TritonForwarder:
         abandoned: Abandoned | None = None,
     ) -> None:
         self._abandoned = abandoned
-        host, _, port = url.rpartition(":")
+        host, port = split_address(url)
         self._client = HTTPClient(
-            host or url,
-            port=int(port) if port.isdigit() else 8000,
+            host,
+            port=port,
             concurrency=concurrency,
             connection_timeout=min(timeout_s, 10.0),
             network_timeout=timeout_s,

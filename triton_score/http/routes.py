@@ -377,7 +377,7 @@ def _forward_infer(
 # -- documents ---------------------------------------------------------------------------
 @blueprint.get("/swagger.json")
 def swagger() -> Response:
-    from triton_score.http.openapi import build_openapi  # noqa: PLC0415
+    from triton_score.http.openapi import build_openapi
 
     rt = runtime()
     return json_response(build_openapi(rt))

@@ -91,7 +91,7 @@ def find_tritonserver(explicit: str | os.PathLike[str] | None = None) -> TritonI
 
 def _pytriton_root() -> Path | None:
     try:
-        import pytriton  # noqa: PLC0415 - optional dependency
+        import pytriton  # optional dependency
     except ImportError:
         return None
     root = Path(pytriton.__file__).parent / "tritonserver"
@@ -123,7 +123,7 @@ def prepare_pytriton(cache_dir: Path | None = None) -> TritonInstall | None:
     root = _pytriton_root()
     if root is None:
         return None
-    from importlib.metadata import version  # noqa: PLC0415
+    from importlib.metadata import version
 
     py = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = root / "python_backend_stubs" / py / "triton_python_backend_stub"

@@ -114,7 +114,7 @@ def _tensor(value: Any) -> GraphTensor:
 
 def read_graph(onnx_file: Path) -> Graph:
     """The inputs and outputs of an ONNX file (its weights are not loaded)."""
-    import onnx  # noqa: PLC0415 - the [local] extra
+    import onnx  # the [local] extra
 
     graph = onnx.load(str(onnx_file), load_external_data=False).graph
     initializers = {i.name for i in graph.initializer}
@@ -224,7 +224,7 @@ def check_against_config(graph: Graph, config: Any, origin: str) -> list[str]:
 
 
 def _config_type_name(value: int) -> str:
-    from tritonclient.grpc import model_config_pb2  # noqa: PLC0415
+    from tritonclient.grpc import model_config_pb2
 
     return str(model_config_pb2.DataType.Name(value))
 
@@ -235,7 +235,7 @@ def check_model(model: Any) -> list[str]:
     A folder without ``config.pbtxt`` is checked against the config Triton would
     auto-complete from the file, which only non-tensor inputs or outputs can break.
     """
-    from triton_score.local.onnx_wrapper import (  # noqa: PLC0415
+    from triton_score.local.onnx_wrapper import (
         ModelRepositoryError,
         autocomplete_config,
     )

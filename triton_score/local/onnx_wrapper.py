@@ -73,14 +73,14 @@ class RepositoryModel:
 def _model_config_module() -> Any:
     # The protobuf classes ship in tritonclient's grpc package; protobuf comes with the
     # [local] extra. Imported lazily so the scoring runtime never needs them.
-    from tritonclient.grpc import model_config_pb2  # noqa: PLC0415
+    from tritonclient.grpc import model_config_pb2
 
     return model_config_pb2
 
 
 def parse_config(text: str, origin: str) -> Any:
     """Parse ``config.pbtxt`` text into a ``ModelConfig`` message."""
-    from google.protobuf import text_format  # noqa: PLC0415
+    from google.protobuf import text_format
 
     try:
         return text_format.Parse(text, _model_config_module().ModelConfig())
@@ -89,7 +89,7 @@ def parse_config(text: str, origin: str) -> Any:
 
 
 def format_config(config: Any) -> str:
-    from google.protobuf import text_format  # noqa: PLC0415
+    from google.protobuf import text_format
 
     return text_format.MessageToString(config)
 
@@ -121,7 +121,7 @@ def _dims(value_info: Any) -> list[int]:
 
 def autocomplete_config(name: str, onnx_file: Path) -> Any:
     """Build the ``ModelConfig`` Triton's onnxruntime backend would auto-complete for a file."""
-    import onnx  # noqa: PLC0415
+    import onnx
 
     graph = onnx.load(str(onnx_file), load_external_data=False).graph
     initializers = {i.name for i in graph.initializer}
@@ -208,7 +208,7 @@ def prepare_repository(
     :raises ModelRepositoryError: a model the onnxruntime backend would not load, with
         every problem found, one per line.
     """
-    from triton_score.local.onnx_check import check_model  # noqa: PLC0415
+    from triton_score.local.onnx_check import check_model
 
     models = scan_repository(repository)
     loaded = {m.name for m in models if only is None or m.name in only}

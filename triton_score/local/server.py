@@ -213,7 +213,7 @@ class LocalTriton:
 
     def _build_models(self) -> None:
         """Generate the models that are not committed: Triton exits on an incomplete one."""
-        from triton_score.builds import BuildError, run_builds  # noqa: PLC0415
+        from triton_score.builds import BuildError, run_builds
 
         try:
             run_builds(self.model_repository, progress=self.progress)
@@ -229,7 +229,7 @@ class LocalTriton:
             wrap = not self.install.has_backend("onnxruntime")
         if not wrap:
             return self.model_repository.resolve()
-        from triton_score.local.onnx_wrapper import (  # noqa: PLC0415
+        from triton_score.local.onnx_wrapper import (
             ModelRepositoryError,
             prepare_repository,
         )

@@ -134,7 +134,7 @@ class RequestContract:
         if self.schema is not None:
             if not isinstance(self.schema, dict):
                 raise ValueError("request_schema must be a JSON schema (a dict)")
-            from jsonschema import exceptions, validators  # noqa: PLC0415 - only when used
+            from jsonschema import exceptions, validators  # only when used
 
             kind = validators.validator_for(self.schema, default=validators.Draft202012Validator)
             try:
@@ -168,7 +168,7 @@ class RequestContract:
         """Raise :class:`InvalidRequest` naming the field when ``document`` breaks the schema."""
         if self._validator is None:
             return
-        from jsonschema.exceptions import best_match  # noqa: PLC0415 - imported at load
+        from jsonschema.exceptions import best_match  # imported at load
 
         error = best_match(self._validator.iter_errors(document))
         if error is not None:

@@ -134,8 +134,7 @@ class Scorer:
         """The model repository Triton serves, when it is on this machine and known."""
         if not self.settings.model_repository:
             return None
-        host = self.settings.triton_url.removeprefix("http://").rpartition(":")[0]
-        if not is_local_address(host):
+        if not is_local_address(self.settings.triton_host):
             return None
         repository = Path(self.settings.model_repository)
         return repository.resolve() if repository.is_dir() else None
@@ -253,7 +252,7 @@ class Scorer:
         """
         with telemetry.stage("decode"):
             request = self.decode(body, content_type, headers, telemetry.request_id, query=query)
-        result = self.score(request, plan, telemetry)
+        result = self._stages(plan, request, telemetry)
         with telemetry.stage("encode"):
             return render(result)  # a processor's Response keeps its status and headers
 
@@ -268,14 +267,17 @@ class Scorer:
         plan = model if isinstance(model, ModelPlan) else self.plan(model)
         if telemetry is None:  # used on its own: spans when tracing, no metrics
             telemetry = RequestTelemetry(None, self.tracing, request_id=request.id)
-        telemetry.model = plan.name
-        processor = plan.processor
-        # The route refused larger bodies before reading them; this holds for the other
-        # callers (AzureML's run(), tests) too.
+        # The route refuses larger bodies before it reads them (handle() does not check
+        # again); AzureML's run() and other callers are held to the same limit here.
         limit, source = plan.body_limit(raw=is_raw_tensor(request.content_type, request.headers))
         if len(request.body) > limit:
             raise BodyTooLarge(limit, len(request.body), source=source)
+        return self._stages(plan, request, telemetry)
 
+    def _stages(self, plan: ModelPlan, request: Request, telemetry: RequestTelemetry) -> Any:
+        """Preprocess, validate, infer, postprocess: the middle of :meth:`handle`."""
+        telemetry.model = plan.name
+        processor = plan.processor
         model_info = plan.model
         with telemetry.stage("preprocess"):
             processor.check_request(request)
@@ -357,7 +359,7 @@ class Scorer:
             try:
                 processor.load(fresh)
                 loaded = f"processor {processor.name} loaded again"
-            except Exception:  # noqa: BLE001 - one bad load() must not stop the refresher
+            except Exception:  # one bad load() must not stop the refresher
                 log.exception("model %s: load() of processor %s failed", name, processor.name)
                 loaded = f"load() of processor {processor.name} FAILED (see above)"
             (fresh_helpers if name in helpers else fresh_models)[name] = fresh

@@ -505,7 +505,7 @@ class TritonPythonModel:
                         ]
                     )
                 )
-            except Exception as exc:  # never crash the stub: report per request
+            except Exception as exc:  # noqa: BLE001 - never crash the stub: report per request
                 responses.append(
                     pb_utils.InferenceResponse(
                         output_tensors=[],
