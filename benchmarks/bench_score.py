@@ -825,21 +825,21 @@ class Bench:
         finally:
             client.close()
         v2 = f"/v2/models/{model}/infer"
+        # The default codec's request, for /score and for the floor app.
+        score_body = json.dumps({"inputs": {k: v.tolist() for k, v in inputs.items()}}).encode()
         for name in paths:
             if name == "direct":
                 connect = direct_connector(url, model, infer_inputs, outputs)
                 target = Target("small", name, "direct Triton", model, url, v2, body, headers,
                                 connect)  # fmt: skip
             elif name == "score":
-                score_body = json.dumps({"inputs": {k: v.tolist() for k, v in inputs.items()}})
                 target = self.through("plain", "small", name, "POST /score (default codec)",
-                                      model, f"/score/{model}", score_body.encode(),
+                                      model, f"/score/{model}", score_body,
                                       JSON_HEADERS)  # fmt: skip
                 self.check_outputs(target, reference)
             elif name == "floor":
-                score_body = json.dumps({"inputs": {k: v.tolist() for k, v in inputs.items()}})
                 target = self.through("floor", "small", name, "floor (minimal Flask app)",
-                                      model, f"/score/{model}", score_body.encode(),
+                                      model, f"/score/{model}", score_body,
                                       JSON_HEADERS)  # fmt: skip
                 self.check_script(target, reference)
             elif name == "processor":
@@ -860,13 +860,12 @@ class Bench:
                 self.check_script(target, reference)
             self.targets.append(target)
         if self.args.features and "score" in paths:
-            score_body = json.dumps({"inputs": {k: v.tolist() for k, v in inputs.items()}})
             for feature, (label, env) in FEATURES.items():
                 headers = dict(JSON_HEADERS)
                 if "SCORE_API_KEYS" in env:
                     headers["Authorization"] = f"Bearer {FEATURE_KEY}"
                 target = self.through(f"feature:{feature}", "small", f"score:{feature}", label,
-                                      model, f"/score/{model}", score_body.encode(),
+                                      model, f"/score/{model}", score_body,
                                       headers)  # fmt: skip
                 target.only_at = FEATURE_CONCURRENCY
                 self.check_outputs(target, reference)

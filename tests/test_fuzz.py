@@ -453,6 +453,13 @@ BINARY_INPUTS = (("image", "FP32"), ("context_word", "BYTES"), ("query_char", "B
 HOSTILE_SHAPES = ([200_000_000, 1], [2**31, 2**31], [0, 2**70], [0, 2**62, 2**62], [1] * 40)
 
 
+def assert_v2_answer(response: requests.Response) -> None:
+    """What ``/v2`` answers: a 200, or a 4xx with JSON ``error`` (ours or Triton's)."""
+    assert response.status_code < 500, f"{response.status_code}: {response.text[:300]}"
+    if response.status_code >= 400:
+        assert isinstance(response.json().get("error"), str), response.text[:300]
+
+
 def bytes_elements(items: list[bytes]) -> bytes:
     return b"".join(len(item).to_bytes(4, "little") + item for item in items)
 
@@ -636,9 +643,7 @@ def test_binary_extension_bodies_get_a_prompt_4xx_or_a_200(
             if response.status_code != 200:  # binary answers are asked for by binary_data
                 assert_json_answer(response)
             return
-        assert response.status_code < 500, f"{response.status_code}: {response.text[:300]}"
-        if response.status_code >= 400:  # ours or Triton's: JSON with an error either way
-            assert isinstance(response.json().get("error"), str), response.text[:300]
+        assert_v2_answer(response)
 
     try:
         check()
@@ -680,9 +685,7 @@ def test_v2_infer_json_bodies_get_a_4xx_or_a_200(plain_server: ScoreServer) -> N
         seen[response.status_code] += 1
         note(f"{body[:400]!r} -> {response.status_code} {response.text[:300]}")
         assert took < 1.0, f"{took:.2f} s"
-        assert response.status_code < 500, response.text[:300]
-        if response.status_code >= 400:
-            assert isinstance(response.json().get("error"), str), response.text[:300]
+        assert_v2_answer(response)
 
     try:
         check()

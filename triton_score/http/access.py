@@ -27,7 +27,7 @@ from typing import Any
 
 from flask import Response, g, has_request_context, request
 
-from triton_score.logs import ACCESS_LOGGER, logfmt, write_access
+from triton_score.logs import ACCESS_LOGGER, logfmt, request_context, write_access
 
 access_log = logging.getLogger(ACCESS_LOGGER)
 _V2_MODEL = re.compile(r"models/([^/]+)")
@@ -94,12 +94,5 @@ def log_request(response: Response) -> Response:
             "remote": remote,
         }
 
-    ids = {}
-    request_id = g.get("request_id")
-    if request_id:
-        ids["request_id"] = str(request_id)
-    trace_id = g.get("trace_id")
-    if trace_id:
-        ids["trace_id"] = str(trace_id)
-    write_access(access_log, " ".join(parts), fields, ids)
+    write_access(access_log, " ".join(parts), fields, request_context())
     return response
