@@ -540,7 +540,7 @@ def test_refresh_swaps_changed_models_and_loads_the_processor_again(caplog) -> N
     from dataclasses import replace
 
     gateway.served["digits"] = replace(DIGITS, version="2", parameters={"t": "0.9"})
-    with caplog.at_level(logging.INFO, logger="triton_score.scoring.pipeline"):
+    with caplog.at_level(logging.INFO, logger="triton_score.scoring.catalog"):
         assert scorer.refresh(gateway) == ["digits"]
     assert scorer.models is not before and before["digits"] == DIGITS  # swapped, not mutated
     assert scorer.models["digits"].version == "2"
@@ -559,7 +559,7 @@ def test_refresh_adds_new_models_and_keeps_unreadable_ones(caplog) -> None:
     assert scorer.refresh(gateway) == ["words"]
     assert set(scorer.models) == {"digits", "words"}
     gateway.fail = TritonUnavailable("gone")
-    with caplog.at_level(logging.WARNING, logger="triton_score.scoring.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="triton_score.scoring.catalog"):
         for _ in range(3):
             scorer.refresh(gateway)
     assert set(scorer.models) == {"digits", "words"}

@@ -2,6 +2,8 @@
 encode.
 
 ==================  =====================================================================
+``catalog.py``      :class:`Catalog`: the served models, their metadata read once and
+                    kept fresh, and their plans
 ``plan.py``         :class:`ModelPlan`: what a request for one model needs (the model, its
                     processor, its body limits), resolved once when the model loads
 ``pipeline.py``     :class:`Scorer`: the six stages, for the ``/score`` route

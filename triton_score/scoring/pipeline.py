@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from triton_score.calls import Triton
@@ -28,17 +25,15 @@ from triton_score.codecs.request import REQUEST_ID, Request, decode_request, hea
 from triton_score.codecs.response import Encoded, render
 from triton_score.codecs.tensors import is_raw_tensor
 from triton_score.errors import (
-    BadRequest,
     BodyTooLarge,
-    ModelNotFound,
     ProcessorError,
     ScoringError,
 )
-from triton_score.locations import is_local_address
 from triton_score.metadata import ModelInfo
 from triton_score.offload import Offloader
 from triton_score.processors import Processor, ProcessorRegistry
-from triton_score.scoring.plan import Limit, ModelPlan, plan_model
+from triton_score.scoring.catalog import Catalog
+from triton_score.scoring.plan import Limit, ModelPlan
 from triton_score.scoring.telemetry import RequestTelemetry
 from triton_score.settings import Settings
 from triton_score.tracing import NO_TRACING, Tracing, log_ids
@@ -52,33 +47,66 @@ OFFLOAD_DECODE_BYTES = 1024 * 1024
 log = logging.getLogger(__name__)
 
 
-@dataclass
 class Scorer:
-    """Scores requests for the models one Triton serves."""
+    """Scores requests for the models one Triton serves.
 
-    settings: Settings
-    gateway: TritonGateway
-    processors: ProcessorRegistry
-    #: Spans for requests and their stages; off by default. Each request's
-    #: :class:`RequestTelemetry` opens them (and the metrics are its too).
-    tracing: Tracing = NO_TRACING
-    #: Joins concurrent requests into one Triton call (``SCORE_COALESCE``); ``None``: each
-    #: request is its own call. :func:`triton_score.runtime.build_runtime` sets it.
-    coalescer: Coalescer | None = None
-    models: dict[str, ModelInfo] = field(default_factory=dict)
-    #: Models a ``predict()`` called that are not served at ``/score`` (``SCORE_MODELS``).
-    helpers: dict[str, ModelInfo] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _missing: set[str] = field(default_factory=set, repr=False)
-    #: Each model's plan, and the ``models`` dict they were made from: when refresh() (or a
-    #: test) puts a new dict in place, the plans are made again on the next request.
-    _plans: dict[str, ModelPlan] = field(default_factory=dict, repr=False)
-    _plans_for: dict[str, ModelInfo] | None = field(default=None, repr=False)
-    #: Runs CPU-heavy processor stages in threads (``SCORE_OFFLOAD``); see :meth:`_call`.
-    offloader: Offloader = field(init=False, repr=False)
+    :param models: the served models, when known already (tests); else read from Triton.
+    :param coalescer: joins concurrent requests into one Triton call (``SCORE_COALESCE``);
+        ``None``: each request is its own call. :func:`triton_score.runtime.build_runtime`
+        sets it.
+    :param tracing: spans for requests and their stages; off by default. Each request's
+        :class:`RequestTelemetry` opens them (and the metrics are its too).
+    """
 
-    def __post_init__(self) -> None:
-        self.offloader = Offloader(self.settings.offload, self.settings.offload_threads)
+    def __init__(
+        self,
+        settings: Settings,
+        gateway: TritonGateway,
+        processors: ProcessorRegistry,
+        *,
+        tracing: Tracing = NO_TRACING,
+        coalescer: Coalescer | None = None,
+        models: dict[str, ModelInfo] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.gateway = gateway
+        self.processors = processors
+        self.tracing = tracing
+        self.coalescer = coalescer
+        #: The served models, their metadata and plans (:mod:`triton_score.scoring.catalog`).
+        self.catalog = Catalog(settings, gateway, processors, models=dict(models or {}))
+        #: Runs CPU-heavy processor stages in threads (``SCORE_OFFLOAD``); see :meth:`_call`.
+        self.offloader = Offloader(settings.offload, settings.offload_threads)
+
+    # -- the catalog's, for the callers of a scorer -------------------------------------------
+    @property
+    def models(self) -> dict[str, ModelInfo]:
+        return self.catalog.models
+
+    @models.setter
+    def models(self, models: dict[str, ModelInfo]) -> None:
+        self.catalog.models = models
+
+    @property
+    def helpers(self) -> dict[str, ModelInfo]:
+        return self.catalog.helpers
+
+    @property
+    def loaded(self) -> bool:
+        return self.catalog.loaded
+
+    def ensure_loaded(self) -> dict[str, ModelInfo]:
+        return self.catalog.ensure_loaded()
+
+    def lookup(self, name: str) -> ModelInfo:
+        return self.catalog.lookup(name)
+
+    def plan(self, name: str | None) -> ModelPlan:
+        """The plan of model ``name``, or of the default model when ``name`` is empty."""
+        return self.catalog.plan(name)
+
+    def refresh(self, gateway: TritonGateway) -> list[str]:
+        return self.catalog.refresh(gateway)
 
     # -- start-up --------------------------------------------------------------------------
     def init(self) -> bool:
@@ -97,72 +125,6 @@ class Scorer:
         self.ensure_loaded()
         return True
 
-    def ensure_loaded(self) -> dict[str, ModelInfo]:
-        if self.models:
-            return self.models
-        with self._lock:
-            if self.models:
-                return self.models
-            models = {
-                name: self._located(info)
-                for name, info in self.gateway.load_models(self.settings.models).items()
-            }
-            missing = [m for m in self.processors.models() if m not in models]
-            if missing:
-                log.info("processors for models Triton does not serve (unused): %s", missing)
-            for model in models.values():
-                processor = self.processors.for_model(model.name)
-                processor.load(model)
-                log.info(
-                    "model %s v%s: %d inputs, %d outputs, max_batch_size %d, processor: %s",
-                    model.name,
-                    model.version,
-                    len(model.inputs),
-                    len(model.outputs),
-                    model.max_batch_size,
-                    processor.name,
-                )
-            self.processors.freeze()
-            self.models = models
-        return self.models
-
-    @property
-    def loaded(self) -> bool:
-        return bool(self.models)
-
-    def _repository(self) -> Path | None:
-        """The model repository Triton serves, when it is on this machine and known."""
-        if not self.settings.model_repository:
-            return None
-        if not is_local_address(self.settings.triton_host):
-            return None
-        repository = Path(self.settings.model_repository)
-        return repository.resolve() if repository.is_dir() else None
-
-    def _located(self, model: ModelInfo) -> ModelInfo:
-        """``model`` with its folder in the (original) model repository, when there is one."""
-        repository = self._repository()
-        folder = repository / model.name if repository is not None else None
-        return replace(model, directory=folder if folder and folder.is_dir() else None)
-
-    def lookup(self, name: str) -> ModelInfo:
-        """Any model Triton serves, for ``predict()``: a served one, else read once and kept.
-
-        A model Triton does not have is the deployment's error, not the client's: a 500.
-        """
-        found = self.ensure_loaded().get(name) or self.helpers.get(name)
-        if found is not None:
-            return found
-        try:
-            found = self._located(self.gateway.model_info(name))
-        except ModelNotFound:
-            log.error("a processor called model %r, which Triton does not serve", name)
-            raise ProcessorError(
-                f"a processor called model {name!r}, which Triton does not serve"
-            ) from None
-        self.helpers = {**self.helpers, name: found}
-        return found
-
     def is_ready(self) -> bool:
         """Ready to score: models loaded and Triton answering ready."""
         if not self.gateway.is_ready():
@@ -174,34 +136,6 @@ class Scorer:
         return True
 
     # -- scoring ---------------------------------------------------------------------------
-    def plan(self, name: str | None) -> ModelPlan:
-        """The plan of model ``name``, or of the default model when ``name`` is empty: one
-        lookup per request (the plans are made when the models are read)."""
-        models = self.ensure_loaded()
-        if self._plans_for is not models:
-            self._plans = {
-                model.name: plan_model(self.settings, model, self.processors.for_model(model.name))
-                for model in models.values()
-            }
-            self._plans_for = models
-        plans = self._plans
-        if name:
-            found = plans.get(name)
-            if found is None:
-                raise ModelNotFound(f"unknown model {name!r}; served models: {sorted(plans)}")
-            return found
-        default = self.settings.default_model
-        if default:
-            if default not in plans:
-                raise ModelNotFound(f"SCORE_MODEL is {default!r}, which Triton does not serve")
-            return plans[default]
-        if len(plans) == 1:
-            return next(iter(plans.values()))
-        raise BadRequest(
-            f"several models are served ({sorted(plans)}): POST to /score/<model>, "
-            "or set SCORE_MODEL to choose the one /score uses"
-        )
-
     def model(self, name: str | None) -> ModelInfo:
         """The model ``name``, or the default model when ``name`` is empty."""
         return self.plan(name).model
@@ -327,49 +261,6 @@ class Scorer:
         """Where inference calls go: through the coalescer when there is one."""
         return self.coalescer if self.coalescer is not None else self.gateway
 
-    # -- fresh metadata --------------------------------------------------------------------
-    def refresh(self, gateway: TritonGateway) -> list[str]:
-        """Read every model's metadata and config again (through ``gateway``, the refresher's
-        own client); where Triton reloaded a model with a new config or version, run the
-        processor's ``load(model)`` again and swap the :class:`ModelInfo` in, atomically.
-
-        :return: the names of the models that changed (new ones included).
-        """
-        if not self.models:
-            return []  # not loaded yet: the first request or readiness probe loads them
-        current, helpers = self.models, self.helpers
-        names = set(current)
-        if not self.settings.models:
-            names |= set(gateway.ready_model_names())  # every ready model is served
-        fresh_models, fresh_helpers = dict(current), dict(helpers)
-        changed = []
-        for name in sorted(names | set(helpers)):
-            try:
-                fresh = self._located(gateway.model_info(name))
-            except ScoringError as exc:
-                if name not in self._missing:
-                    log.warning("model %s: metadata not readable now (%s)", name, exc.message)
-                    self._missing.add(name)
-                continue
-            self._missing.discard(name)
-            old = current.get(name) or helpers.get(name)
-            if fresh == old:
-                continue
-            processor = self.processors.for_model(name)
-            try:
-                processor.load(fresh)
-                loaded = f"processor {processor.name} loaded again"
-            except Exception:  # one bad load() must not stop the refresher
-                log.exception("model %s: load() of processor %s failed", name, processor.name)
-                loaded = f"load() of processor {processor.name} FAILED (see above)"
-            (fresh_helpers if name in helpers else fresh_models)[name] = fresh
-            log.info("model %s: %s; %s", name, describe_change(old, fresh), loaded)
-            changed.append(name)
-        if changed:
-            with self._lock:  # two assignments, each atomic: requests see old or new
-                self.models, self.helpers = fresh_models, fresh_helpers
-        return changed
-
     def run(self, raw: str | bytes, headers: Mapping[str, str] | None = None) -> Any:
         """AzureML's ``run(raw_data)``: score ``raw`` on the default model; the stages of
         :meth:`handle` but the last, since AzureML's server encodes what ``run()`` returns.
@@ -426,20 +317,3 @@ def _expect(processor: Processor, stage: str, value: Any, kind: type, what: str)
             f"processor {processor.name} is broken: its {stage}() returned "
             f"{type(value).__name__}, not {what}; see the server log"
         )
-
-
-def describe_change(old: ModelInfo | None, new: ModelInfo) -> str:
-    """What changed between two readings of a model, in a few words for the log."""
-    if old is None:
-        return f"now served (version {new.version})"
-    changes = []
-    if old.version != new.version:
-        changes.append(f"version {old.version} -> {new.version}")
-    if old.max_batch_size != new.max_batch_size:
-        changes.append(f"max_batch_size {old.max_batch_size} -> {new.max_batch_size}")
-    if (old.inputs, old.outputs) != (new.inputs, new.outputs):
-        changes.append("inputs/outputs changed")
-    if old.parameters != new.parameters:
-        changes.append("parameters changed")
-    what = ", ".join(changes) or "config changed"
-    return f"Triton reloaded it ({what})"
