@@ -28,6 +28,30 @@ ROOT = Path(__file__).resolve().parent.parent
 SCORE_COMMAND = str(Path(sys.executable).with_name("score"))
 EXAMPLES = ROOT / "models" / "triton"
 
+#: Fixtures that start a real ``tritonserver`` or ``score serve``. A test that uses one, itself
+#: or through another fixture, is an integration test: ``pytest -m "not integration"`` is then
+#: the fast run (no process started), whatever each file says.
+REAL_PROCESSES = frozenset(
+    {
+        "triton",
+        "echo_triton",
+        "score_server",
+        "plain_server",
+        "summer",
+        "monitored",
+        "explicit_triton",
+        "external_triton",
+        "served_like_the_image",
+        "triton_score_servers",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if REAL_PROCESSES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
 
 def start_triton(repository: Path, **kwargs: object) -> LocalTriton:
     triton = LocalTriton(
