@@ -523,6 +523,7 @@ def test_code_directory_is_not_packaged() -> None:
         assert not any(fnmatch.fnmatch(folder, p) for p in include), f"{folder} is packaged"
 
 
+@pytest.mark.integration  # starts the image's command
 def test_healthcheck_probes_readiness_on_an_exposed_port(image: Image, environment: Any) -> None:
     readiness = routes(environment)["readiness"]
     match = re.search(r"http://(?:127\.0\.0\.1|localhost):(\d+)(/[\w/.-]*)", image.healthcheck)

@@ -25,6 +25,7 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+@pytest.mark.integration  # starts azmlinfsrv
 def test_seed_style_entry_script_runs_unmodified() -> None:
     """The article's script hard-codes localhost:8000, so its Triton must be there."""
     if not all(port_is_free(p) for p in (8000, 8001, 8002)):

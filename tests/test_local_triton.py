@@ -16,6 +16,8 @@ from triton_score.local.processes import descendants, free_port, still_running
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402
 
+pytestmark = pytest.mark.integration  # each test starts tritonserver or score serve
+
 
 def write_scale_onnx(path: Path) -> None:
     """A bare ONNX model: y = x * 2 for x FP32 [batch, 3], z = x + 1 (batching first dim)."""

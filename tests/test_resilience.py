@@ -18,6 +18,8 @@ from conftest import ScoreServer, start_triton
 from triton_score.local import LocalTriton
 from triton_score.local.processes import descendants, free_port, still_running
 
+pytestmark = pytest.mark.integration  # each test starts tritonserver or score serve
+
 SLEEPY_CONFIG = """
 name: "sleepy"
 backend: "python"
