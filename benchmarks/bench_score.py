@@ -381,12 +381,14 @@ class Server:
         assert self.process is not None
         started = time.monotonic()
         while not ready():
+            problem = ""
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited early:\n{self.log_tail()}")
-            if time.monotonic() - started > timeout:
-                raise RuntimeError(
-                    f"{self.name} not ready after {timeout:.0f} s\n{self.log_tail()}"
-                )
+                problem = f"{self.name} exited early:\n{self.log_tail()}"
+            elif time.monotonic() - started > timeout:
+                problem = f"{self.name} not ready after {timeout:.0f} s\n{self.log_tail()}"
+            if problem:
+                self.stop()  # not yet anyone's to stop: nothing of it may outlive the run
+                raise RuntimeError(problem)
             time.sleep(0.2)
         say(f"bench: {self.name} ready in {time.monotonic() - started:.1f} s")
 
