@@ -426,3 +426,26 @@ def test_an_address_is_taken_apart_in_one_place() -> None:
     for bad in ("triton", "triton:http", ""):
         with pytest.raises(ValueError, match="host:port"):
             split_address(bad)
+
+
+def test_every_setting_names_its_variable_and_its_comment_says_it() -> None:
+    """from_env is a loop over the fields: each declares its variable, which its doc comment
+    (the reference users read) names too."""
+    import dataclasses
+    import inspect
+
+    from triton_score import settings as settings_module
+
+    lines = inspect.getsource(settings_module.Settings).splitlines()
+    for each in dataclasses.fields(Settings):
+        variable = each.metadata["env"].variable
+        at = next(i for i, line in enumerate(lines) if line.startswith(f"    {each.name}:"))
+        comment = []
+        while lines[at - 1 - len(comment)].lstrip().startswith("#:"):
+            comment.append(lines[at - 1 - len(comment)])
+        assert variable in " ".join(comment), (each.name, variable, comment)
+    env = {"SCORE_MAX_IN_FLIGHT": " ", "SCORE_LOG_LEVEL": "warning", "TRITON_URL": "http://t:1"}
+    read = Settings.from_env(env)
+    assert (read.max_in_flight, read.log_level, read.triton_url) == (128, "WARNING", "t:1")
+    with pytest.raises(ValueError, match="SCORE_SHM_BYTES='x' is not a valid int"):
+        Settings.from_env({"SCORE_SHM_BYTES": "x"})

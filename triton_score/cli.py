@@ -15,8 +15,6 @@ import shlex
 import signal
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
@@ -188,14 +186,6 @@ class CommandError(RuntimeError):
     """A command cannot go on; the message is the one line it prints."""
 
 
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{url}/v2/health/live", timeout=1.0) as response:
-            return int(response.status) == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
 @contextlib.contextmanager
 def _triton(
     args: argparse.Namespace, repository: Path | None, models: Sequence[str] | None = None
@@ -203,34 +193,29 @@ def _triton(
     """The Triton a command talks to: the one at ``--triton-url`` (``$TRITON_URL``) when it
     answers, else a local one on ``repository`` (free ports; only ``models``, when given),
     stopped when the command is done. Yields its ``host:port``."""
-    from triton_score.local import LocalTriton, TritonNotFound, find_tritonserver
+    from triton_score.local.ensure import NoTriton, local_triton_for
     from triton_score.local.processes import free_port
-    from triton_score.locations import is_local_address, split_address
     from triton_score.settings import Settings
 
     url = (args.triton_url or Settings.from_env().triton_url).removeprefix("http://")
-    if _answers(url):
+    try:
+        triton = local_triton_for(
+            url,
+            repository,
+            tritonserver=args.tritonserver,
+            http_port=free_port(),
+            grpc_port=free_port(),
+            metrics_port=free_port(),
+            progress=_say,
+            build=args.build,
+            models=models,
+        )
+    except (NoTriton, ValueError) as exc:
+        raise CommandError(str(exc)) from None
+    if triton is None:
         _say(f"{args.command}: using the Triton running at {url}")
         yield url
         return
-    if not is_local_address(split_address(url)[0]):
-        raise CommandError(f"nothing answers at TRITON_URL={url} (not a local address)")
-    if repository is None:
-        raise CommandError(f"nothing answers at TRITON_URL={url}, and no model repository found")
-    try:
-        install = find_tritonserver(args.tritonserver)
-    except TritonNotFound as exc:
-        raise CommandError(f"nothing answers at TRITON_URL={url}, and {exc}") from None
-    triton = LocalTriton(
-        repository,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        install=install,
-        progress=_say,
-        build=args.build,
-        models=models,
-    )
     try:
         triton.start(timeout=180)
         yield triton.url
@@ -273,8 +258,10 @@ def cmd_new(args: argparse.Namespace) -> int:
         settings = Settings.from_env()
         code = find_code_directory(args.code_dir or settings.code_directory, settings.entry_script)
         code = code or Path("score")
+        from triton_score.local.ensure import answers
+
         url = (args.triton_url or settings.triton_url).removeprefix("http://")
-        if repository is not None and not (repository / model_name).is_dir() and not _answers(url):
+        if repository is not None and not (repository / model_name).is_dir() and not answers(url):
             folders = sorted(p.name for p in repository.iterdir() if p.is_dir())
             raise CommandError(
                 f"{_shown(repository)} has no model folder {model_name!r} (it has {folders}); "

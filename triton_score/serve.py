@@ -42,10 +42,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from triton_score.local import LocalTriton, TritonNotFound, TritonStartError, find_tritonserver
+from triton_score.local import LocalTriton, TritonStartError
+from triton_score.local.ensure import NoTriton, local_triton_for
 from triton_score.locations import (
     find_model_repository,
-    is_local_address,
     resolve_entry_script,
     split_address,
 )
@@ -205,32 +205,29 @@ class Supervisor:
             repository = find_model_repository(opts.models).resolve()
             triton_url = opts.triton_url or os.environ.get("TRITON_URL") or "localhost:8000"
             triton_url = triton_url.removeprefix("http://")
-            host, port = split_address(triton_url)
+            _, port = split_address(triton_url)
         except (FileNotFoundError, ValueError) as exc:
             self.say(f"error: {exc}")
             return 2
-        if _http_status(f"http://{triton_url}/v2/health/live") == 200:
-            self.say(f"score: using the Triton already running at {triton_url}")
-        else:
-            if not is_local_address(host):
-                self.say(f"error: nothing answers at TRITON_URL={triton_url} (not a local address)")
-                return 1
-            try:
-                install = find_tritonserver(opts.tritonserver)
-            except TritonNotFound as exc:
-                self.say(f"error: nothing answers at TRITON_URL={triton_url}, and {exc}")
-                return 1
-            self.triton = LocalTriton(
+        try:
+            self.triton = local_triton_for(
+                triton_url,
                 repository,
+                tritonserver=opts.tritonserver,
                 host="127.0.0.1",
                 http_port=port,
                 grpc_port=opts.triton_grpc_port,
                 metrics_port=opts.triton_metrics_port,
-                install=install,
                 extra_args=self._triton_args(),
                 progress=self.say,
                 build=opts.build,
             )
+        except NoTriton as exc:
+            self.say(f"error: {exc}")
+            return 1
+        if self.triton is None:
+            self.say(f"score: using the Triton already running at {triton_url}")
+        else:
             try:
                 self.triton.start()
             except TritonStartError as exc:

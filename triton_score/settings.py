@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from triton_score.locations import resolve_entry_script, split_address
@@ -19,6 +19,96 @@ from triton_score.shm import SHM_MODES
 
 def _split(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.replace(";", ",").split(",") if part.strip())
+
+
+# -- reading one variable -------------------------------------------------------------------
+#: How a variable's text becomes a setting: ``(variable, text, environ) -> value``; raises
+#: ``ValueError`` with the variable's name for a value it cannot use.
+Reader = Callable[[str, str, Mapping[str, str]], Any]
+
+
+@dataclass(frozen=True)
+class FromEnv:
+    """Where a setting comes from: its variable, how it is read, and whether a variable that
+    is set but blank counts as unset (most do; an empty key list must not, see below)."""
+
+    variable: str
+    read: Reader
+    blank_is_unset: bool = False
+
+
+def _as_is(variable: str, text: str, environ: Mapping[str, str]) -> str:
+    return text
+
+
+def _stripped(variable: str, text: str, environ: Mapping[str, str]) -> str:
+    return text.strip()
+
+
+def _lower(variable: str, text: str, environ: Mapping[str, str]) -> str:
+    return text.strip().lower()
+
+
+def _upper(variable: str, text: str, environ: Mapping[str, str]) -> str:
+    return text.strip().upper()
+
+
+def _list(variable: str, text: str, environ: Mapping[str, str]) -> tuple[str, ...]:
+    return _split(text)
+
+
+def _lower_list(variable: str, text: str, environ: Mapping[str, str]) -> tuple[str, ...]:
+    return tuple(item.lower() for item in _split(text))
+
+
+def _address(variable: str, text: str, environ: Mapping[str, str]) -> str:
+    return text.removeprefix("http://")
+
+
+def _number(kind: type) -> Reader:
+    def read(variable: str, text: str, environ: Mapping[str, str]) -> Any:
+        try:
+            return kind(text)
+        except ValueError:
+            raise ValueError(f"{variable}={text!r} is not a valid {kind.__name__}") from None
+
+    return read
+
+
+def _keys(variable: str, text: str, environ: Mapping[str, str]) -> tuple[str, ...]:
+    # A variable that is there but empty (a templated manifest, a Secret with no value, a CI
+    # variable that did not resolve) meant "keys required": refuse to start open.
+    keys = tuple(key.strip() for key in text.split(",") if key.strip())
+    if not keys:
+        raise ValueError(
+            f"{variable} is set but holds no key: list at least one key, or unset it to serve "
+            "without keys"
+        )
+    return keys
+
+
+def _key_file(variable: str, text: str, environ: Mapping[str, str]) -> str:
+    if not text.strip():
+        raise ValueError(
+            f"{variable} is set but names no file: give the key file's path, or unset it to "
+            "serve without keys"
+        )
+    return text.strip()
+
+
+def _entry_script(variable: str, text: str, environ: Mapping[str, str]) -> str:
+    return resolve_entry_script(text, environ.get("AML_APP_ROOT", ""))
+
+
+def _tracing(variable: str, text: str, environ: Mapping[str, str]) -> str:
+    return tracing_mode(text)
+
+
+def setting(
+    variable: str, default: Any, read: Reader = _as_is, *, blank_is_unset: bool = False
+) -> Any:
+    """A field of :class:`Settings` read from ``variable`` by :meth:`Settings.from_env`."""
+    return field(default=default, metadata={"env": FromEnv(variable, read, blank_is_unset)})
 
 
 #: Route groups ``SCORE_AUTH_EXEMPT`` may open (``/``, ``/v2/health/live`` and
@@ -79,74 +169,84 @@ class Settings:
     """Everything the scoring runtime can be told; see :meth:`from_env` for the variables."""
 
     #: Triton's HTTP endpoint, ``host:port`` (``TRITON_URL``).
-    triton_url: str = "localhost:8000"
+    triton_url: str = setting("TRITON_URL", "localhost:8000", _address)
     #: The model ``/score`` serves; empty means "the only model" (``SCORE_MODEL``).
-    default_model: str = ""
+    default_model: str = setting("SCORE_MODEL", "")
     #: Processor modules, ``.py`` files or ``module:Class`` (``SCORE_PROCESSORS``).
-    processors: tuple[str, ...] = ()
+    processors: tuple[str, ...] = setting("SCORE_PROCESSORS", (), _list)
     #: The model repository (``SCORE_MODEL_REPOSITORY``); empty: found as
     #: :func:`~triton_score.locations.find_model_repository` says.
-    model_repository: str = ""
+    model_repository: str = setting("SCORE_MODEL_REPOSITORY", "")
     #: The deployment's code directory, searched first for processors (``SCORE_CODE_DIR``);
     #: empty: the entry script's folder, else ``./score``.
-    code_directory: str = ""
+    code_directory: str = setting("SCORE_CODE_DIR", "")
     #: An AzureML entry script (``AZUREML_ENTRY_SCRIPT``, relative to ``AML_APP_ROOT`` as
     #: AzureML sets it). The template's ``score.py`` is served natively; any other script's
     #: ``init()``/``run()`` are served as azmlinfsrv would.
-    entry_script: str = ""
+    entry_script: str = setting("AZUREML_ENTRY_SCRIPT", "", _entry_script, blank_is_unset=True)
     #: Origins allowed by CORS, comma-separated (``AML_CORS_ORIGINS``, as azmlinfsrv).
-    cors_origins: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = setting("AML_CORS_ORIGINS", (), _list)
     #: Upper bound on one scoring request, in ms (``SCORING_TIMEOUT_MS``); overrun -> 504.
-    scoring_timeout_ms: int = 60_000
+    scoring_timeout_ms: int = setting(
+        "SCORING_TIMEOUT_MS", 60_000, _number(int), blank_is_unset=True
+    )
     #: How long ``init()`` waits for Triton to be ready, in seconds (``SCORE_TRITON_WAIT_S``).
-    triton_wait_s: float = 120.0
+    triton_wait_s: float = setting(
+        "SCORE_TRITON_WAIT_S", 120.0, _number(float), blank_is_unset=True
+    )
     #: Concurrent connections each worker keeps to Triton (``SCORE_TRITON_CONCURRENCY``); also
     #: the default ``concurrency`` of the clients an entry script creates.
-    triton_concurrency: int = 64
+    triton_concurrency: int = setting(
+        "SCORE_TRITON_CONCURRENCY", 64, _number(int), blank_is_unset=True
+    )
     #: Largest request body accepted, in bytes (``SCORE_MAX_BODY_BYTES``); more -> 413.
-    max_body_bytes: int = 100 * 1024 * 1024
+    max_body_bytes: int = setting(
+        "SCORE_MAX_BODY_BYTES", 100 * 1024 * 1024, _number(int), blank_is_unset=True
+    )
     #: Models to serve; empty means every model Triton has ready (``SCORE_MODELS``).
-    models: tuple[str, ...] = ()
+    models: tuple[str, ...] = setting("SCORE_MODELS", (), _list)
     #: Where gunicorn workers share Prometheus metrics (``PROMETHEUS_MULTIPROC_DIR``).
-    prometheus_multiproc_dir: str = ""
+    prometheus_multiproc_dir: str = setting("PROMETHEUS_MULTIPROC_DIR", "")
     #: Seconds between two readings of every model's metadata and config by each worker, so
     #: a model Triton reloads (new config or version) is picked up without a restart
     #: (``SCORE_METADATA_REFRESH_S``); 0 turns it off.
-    metadata_refresh_s: float = 10.0
+    metadata_refresh_s: float = setting(
+        "SCORE_METADATA_REFRESH_S", 10.0, _number(float), blank_is_unset=True
+    )
     #: While this file exists, ``/v2/health/ready`` answers 503 (``SCORE_DRAIN_FILE``):
     #: ``score serve`` creates it on SIGTERM, ``SCORE_DRAIN_S`` seconds before Gunicorn stops
     #: accepting; under a plain Gunicorn, create it yourself (a Kubernetes preStop hook).
-    drain_file: str = ""
+    drain_file: str = setting("SCORE_DRAIN_FILE", "", _stripped)
     #: API keys a client must send as ``Authorization: Bearer <key>`` (``SCORE_API_KEYS``,
     #: comma-separated). With these or :attr:`api_keys_file`, every route but ``/`` and
     #: ``/v2/health/*`` (and the :attr:`auth_exempt` groups) needs one.
-    api_keys: tuple[str, ...] = ()
+    api_keys: tuple[str, ...] = setting("SCORE_API_KEYS", (), _keys)
     #: A file of API keys, one a line (``SCORE_API_KEYS_FILE``); read again when it changes,
     #: so keys rotate without a restart. Its keys are valid beside :attr:`api_keys`.
-    api_keys_file: str = ""
+    api_keys_file: str = setting("SCORE_API_KEYS_FILE", "", _key_file)
     #: Route groups that need no key (``SCORE_AUTH_EXEMPT``): see :data:`AUTH_GROUPS`.
-    auth_exempt: tuple[str, ...] = ()
+    auth_exempt: tuple[str, ...] = setting("SCORE_AUTH_EXEMPT", (), _lower_list)
     #: ``text`` or ``json`` (JSON lines) for the log, access lines included (``SCORE_LOG_FORMAT``).
-    log_format: str = "text"
+    log_format: str = setting("SCORE_LOG_FORMAT", "text", _lower, blank_is_unset=True)
     #: Level of the ``triton_score`` log (``SCORE_LOG_LEVEL``); ``WARNING`` drops access lines.
-    log_level: str = "INFO"
+    log_level: str = setting("SCORE_LOG_LEVEL", "INFO", _upper, blank_is_unset=True)
     #: Triton's Prometheus endpoint, proxied at ``/metrics/triton`` (``SCORE_TRITON_METRICS_URL``:
     #: ``host:port`` or a URL); empty: ``TRITON_URL``'s host, port 8002, ``/metrics``.
-    triton_metrics_url: str = ""
+    triton_metrics_url: str = setting("SCORE_TRITON_METRICS_URL", "", _stripped)
 
     #: OpenTelemetry tracing, ``"otel"`` or off (``""``, the default) (``SCORE_TRACING``):
     #: spans for each scoring request and its stages, exported as the standard ``OTEL_*``
     #: variables say, and a ``traceparent`` to Triton; see :mod:`triton_score.tracing`.
-    tracing: str = ""
+    tracing: str = setting("SCORE_TRACING", "", _tracing)
     #: Join requests in flight in one worker into one Triton call along the batch axis
     #: (``SCORE_COALESCE``): ``auto`` (the default: every model with ``max_batch_size`` > 1,
     #: those with Triton's ``dynamic_batching`` included), ``on`` (the same) or ``off``;
     #: :func:`triton_score.coalesce.coalesces` says why.
-    coalesce: str = "auto"
+    coalesce: str = setting("SCORE_COALESCE", "auto", _lower, blank_is_unset=True)
     #: Triton calls in flight per model (and input shape, output set) in each worker while
     #: coalescing (``SCORE_COALESCE_CALLS``); requests beyond them wait for the next call,
     #: which takes them all (up to ``max_batch_size`` rows).
-    coalesce_calls: int = 2
+    coalesce_calls: int = setting("SCORE_COALESCE_CALLS", 2, _number(int), blank_is_unset=True)
 
     #: Scoring requests one worker keeps in flight (``SCORE_MAX_IN_FLIGHT``); one more is
     #: answered 503 with ``Retry-After`` at once, before its body is read, instead of queueing
@@ -157,35 +257,37 @@ class Settings:
     #: queue); and twice ``SCORE_TRITON_CONCURRENCY`` (64), so that every connection to Triton
     #: stays busy while as many requests again are in pre- or post-processing. A limit at or
     #: above ``SCORE_WORKER_CONNECTIONS`` never fires.
-    max_in_flight: int = 128
+    max_in_flight: int = setting("SCORE_MAX_IN_FLIGHT", 128, _number(int), blank_is_unset=True)
     #: The ``Retry-After`` of that 503, in whole seconds (``SCORE_RETRY_AFTER_S``).
-    retry_after_s: int = 1
+    retry_after_s: int = setting("SCORE_RETRY_AFTER_S", 1, _number(int), blank_is_unset=True)
     #: Which processor stages (``preprocess``, an ``outputs()`` method, ``postprocess``; never
     #: ``predict``, which calls Triton) run in a thread pool, so that CPU-heavy work does not
     #: stall the worker's other requests and its health probes (``SCORE_OFFLOAD``): ``auto``
     #: those of processors that declare ``offload = True``; ``on`` every processor's, the
     #: default codec's included; ``off`` none. Only under Gunicorn's gevent workers; elsewhere
     #: (Flask in-process, azmlinfsrv) stages run inline. See :mod:`triton_score.offload`.
-    offload: str = "auto"
+    offload: str = setting("SCORE_OFFLOAD", "auto", _lower, blank_is_unset=True)
     #: Threads of that pool, per worker (``SCORE_OFFLOAD_THREADS``). Numpy, Pillow and most
     #: tokenizers release the GIL, so up to one thread per core computes in parallel; the
     #: default, 4, covers the 2 to 4 cores of a typical scoring container and leaves a spare
     #: slot or two for a stage blocked on I/O. More threads than cores only add contention
     #: (and each holds its stage's memory); further requests wait for a free thread.
-    offload_threads: int = 4
+    offload_threads: int = setting("SCORE_OFFLOAD_THREADS", 4, _number(int), blank_is_unset=True)
     #: System shared memory for large input tensors (``SCORE_SHM``): ``auto`` (the default)
     #: when Triton's host is this machine, ``on`` whatever its host (a pod sharing
     #: ``/dev/shm``), ``off`` never. A region that cannot be created or registered falls
     #: back to HTTP; see :mod:`triton_score.shm`.
-    shm: str = "auto"
+    shm: str = setting("SCORE_SHM", "auto", _lower, blank_is_unset=True)
     #: Size of each worker's shared memory region, in bytes (``SCORE_SHM_BYTES``, 16 MiB:
     #: 27 images of 3×224×224 FP32 in flight). Reserved in ``/dev/shm`` at first use, which
     #: Docker sizes 64 MB by default (``--shm-size``) for all workers and Triton's python
     #: backend together. Tensors that find no room go by HTTP.
-    shm_bytes: int = 16 * 1024 * 1024
+    shm_bytes: int = setting("SCORE_SHM_BYTES", 16 * 1024 * 1024, _number(int), blank_is_unset=True)
     #: Inputs of at least this many bytes go by shared memory (``SCORE_SHM_MIN_BYTES``,
     #: 64 KiB); smaller ones cost less to copy into the HTTP body.
-    shm_min_bytes: int = 64 * 1024
+    shm_min_bytes: int = setting(
+        "SCORE_SHM_MIN_BYTES", 64 * 1024, _number(int), blank_is_unset=True
+    )
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.auth_exempt) - set(AUTH_GROUPS))
@@ -266,83 +368,14 @@ class Settings:
         """Read settings from ``environ`` (default ``os.environ``), then apply ``overrides``."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
-        if "TRITON_URL" in env:
-            values["triton_url"] = env["TRITON_URL"].removeprefix("http://")
-        if "SCORE_MODEL" in env:
-            values["default_model"] = env["SCORE_MODEL"]
-        if "SCORE_PROCESSORS" in env:
-            values["processors"] = _split(env["SCORE_PROCESSORS"])
-        if "SCORE_MODEL_REPOSITORY" in env:
-            values["model_repository"] = env["SCORE_MODEL_REPOSITORY"]
-        if "SCORE_CODE_DIR" in env:
-            values["code_directory"] = env["SCORE_CODE_DIR"]
-        if env.get("AZUREML_ENTRY_SCRIPT"):
-            values["entry_script"] = resolve_entry_script(
-                env["AZUREML_ENTRY_SCRIPT"], env.get("AML_APP_ROOT", "")
-            )
-        if "AML_CORS_ORIGINS" in env:
-            values["cors_origins"] = _split(env["AML_CORS_ORIGINS"])
-        if "PROMETHEUS_MULTIPROC_DIR" in env:
-            values["prometheus_multiproc_dir"] = env["PROMETHEUS_MULTIPROC_DIR"]
-        if "SCORE_MODELS" in env:
-            values["models"] = _split(env["SCORE_MODELS"])
-        # A variable that is there but empty (a templated manifest, a Secret with no value, a
-        # CI variable that did not resolve) meant "keys required": refuse to start open.
-        if "SCORE_API_KEYS" in env:
-            values["api_keys"] = tuple(
-                k.strip() for k in env["SCORE_API_KEYS"].split(",") if k.strip()
-            )
-            if not values["api_keys"]:
-                raise ValueError(
-                    "SCORE_API_KEYS is set but holds no key: list at least one key, or unset "
-                    "it to serve without keys"
-                )
-        if "SCORE_API_KEYS_FILE" in env:
-            values["api_keys_file"] = env["SCORE_API_KEYS_FILE"].strip()
-            if not values["api_keys_file"]:
-                raise ValueError(
-                    "SCORE_API_KEYS_FILE is set but names no file: give the key file's path, "
-                    "or unset it to serve without keys"
-                )
-        if "SCORE_AUTH_EXEMPT" in env:
-            values["auth_exempt"] = tuple(g.lower() for g in _split(env["SCORE_AUTH_EXEMPT"]))
-        if env.get("SCORE_LOG_FORMAT", "").strip():
-            values["log_format"] = env["SCORE_LOG_FORMAT"].strip().lower()
-        if env.get("SCORE_LOG_LEVEL", "").strip():
-            values["log_level"] = env["SCORE_LOG_LEVEL"].strip().upper()
-        if "SCORE_DRAIN_FILE" in env:
-            values["drain_file"] = env["SCORE_DRAIN_FILE"].strip()
-        if "SCORE_TRITON_METRICS_URL" in env:
-            values["triton_metrics_url"] = env["SCORE_TRITON_METRICS_URL"].strip()
-        if env.get("SCORE_COALESCE", "").strip():
-            values["coalesce"] = env["SCORE_COALESCE"].strip().lower()
-        if "SCORE_TRACING" in env:
-            values["tracing"] = tracing_mode(env["SCORE_TRACING"])
-        if env.get("SCORE_OFFLOAD", "").strip():
-            values["offload"] = env["SCORE_OFFLOAD"].strip().lower()
-        if env.get("SCORE_SHM", "").strip():
-            values["shm"] = env["SCORE_SHM"].strip().lower()
-        numeric = {
-            "SCORING_TIMEOUT_MS": ("scoring_timeout_ms", int),
-            "SCORE_TRITON_WAIT_S": ("triton_wait_s", float),
-            "SCORE_TRITON_CONCURRENCY": ("triton_concurrency", int),
-            "SCORE_MAX_BODY_BYTES": ("max_body_bytes", int),
-            "SCORE_METADATA_REFRESH_S": ("metadata_refresh_s", float),
-            "SCORE_MAX_IN_FLIGHT": ("max_in_flight", int),
-            "SCORE_RETRY_AFTER_S": ("retry_after_s", int),
-            "SCORE_OFFLOAD_THREADS": ("offload_threads", int),
-            "SCORE_SHM_BYTES": ("shm_bytes", int),
-            "SCORE_SHM_MIN_BYTES": ("shm_min_bytes", int),
-            "SCORE_COALESCE_CALLS": ("coalesce_calls", int),
-        }
-        for variable, (name, kind) in numeric.items():
-            if env.get(variable, "").strip():
-                try:
-                    values[name] = kind(env[variable])
-                except ValueError:
-                    raise ValueError(
-                        f"{variable}={env[variable]!r} is not a valid {kind.__name__}"
-                    ) from None
+        for each in fields(cls):
+            source: FromEnv | None = each.metadata.get("env")
+            if source is None:
+                continue
+            text = env.get(source.variable)
+            if text is None or (source.blank_is_unset and not text.strip()):
+                continue
+            values[each.name] = source.read(source.variable, text, env)
         known = {f.name for f in fields(cls)}
         for key in overrides:
             if key not in known:
