@@ -42,7 +42,6 @@ from triton_score.errors import (
     BadRequest,
     BodyTooLarge,
     HTTPFailure,
-    ModelNotFound,
     Overloaded,
     ScoringError,
     ScoringTimeout,
@@ -269,7 +268,7 @@ def _score_admitted(rt: Runtime, model: str | None) -> Response:
             label = plan.name
         except ScoringError as exc:  # answered below, inside the request's telemetry
             refused = exc
-            label = ("unknown" if model not in scorer.models else model) if model else "default"
+            label = _model_label(model)
     g.model = label
     telemetry = RequestTelemetry.start(
         rt.metrics,
@@ -295,7 +294,8 @@ def _score_admitted(rt: Runtime, model: str | None) -> Response:
             content_type = request.content_type or ""
             if plan is None:  # an unknown model, or Triton down: too large a body comes first
                 _read_body(rt.settings.max_body_bytes, "SCORE_MAX_BODY_BYTES")
-                raise refused or ModelNotFound(f"unknown model {model!r}")
+                assert refused is not None  # no plan: resolving the model raised this
+                raise refused
             # A raw tensor's limit is exact; known from the headers, before the body is read.
             raw = is_raw_tensor(content_type, request.headers)
             body = _read_body(*plan.body_limit(raw=raw))
