@@ -594,7 +594,7 @@ def test_binary_inputs_are_views_over_the_body() -> None:
 def test_a_uuid_is_made_only_when_the_client_sent_no_id(monkeypatch: pytest.MonkeyPatch) -> None:
     import uuid
 
-    from triton_score.http import routes
+    from triton_score.http import request_ids
     from triton_score.http.app import create_app
     from triton_score.settings import Settings
 
@@ -604,7 +604,7 @@ def test_a_uuid_is_made_only_when_the_client_sent_no_id(monkeypatch: pytest.Monk
         made.append(1)
         return uuid.UUID(int=len(made))
 
-    monkeypatch.setattr(routes.uuid, "uuid4", counting_uuid4)
+    monkeypatch.setattr(request_ids.uuid, "uuid4", counting_uuid4)
     app = create_app(Settings(triton_url="127.0.0.1:9", processors=("none",)), init=False)
     try:
         client = app.test_client()

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 from flask import Flask, Response
+from werkzeug.datastructures import Headers
+from werkzeug.test import EnvironBuilder
 
 from triton_score.azureml import AMLResponse, install_import_aliases
 from triton_score.azureml.inputs import JsonStringInput, ObjectInput, RawRequestInput
@@ -363,9 +365,10 @@ def test_import_paths_resolve_to_azmlinfsrv_when_installed() -> None:
 
 # -- CORS -----------------------------------------------------------------------------------
 def cors_headers(cors: Cors, method: str = "POST", **headers: str) -> dict[str, str]:
-    app = Flask(__name__)
-    with app.test_request_context("/score", method=method, headers=headers) as context:
-        return dict(cors.apply(context.request, Response("")).headers)
+    environ = EnvironBuilder("/score", method=method, headers=headers).get_environ()
+    answer = Headers()
+    cors.apply(environ, answer)
+    return dict(answer)
 
 
 def test_cors_origins_exact_wildcard_and_patterns() -> None:

@@ -3,8 +3,8 @@
 - :func:`configure_logging` sets up the ``triton_score`` logger (``SCORE_LOG_FORMAT``,
   ``SCORE_LOG_LEVEL``): one handler on stderr, as Gunicorn's own log;
 - every record emitted while a request is handled carries ``request_id`` (and ``trace_id``
-  when tracing put one in ``flask.g.trace_id``): a suffix ``request_id=...`` in text, fields
-  in JSON;
+  when tracing is on), from the request's exchange (:data:`CURRENT_REQUEST`): a suffix
+  ``request_id=...`` in text, fields in JSON;
 - :class:`LogWriter` stands in for ``sys.stdout`` in Gunicorn workers
   (:func:`capture_stdout`), so a processor's ``print()`` becomes a log line of logger
   ``triton_score.stdout``, with the request id of the request that printed. The request
@@ -24,7 +24,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TextIO
+from contextvars import ContextVar
+from typing import Any, Protocol, TextIO
 
 LOGGER = "triton_score"
 ACCESS_LOGGER = "triton_score.access"
@@ -37,19 +38,37 @@ _to_json = json.JSONEncoder(default=str, ensure_ascii=False).encode
 MAX_PENDING = 64 * 1024
 
 
+class _HasIds(Protocol):
+    request_id: str
+    trace_id: str
+
+
+#: The request being handled in this greenlet or thread: the web layer's
+#: :class:`~triton_score.http.exchange.Exchange`, set for the span of one request.
+CURRENT_REQUEST: ContextVar[_HasIds | None] = ContextVar("triton_score_request", default=None)
+
+
 def request_context() -> dict[str, str]:
-    """``request_id`` (and ``trace_id``, when set) of the request being handled, if any."""
-    try:
-        from flask import g, has_request_context
-    except ImportError:  # pragma: no cover - flask is a dependency
-        return {}
-    if not has_request_context():
-        return {}
+    """``request_id`` (and ``trace_id``, when set) of the request being handled, if any.
+
+    Ours come from :data:`CURRENT_REQUEST`. Code of ours that runs in another server's Flask
+    app (an entry script's helpers under AzureML's server) has none: ``flask.g``'s
+    ``request_id``/``trace_id`` are used there, when that app keeps them.
+    """
+    current = CURRENT_REQUEST.get()
+    if current is not None:
+        request_id, trace_id = current.request_id, current.trace_id
+    else:
+        try:
+            from flask import g, has_request_context
+        except ImportError:  # pragma: no cover - flask is a dependency
+            return {}
+        if not has_request_context():
+            return {}
+        request_id, trace_id = g.get("request_id"), g.get("trace_id")
     fields = {}
-    request_id = g.get("request_id")
     if request_id:
         fields["request_id"] = str(request_id)
-    trace_id = g.get("trace_id")
     if trace_id:
         fields["trace_id"] = str(trace_id)
     return fields

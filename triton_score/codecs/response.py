@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from triton_score.errors import ScoringError
+
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 JSON = "application/json"
 OCTET_STREAM = "application/octet-stream"
@@ -134,3 +136,11 @@ def render(value: Any) -> Encoded:
     else:
         body, default = encode_json(value.body), JSON
     return Encoded(body, declared or default, value.status, headers)
+
+
+def encode_error(error: ScoringError, request_id: str = "") -> Encoded:
+    """The answer for ``error``: its one JSON shape (``{"error", "code", ..., "request_id"}``),
+    status and headers (``Retry-After``, ``WWW-Authenticate``...)."""
+    return Encoded(
+        encode_json(error.to_dict(request_id)), JSON, error.status_code, dict(error.headers)
+    )

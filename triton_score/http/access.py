@@ -1,10 +1,10 @@
 """One access line per request, with the pipeline's stage timings.
 
-:func:`start` (the first ``before_request`` hook) notes the time; a scoring request's
-stage timings are its :class:`~triton_score.scoring.RequestTelemetry`'s, which the route
-puts in ``flask.g.stages`` (per greenlet under gevent), and other views add theirs with
-:func:`record_stage`; the views note the model (``g.model``); :func:`log_request` (the last
-``after_request`` hook) writes the line, at INFO on logger ``triton_score.access``:
+:func:`log_exchange` writes it when the answer is ready, from the request's
+:class:`~triton_score.http.exchange.Exchange`: its clock (started when the request reached
+us), route, model and stage timings (a scoring request's are its
+:class:`~triton_score.scoring.RequestTelemetry`'s; the ``/v2`` forwarder adds its own). The
+line is at INFO on logger ``triton_score.access``:
 
 text (the request id is appended by the log format, as for every line of a request)::
 
@@ -13,7 +13,7 @@ text (the request id is appended by the log format, as for every line of a reque
 
 JSON (``SCORE_LOG_FORMAT=json``), the same as fields: ``method``, ``path``, ``route``,
 ``model``, ``status``, ``duration_ms``, ``stages_ms`` ({stage: ms}), ``remote``,
-``request_id`` (and ``trace_id`` when tracing set ``g.trace_id``).
+``request_id`` (and ``trace_id`` when tracing is on).
 
 No header, query string or body is logged.
 """
@@ -21,56 +21,27 @@ No header, query string or body is logged.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from typing import Any
 
-from flask import Response, g, has_request_context, request
-
-from triton_score.logs import ACCESS_LOGGER, logfmt, request_context, write_access
+from triton_score.http.exchange import Exchange
+from triton_score.logs import ACCESS_LOGGER, logfmt, write_access
 
 access_log = logging.getLogger(ACCESS_LOGGER)
-_V2_MODEL = re.compile(r"models/([^/]+)")
 
 
-def start() -> None:
-    g.access_started = time.perf_counter()
-
-
-def record_stage(stage: str, seconds: float) -> None:
-    """Add ``seconds`` to the current request's ``stage`` (nothing outside a request)."""
-    if not has_request_context():
-        return
-    stages: dict[str, float] = g.setdefault("stages", {})
-    stages[stage] = stages.get(stage, 0.0) + seconds
-
-
-def _model() -> str:
-    model = g.get("model")
-    if model:
-        return str(model)
-    args = request.view_args or {}
-    if args.get("model"):
-        return str(args["model"])
-    found = _V2_MODEL.match(str(args.get("path", "")))
-    return found.group(1) if found else ""
-
-
-def log_request(response: Response) -> Response:
+def log_exchange(exchange: Exchange, status: int) -> None:
+    """The access line of ``exchange``, answered with ``status``."""
     if not access_log.isEnabledFor(logging.INFO):
-        return response
-    started = g.get("access_started")
-    elapsed_ms = (time.perf_counter() - started) * 1000 if started is not None else 0.0
-    seen = request._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup
-    method, path, remote, status = (
-        seen.method,
-        seen.path,
-        seen.remote_addr or "",
-        response.status_code,
+        return
+    elapsed_ms = (time.perf_counter() - exchange.started) * 1000
+    environ = exchange.environ
+    method, path, remote = (
+        environ.get("REQUEST_METHOD", ""),
+        exchange.path,
+        environ.get("REMOTE_ADDR") or "",
     )
-    route = seen.url_rule.rule if seen.url_rule is not None else ""
-    model = _model()
-    timings = g.get("stages") or {}
+    route, model, timings = exchange.route, exchange.model, exchange.stages
     parts = [
         logfmt(method),
         logfmt(path),
@@ -94,5 +65,7 @@ def log_request(response: Response) -> Response:
             "remote": remote,
         }
 
-    write_access(access_log, " ".join(parts), fields, request_context())
-    return response
+    ids = {"request_id": exchange.request_id} if exchange.request_id else {}
+    if exchange.trace_id:
+        ids["trace_id"] = exchange.trace_id
+    write_access(access_log, " ".join(parts), fields, ids)

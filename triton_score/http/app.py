@@ -17,21 +17,27 @@ Per-app state lives in ``app.extensions["triton_score"]`` (a
 from __future__ import annotations
 
 import logging
+import re
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from triton_score.errors import ScoringError
-from triton_score.http import access, routes
+from triton_score.http import routes
 from triton_score.http.auth import ApiKeyAuth, KeyStore
 from triton_score.http.cors import Cors
+from triton_score.http.envelope import Envelope
+from triton_score.http.exchange import current
 from triton_score.http.forward import TritonForwarder, TritonMetrics
 from triton_score.http.responses import (
     EXTENSION,
     error_response,
     http_error,
+    send,
     unexpected_error,
 )
+from triton_score.http.score_route import ScoreRoute
+from triton_score.http.score_wsgi import ScoreWSGI
 from triton_score.http.shedding import InFlightLimit
 from triton_score.http.v2_infer import ModelCatalog
 from triton_score.logs import configure_logging
@@ -40,6 +46,7 @@ from triton_score.runtime import Runtime, build_runtime
 from triton_score.settings import Settings
 
 log = logging.getLogger("triton_score")
+_V2_MODEL = re.compile(r"models/([^/]+)")
 
 
 def create_app(
@@ -78,34 +85,64 @@ def create_app(
         ttl_s=rt.settings.metadata_refresh_s or 10.0,
     )
     app.extensions[routes.TRITON_METRICS] = TritonMetrics(rt.settings.triton_metrics_endpoint())
-    app.extensions[routes.IN_FLIGHT] = InFlightLimit(rt.settings.max_in_flight)
+    in_flight = InFlightLimit(rt.settings.max_in_flight)
+    app.extensions[routes.IN_FLIGHT] = in_flight
+    score_route = ScoreRoute(rt, in_flight)
+    app.extensions[routes.SCORE_ROUTE] = score_route
     if init:
         rt.init()
 
     app.register_blueprint(routes.blueprint)
-    # before_request hooks run in this order, after_request hooks in the reverse one: the
-    # access line is written last, with the final status.
-    app.before_request(access.start)
-    auth = _api_key_auth(rt)
-    if auth is not None:
-        app.before_request(auth.take)  # first: no later code sees the Authorization header
-    app.before_request(routes.assign_request_id)
-    if auth is not None:
-        app.before_request(auth.check)
-    app.after_request(access.log_request)
-    app.after_request(routes.echo_request_id)
-    if rt.settings.cors_origins:  # AML_CORS_ORIGINS
-        cors = Cors(rt.settings.cors_origins)
+    cors = Cors(rt.settings.cors_origins) if rt.settings.cors_origins else None
+    if cors is not None:  # AML_CORS_ORIGINS
         log.info("CORS enabled for %s", ", ".join(rt.settings.cors_origins))
-
-        def add_cors_headers(response: Response) -> Response:
-            return cors.apply(request, response)
-
-        app.after_request(add_cors_headers)
+    envelope = Envelope(_api_key_auth(rt), cors)
+    _wrap_in(app, envelope)
+    if rt.entry_script is None:
+        # A native deployment's POST /score skips Flask's request cycle; the same envelope
+        # and route serve it (an entry script's run() gets a Flask request: Flask serves it).
+        app.wsgi_app = ScoreWSGI(app.wsgi_app, envelope, score_route)  # type: ignore[method-assign]
     app.register_error_handler(ScoringError, error_response)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(Exception, unexpected_error)
     return app
+
+
+def _wrap_in(app: Flask, envelope: Envelope) -> None:
+    """Run ``envelope`` around every request Flask serves: first before, last after."""
+
+    def open_exchange() -> Response | None:
+        _, answer = envelope.open(request.environ)
+        return send(answer) if answer is not None else None
+
+    def close_exchange(response: Response) -> Response:
+        found = current()
+        if found is not None:
+            seen = request._get_current_object()  # type: ignore[attr-defined]
+            rule = seen.url_rule
+            found.route = rule.rule if rule is not None else ""
+            if not found.model:
+                found.model = _model_in_path(seen.view_args or {})
+            envelope.close(found, response.status_code, response.headers)
+        return response
+
+    def release_exchange(_: BaseException | None) -> None:
+        found = current()
+        if found is not None:
+            found.release()
+
+    app.before_request_funcs.setdefault(None, []).insert(0, open_exchange)
+    app.after_request(close_exchange)
+    app.teardown_request(release_exchange)
+
+
+def _model_in_path(view_args: dict[str, object]) -> str:
+    """The model a route's path names (``/v2/models/<m>/...`` included), for the access line
+    of a request that did not get as far as resolving it."""
+    if view_args.get("model"):
+        return str(view_args["model"])
+    found = _V2_MODEL.match(str(view_args.get("path", "")))
+    return found.group(1) if found else ""
 
 
 def _api_key_auth(rt: Runtime) -> ApiKeyAuth | None:

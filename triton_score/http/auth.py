@@ -32,11 +32,10 @@ import hmac
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from stat import S_ISREG
-
-from flask import Request, Response, g, request
+from typing import Any
 
 from triton_score.errors import Unauthorized
 
@@ -70,12 +69,12 @@ def route_group(path: str) -> str:
     return "other"
 
 
-def is_preflight(request: Request) -> bool:
+def is_preflight(environ: Mapping[str, Any]) -> bool:
     """A CORS preflight: ``OPTIONS`` with ``Origin`` and ``Access-Control-Request-Method``."""
     return (
-        request.method == "OPTIONS"
-        and "Origin" in request.headers
-        and "Access-Control-Request-Method" in request.headers
+        environ.get("REQUEST_METHOD") == "OPTIONS"
+        and "HTTP_ORIGIN" in environ
+        and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ
     )
 
 
@@ -223,7 +222,8 @@ class KeyStore:
 
 
 class ApiKeyAuth:
-    """The check every request goes through first (a ``before_request`` hook).
+    """The check every request goes through first (:class:`~triton_score.http.envelope.Envelope`
+    calls :meth:`take`, then :meth:`check`).
 
     :param exempt: route groups open without a key (``SCORE_AUTH_EXEMPT``).
     :param on_failure: called with (group, reason) for each refusal (metrics).
@@ -240,19 +240,23 @@ class ApiKeyAuth:
         self.on_failure = on_failure or (lambda group, reason: None)
 
     @staticmethod
-    def take() -> None:
-        """Move ``Authorization`` out of the request (an early ``before_request`` hook), so
-        that nothing downstream sees a key, even when a hook answers before :meth:`check`."""
-        g.authorization = request.environ.pop(_ENVIRON_KEY, None)
+    def take(environ: dict[str, Any]) -> str | None:
+        """Move ``Authorization`` out of the request, first thing: nothing downstream sees a
+        key, even when something answers before :meth:`check`."""
+        return environ.pop(_ENVIRON_KEY, None)  # type: ignore[no-any-return]
 
-    def check(self) -> Response | None:
-        """``None`` to go on; a response for a preflight; raises :class:`Unauthorized`."""
-        header = g.pop("authorization", None)
-        group = route_group(request.path)
+    def check(self, environ: Mapping[str, Any], path: str, header: str | None) -> bool:
+        """Whether ``path`` may be served with the ``Authorization`` ``header`` taken.
+
+        :returns: ``True`` for a CORS preflight, answered 200 at once (the CORS headers are
+            added to it); ``False`` to go on.
+        :raises Unauthorized: no valid key.
+        """
+        group = route_group(path)
         if group == "open" or group in self.exempt:
-            return None
-        if is_preflight(request):
-            return Response(status=200)  # the CORS hook adds its headers
+            return False
+        if is_preflight(environ):
+            return True
         if header is None:
             self.on_failure(group, "missing")
             raise Unauthorized("an API key is required: send 'Authorization: Bearer <key>'")
@@ -266,4 +270,4 @@ class ApiKeyAuth:
         if not self.keys.verify(token):
             self.on_failure(group, "invalid")
             raise Unauthorized("the API key is not valid", error="invalid_token")
-        return None
+        return False

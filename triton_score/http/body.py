@@ -21,7 +21,12 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
-from typing import IO
+from typing import IO, Any
+
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.wsgi import get_content_length, get_input_stream
+
+from triton_score.errors import BadRequest, BodyTooLarge
 
 #: Read this much at a time at most.
 CHUNK_BYTES = 1 << 20
@@ -65,3 +70,36 @@ def _reader(stream: IO[bytes]) -> Callable[[memoryview], int]:
         return len(data)
 
     return readinto
+
+
+def read_body(environ: dict[str, Any], limit: int, source: str) -> bytes:
+    """A request's body, from its WSGI environ, refused with a 413 naming ``limit`` (and the
+    setting or rule it comes from, ``source``) when it is larger.
+
+    A ``Content-Length`` above the limit is refused before a byte of the body is read; a body
+    without one (chunked) is read up to the limit only.
+    """
+    length = get_content_length(environ)
+    if length is not None and length > limit:
+        raise BodyTooLarge(limit, length, source=source)
+    if length is not None:
+        try:  # in place: the body is held once, and tensors are views over it
+            return read_exactly(environ["wsgi.input"], length)
+        except IncompleteBody as exc:
+            raise BadRequest(str(exc)) from None
+    # Chunked: the server ends the stream (wsgi.input_terminated; otherwise werkzeug gives an
+    # empty one). Read one byte more than the limit, and refuse a body that has it.
+    stream = get_input_stream(environ, max_content_length=limit + 1)
+    chunks, size = [], 0
+    try:
+        while size <= limit:
+            chunk = stream.read(min(CHUNK_BYTES, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except RequestEntityTooLarge:
+        raise BodyTooLarge(limit, source=source) from None
+    if size > limit:
+        raise BodyTooLarge(limit, source=source)
+    return b"".join(chunks)

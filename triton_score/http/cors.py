@@ -20,9 +20,10 @@ shared cache must not hand one origin's answer (or the answer without ``Origin``
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-from flask import Request, Response
+from werkzeug.datastructures import Headers
 
 ALLOW_ORIGIN = "Access-Control-Allow-Origin"
 ALLOW_METHODS = "Access-Control-Allow-Methods"
@@ -32,6 +33,8 @@ REQUEST_HEADERS = "Access-Control-Request-Headers"
 #: The methods azmlinfsrv allows cross-origin.
 METHODS = ("GET", "POST")
 _PATTERN_HINTS = frozenset("*\\]?$^[]()")
+_REQUEST_METHOD_KEY = "HTTP_ACCESS_CONTROL_REQUEST_METHOD"
+_REQUEST_HEADERS_KEY = "HTTP_ACCESS_CONTROL_REQUEST_HEADERS"
 
 
 class Cors:
@@ -58,20 +61,20 @@ class Cors:
     def allows(self, origin: str) -> bool:
         return origin.casefold() in self.exact or any(p.fullmatch(origin) for p in self.patterns)
 
-    def apply(self, request: Request, response: Response) -> Response:
-        if "origin" not in {v.strip().lower() for v in response.headers.get_all("Vary")}:
-            response.headers.add("Vary", "Origin")
-        origin = request.headers.get("Origin", "")
-        if not origin or ALLOW_ORIGIN in response.headers or not self.allows(origin):
-            return response
-        response.headers[ALLOW_ORIGIN] = origin
+    def apply(self, environ: Mapping[str, Any], headers: Headers) -> None:
+        """Add to a response's ``headers`` what the request (its WSGI ``environ``) calls for."""
+        if "origin" not in {v.strip().lower() for v in headers.get_all("Vary")}:
+            headers.add("Vary", "Origin")
+        origin = environ.get("HTTP_ORIGIN", "")
+        if not origin or ALLOW_ORIGIN in headers or not self.allows(origin):
+            return
+        headers[ALLOW_ORIGIN] = origin
         if (
-            request.method == "OPTIONS"
-            and request.headers.get(REQUEST_METHOD, "").upper() in METHODS
+            environ.get("REQUEST_METHOD") == "OPTIONS"
+            and environ.get(_REQUEST_METHOD_KEY, "").upper() in METHODS
         ):
-            asked = request.headers.get(REQUEST_HEADERS, "")
-            headers = sorted(h.strip() for h in asked.split(",") if h.strip())
-            if headers:
-                response.headers[ALLOW_HEADERS] = ", ".join(headers)
-            response.headers[ALLOW_METHODS] = ", ".join(METHODS)
-        return response
+            asked = environ.get(_REQUEST_HEADERS_KEY, "")
+            names = sorted(h.strip() for h in asked.split(",") if h.strip())
+            if names:
+                headers[ALLOW_HEADERS] = ", ".join(names)
+            headers[ALLOW_METHODS] = ", ".join(METHODS)

@@ -1,0 +1,193 @@
+"""``POST /score[/<model>]``, HTTP only: shed, resolve, read the body, score, answer.
+
+:class:`ScoreRoute` is the route's one body, written over the WSGI environ so that it runs
+the same under Flask's view (:func:`triton_score.http.routes.score`, for entry scripts and
+other methods) and without Flask's request cycle (:mod:`triton_score.http.score_wsgi`, how
+a native deployment serves every ``POST /score``):
+
+1. beyond ``SCORE_MAX_IN_FLIGHT`` requests in this worker: a 503 at once, before the body
+   (:mod:`triton_score.http.shedding`);
+2. the model's :class:`~triton_score.scoring.ModelPlan`: one lookup;
+3. the request's :class:`~triton_score.scoring.RequestTelemetry` (its span, in flight);
+4. within the request deadline (``SCORING_TIMEOUT_MS``): the body, read within the plan's
+   limit (:mod:`triton_score.http.body`), then the scorer's six stages, or the entry script's
+   ``run()``;
+5. every outcome an answer (errors in their one shape), and the telemetry finished once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qsl
+
+from flask import Response
+from werkzeug.datastructures import EnvironHeaders
+from werkzeug.exceptions import HTTPException
+
+from triton_score.codecs.response import Encoded, encode_error
+from triton_score.codecs.tensors import is_raw_tensor
+from triton_score.deadline import request_deadline
+from triton_score.errors import (
+    Overloaded,
+    ScoringError,
+    ScoringTimeout,
+    TritonError,
+    TritonUnavailable,
+)
+from triton_score.http.body import read_body
+from triton_score.http.exchange import Exchange
+from triton_score.http.responses import http_failure, unexpected
+from triton_score.http.shedding import InFlightLimit
+from triton_score.runtime import Runtime
+from triton_score.scoring import ModelPlan, RequestTelemetry
+
+#: Failures counted in score_triton_errors_total, by kind.
+TRITON_FAILURES = {
+    TritonUnavailable: "unavailable",
+    ScoringTimeout: "timeout",
+    TritonError: "error",
+}
+#: The routes' rules, as the access line and the metrics name them.
+RULE, MODEL_RULE = "/score", "/score/<model>"
+
+#: An entry script's run(), given the request's telemetry: a Flask response.
+ScriptCall = Callable[[RequestTelemetry], Response]
+
+
+def query_args(environ: dict[str, Any]) -> dict[str, str]:
+    """The query string's parameters, the first value of a repeated one (as Flask's
+    ``request.args.to_dict()``)."""
+    query: str = environ.get("QUERY_STRING", "")
+    if not query:
+        return {}
+    if not query.isascii():
+        query = query.encode("latin-1").decode("utf-8", errors="replace")
+    args: dict[str, str] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True, errors="replace"):
+        args.setdefault(name, value)
+    return args
+
+
+class ScoreRoute:
+    """The ``/score`` routes of one app.
+
+    :param in_flight: this worker's count of scoring requests (``SCORE_MAX_IN_FLIGHT``).
+    """
+
+    def __init__(self, runtime: Runtime, in_flight: InFlightLimit) -> None:
+        self.runtime = runtime
+        self.in_flight = in_flight
+
+    def answer(
+        self, exchange: Exchange, model: str | None, script: ScriptCall | None = None
+    ) -> Encoded | Response:
+        """The answer to one scoring request (never raises).
+
+        :param model: the model named in the path; ``None``: the default one.
+        :param script: the entry script's run(), in entry-script mode.
+        """
+        in_flight = self.in_flight
+        # Shed at once, before the body is read: waiting in a full worker ends in a 504 anyway.
+        if not in_flight.enter():
+            return self.shed(exchange, model)
+        try:  # at once: nothing between enter() and here can raise and keep the slot
+            return self._admitted(exchange, model, script)
+        except Exception as exc:  # noqa: BLE001 - a bug answers 500 and the worker serves on
+            return encode_error(unexpected(exc), exchange.request_id)
+        finally:
+            in_flight.leave()
+
+    def model_label(self, model: str | None) -> str:
+        """The model's label in metrics and the access line (``unknown`` for a model that
+        is not served: a client cannot make up label values)."""
+        scorer = self.runtime.scorer
+        if scorer is None:
+            return "entry_script"
+        if model:
+            return model if model in scorer.models else "unknown"
+        try:
+            return scorer.model(None).name if scorer.loaded else "default"
+        except ScoringError:
+            return "default"
+
+    def shed(self, exchange: Exchange, model: str | None) -> Encoded:
+        """The 503 of a request beyond ``SCORE_MAX_IN_FLIGHT``: counted, logged now and then
+        (``/v2`` inference is shed by the same rule)."""
+        rt = self.runtime
+        label = self.model_label(model)
+        exchange.model = label
+        self.in_flight.shed(label)
+        rt.metrics.shed.labels(label).inc()
+        rt.metrics.requests.labels(label, "503").inc()
+        return encode_error(
+            Overloaded(self.in_flight.limit, rt.settings.retry_after_s), exchange.request_id
+        )
+
+    def _admitted(
+        self, exchange: Exchange, model: str | None, script: ScriptCall | None
+    ) -> Encoded | Response:
+        rt = self.runtime
+        scorer = rt.scorer
+        environ = exchange.environ
+        plan: ModelPlan | None = None
+        refused: ScoringError | None = None
+        if scorer is None:
+            label = "entry_script"
+        else:
+            try:
+                plan = scorer.plan(model)
+                label = plan.name
+            except ScoringError as exc:  # answered below, inside the request's telemetry
+                refused = exc
+                label = self.model_label(model)
+        exchange.model = label
+        headers = EnvironHeaders(environ)
+        telemetry = RequestTelemetry.start(
+            rt.metrics,
+            rt.tracing,
+            method=environ.get("REQUEST_METHOD", ""),
+            route="/score/{model}" if model else "/score",
+            headers=headers,
+            request_id=exchange.request_id,
+            model=label,
+        )
+        exchange.stages = telemetry.timings  # for the access line
+        exchange.trace_id = telemetry.trace_id  # for the log lines of this request
+        status = 500
+        triton_failure = ""
+        try:
+            with request_deadline(rt.settings.scoring_timeout_ms):
+                if script is not None:
+                    response = script(telemetry)
+                    status = response.status_code
+                    return response
+                assert scorer is not None
+                content_type: str = environ.get("CONTENT_TYPE", "")
+                if plan is None:  # an unknown model, or Triton down: too large a body first
+                    read_body(environ, rt.settings.max_body_bytes, "SCORE_MAX_BODY_BYTES")
+                    assert refused is not None  # no plan: resolving the model raised this
+                    raise refused
+                # A raw tensor's limit is exact; known from the headers, before the body.
+                raw = is_raw_tensor(content_type, headers)
+                body = read_body(environ, *plan.body_limit(raw=raw))
+                encoded = scorer.handle(
+                    plan,
+                    body,
+                    content_type,
+                    dict(headers),  # the one copy
+                    telemetry,
+                    query=query_args(environ),
+                )
+            status = encoded.status
+            return encoded
+        except ScoringError as exc:
+            status = exc.status_code
+            triton_failure = TRITON_FAILURES.get(type(exc), "")
+            return encode_error(exc, exchange.request_id)
+        except HTTPException as exc:  # werkzeug's refusal (an entry script's 413): as it says
+            failure = http_failure(exc)
+            status = failure.status_code
+            return encode_error(failure, exchange.request_id)
+        finally:
+            telemetry.finish(status, label, triton_failure)
