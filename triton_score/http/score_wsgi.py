@@ -78,8 +78,9 @@ class ScoreWSGI:
         envelope = self.envelope
         exchange, answer = envelope.open(environ)
         try:
+            # As Flask's hook notes them: the path's model until the route resolves it.
+            exchange.route, exchange.model = (RULE, "") if model is None else (MODEL_RULE, model)
             if answer is None:
-                exchange.route = RULE if model is None else MODEL_RULE
                 scored = self.route.answer(exchange, model)
                 assert not isinstance(scored, Response)  # only entry scripts answer those
                 answer = scored
