@@ -159,3 +159,27 @@ def test_the_fast_access_line_is_the_line_logging_writes(restore_logging, log_fo
         # "[2026-12-07 12:00:00,123] [pid] [INFO] ..." : the same but for the milliseconds
         assert fast[:20] == slow_line[:20] and fast[24:] == slow_line[24:], (fast, slow_line)
         assert fast.endswith('request_id="r 1" trace_id=ab\n')
+
+
+def test_access_lines_wait_for_the_end_of_the_loop_turn_and_keep_the_order() -> None:
+    """Under gevent, access lines are joined into one write at the end of the event loop's
+    turn; another record, or a flush, writes them first."""
+    handler = _Handler(io.StringIO())
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    turn_ends: list = []
+    handler._later = turn_ends.append  # the loop's run_callback, in a gevent worker
+    handler.write_line("first access line")
+    handler.write_line("second access line")
+    assert handler.stream.getvalue() == "" and len(turn_ends) == 1  # one write, scheduled once
+    turn_ends.pop()()
+    assert handler.stream.getvalue() == "first access line\nsecond access line\n"
+    handler.write_line("third access line")
+    handler.emit(logging.makeLogRecord({"msg": "a processor's line", "levelno": logging.INFO}))
+    assert handler.stream.getvalue().endswith("third access line\na processor's line\n")
+    handler.write_line("fourth access line")
+    handler.flush()  # as logging.shutdown() does at exit
+    assert handler.stream.getvalue().endswith("fourth access line\n")
+    turn_ends.clear()
+    without_gevent = _Handler(io.StringIO())
+    without_gevent.write_line("at once")
+    assert without_gevent.stream.getvalue() == "at once\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -379,3 +380,33 @@ def test_read_only_triton_routes_are_forwarded(plain_server: ScoreServer) -> Non
         assert requests.get(plain_server.url + path, timeout=5).status_code == 200, path
     index = requests.post(plain_server.url + "/v2/repository/index", data=b"{}", timeout=5)
     assert {m["name"] for m in index.json()} >= {"digits_onnx", "qa_lexical"}
+
+
+def test_access_lines_of_concurrent_requests_are_each_whole(plain_server: ScoreServer) -> None:
+    """Under gevent the access lines of requests that finish together go out in one write:
+    every request still gets its own whole line, none lost, none mixed with another."""
+    images, _ = held_out_digits()
+    ids = [f"joined-{n}" for n in range(24)]
+
+    def send(request_id: str) -> int:
+        response = requests.post(
+            plain_server.url + "/score/digits_onnx",
+            json={"inputs": {"image": images[:1].tolist()}},
+            headers={"x-request-id": request_id},
+            timeout=30,
+        )
+        return response.status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(send, ids)) == {200}
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # the last turn of the worker's loop may still write
+        lines = [line for line in plain_server.output().splitlines() if "joined-" in line]
+        if len(lines) >= len(ids):
+            break
+        time.sleep(0.05)
+    assert len(lines) == len(ids), lines
+    for request_id in ids:
+        (line,) = [line for line in lines if line.endswith(f"request_id={request_id}")]
+        assert "triton_score.access: POST /score/digits_onnx 200 " in line, line
+        assert line.count("triton_score.access:") == 1
