@@ -43,6 +43,7 @@ REAL_PROCESSES = frozenset(
         "external_triton",
         "served_like_the_image",
         "triton_score_servers",
+        "colour_triton",
     }
 )
 

@@ -9,10 +9,11 @@ server, passes it (see :mod:`triton_score.azureml.inputs`, and ``docs/entry-scri
 - ``@input_schema``: the JSON body's fields as keyword arguments, converted by the decorators.
 
 What ``run`` returns is sent back as JSON, or as it is when it is a response object. Scripts
-written for the AzureML-Triton image import ``tritonhttpclient`` (the old name of
-``tritonclient.http``, which tritonclient itself still ships);
-``azureml.contrib.services.aml_request`` and ``aml_response`` resolve as they do under
-azmlinfsrv, installed or not.
+written for the AzureML-Triton image of 2020 import ``tritonhttpclient``,
+``tritonclientutils`` or ``tritongrpcclient`` (the old names of ``tritonclient.http``,
+``.utils``, ``.grpc``): they get those modules as that generation of the client behaved
+(:mod:`triton_score.legacy_clients`); ``azureml.contrib.services.aml_request`` and
+``aml_response`` resolve as they do under azmlinfsrv, installed or not.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from triton_score.azureml.aml_request import is_marked
 from triton_score.azureml.inputs import choose_input_parser
 from triton_score.azureml.schema import is_schema_decorated, service_schemas
 from triton_score.errors import RunFunctionFailed, ScoringError
+from triton_score.legacy_clients import install_legacy_clients
 from triton_score.processors.loading import ProcessorLoadError, import_file
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,7 @@ class EntryScript:
     def _load(self) -> tuple[ModuleType, bool]:
         """Import the script; and whether ``@rawhttp`` was applied while it ran."""
         install_import_aliases()
+        install_legacy_clients()
         flags = raw_http_flags()
         for module in flags:
             module._rawHttpRequested = False  # type: ignore[attr-defined]
