@@ -276,7 +276,7 @@ def test_v2_is_forwarded_to_triton_binary_infer_included(plain_server: ScoreServ
 
 
 def test_openapi_document_describes_the_models(score_server: ScoreServer) -> None:
-    doc = requests.get(score_server.url + "/swagger.json", timeout=5).json()
+    doc = requests.get(score_server.url + "/openapi.json", timeout=5).json()
     assert doc["openapi"].startswith("3.")
     assert {"/score/digits_onnx", "/score/qa_lexical", "/v2/health/ready"} <= set(doc["paths"])
     qa = doc["paths"]["/score/qa_lexical"]["post"]
@@ -285,7 +285,7 @@ def test_openapi_document_describes_the_models(score_server: ScoreServer) -> Non
 
 
 def test_openapi_default_codec_schema_follows_metadata(plain_server: ScoreServer) -> None:
-    doc = requests.get(plain_server.url + "/swagger.json", timeout=5).json()
+    doc = requests.get(plain_server.url + "/openapi.json", timeout=5).json()
     op = doc["paths"]["/score/digits_onnx"]["post"]
     image = op["requestBody"]["content"]["application/json"]["schema"]["properties"]["inputs"][
         "properties"

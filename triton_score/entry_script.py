@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import traceback
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -142,13 +143,40 @@ def is_native(script: EntryScript) -> bool:
 
 def check(path: str) -> int:
     """Load the entry script at ``path`` as a worker would, without calling ``init()``: print
-    why it cannot be served, as one line, and return 2; or return 0.
+    why it cannot be served, as one line on stderr, and where on stdout (the server's log
+    stream, where azmlinfsrv users look: for a syntax error the file, the line and the
+    caret), and return 2; or return 0.
 
     ``score serve`` runs this in a child process before it starts anything.
     """
     try:
         EntryScript(path)
     except ProcessorLoadError as exc:
+        if exc.__cause__ is not None:
+            print(where_it_failed(exc.__cause__, path), file=sys.stdout, flush=True)
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     return 0
+
+
+def where_it_failed(exc: BaseException, path: str) -> str:
+    """``exc``, raised while importing the entry script at ``path``, as Python reports it,
+    with the frames of the user's own files only (none of the loader's)::
+
+        entry script /app/score.py failed to import:
+          File "/app/score.py", line 4
+            def run(data)
+                         ^
+        SyntaxError: expected ':'
+    """
+    ours = str(Path(__file__).resolve().parent)
+    frames = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if not frame.filename.startswith((ours, "<frozen"))
+    ]
+    lines = [f"entry script {Path(path).resolve()} failed to import:\n"]
+    if frames:
+        lines += ["Traceback (most recent call last):\n", *traceback.format_list(frames)]
+    lines += traceback.format_exception_only(type(exc), exc)
+    return "".join(lines).rstrip("\n")

@@ -26,12 +26,14 @@ from triton_score.http import access, routes
 from triton_score.http.auth import ApiKeyAuth, KeyStore
 from triton_score.http.cors import Cors
 from triton_score.http.forward import TritonForwarder, TritonMetrics
+from triton_score.http.health_port import health_port_guard
 from triton_score.http.responses import (
     EXTENSION,
     error_response,
     http_error,
     unexpected_error,
 )
+from triton_score.http.server_version import server_version_headers, stamp
 from triton_score.http.shedding import InFlightLimit
 from triton_score.http.v2_infer import ModelCatalog
 from triton_score.logs import configure_logging
@@ -86,6 +88,8 @@ def create_app(
     # before_request hooks run in this order, after_request hooks in the reverse one: the
     # access line is written last, with the final status.
     app.before_request(access.start)
+    if rt.settings.separate_health_endpoint:  # SEPERATE_HEALTH_ENDPOINT: probes only there
+        app.before_request(health_port_guard(rt.settings.health_port))
     auth = _api_key_auth(rt)
     if auth is not None:
         app.before_request(auth.take)  # first: no later code sees the Authorization header
@@ -102,6 +106,14 @@ def create_app(
             return cors.apply(request, response)
 
         app.after_request(add_cors_headers)
+    version = server_version_headers(rt.settings)
+    if version:  # x-ms-server-version on every answer, refusals and errors included
+
+        def add_server_version(response: Response) -> Response:
+            stamp(response.headers, version)
+            return response
+
+        app.after_request(add_server_version)
     app.register_error_handler(ScoringError, error_response)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(Exception, unexpected_error)
