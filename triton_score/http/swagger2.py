@@ -94,7 +94,7 @@ def _preferred(content: dict[str, Any]) -> dict[str, Any]:
     for kind, media in content.items():
         if is_json_media_type(kind):
             return dict(media.get("schema", {}))
-    first = next(iter(content.values()), {})
+    first: dict[str, Any] = next(iter(content.values()), {})
     return dict(first.get("schema", {}))
 
 
