@@ -296,6 +296,26 @@ def test_openapi_default_codec_schema_follows_metadata(plain_server: ScoreServer
     assert image["items"]["items"]["items"]["type"] == "number"
 
 
+@pytest.mark.parametrize("server_fixture", ["score_server", "plain_server"])
+def test_swagger_json_is_valid_swagger_2_by_default(
+    server_fixture: str, request: pytest.FixtureRequest
+) -> None:
+    """As azmlinfsrv: ``/swagger.json`` is Swagger 2.0, the same operations as OpenAPI 3's."""
+    from openapi_spec_validator import validate
+    from openapi_spec_validator.validation import OpenAPIV2SpecValidator, OpenAPIV30SpecValidator
+
+    server: ScoreServer = request.getfixturevalue(server_fixture)
+    two = requests.get(server.url + "/swagger.json", timeout=5).json()
+    three = requests.get(server.url + "/openapi.json", timeout=5).json()
+    validate(two, cls=OpenAPIV2SpecValidator)
+    validate(three, cls=OpenAPIV30SpecValidator)
+    assert two["swagger"] == "2.0" and set(two["paths"]) == set(three["paths"])
+    assert set(two["definitions"]) == set(three["components"]["schemas"])
+    digits = two["paths"]["/score/digits_onnx"]["post"]
+    assert "application/json" in digits["consumes"] and digits["parameters"][0]["in"] == "body"
+    assert digits["responses"]["400"]["schema"] == {"$ref": "#/definitions/Error"}
+
+
 def _worker_pids_with_counters(server: ScoreServer) -> set[int]:
     """Workers that have counted a request: Prometheus' multiprocess mode writes one
     ``counter_<pid>.db`` per worker into the directory ``score serve`` gives Gunicorn."""
