@@ -214,6 +214,7 @@ def test_the_version_header_is_off_unless_true(
         theirs.stop()
 
 
+@pytest.mark.integration  # starts azmlinfsrv
 def test_a_syntax_error_is_located_on_stdout_and_the_server_exits(tmp_path: Path) -> None:
     require_azmlinfsrv()
     script = tmp_path / "score.py"

@@ -49,7 +49,7 @@ from triton_score.locations import (
     resolve_entry_script,
     split_address,
 )
-from triton_score.settings import settings_error, tracing_mode
+from triton_score.settings import Settings, settings_error, tracing_mode
 from triton_score.tracing import check_tracing, otlp_traces_url, triton_trace_args
 
 #: Run in a child process by :meth:`Supervisor._check_entry_script`.
@@ -263,11 +263,10 @@ class Supervisor:
 
     def _check_health_port(self) -> str:
         """Why the separate health listener cannot start (one line), or ``""``."""
-        if os.environ.get("SEPERATE_HEALTH_ENDPOINT", "").strip().lower() != "true":
+        settings = Settings.from_env()  # settings_error() has accepted it
+        if not settings.separate_health_endpoint:
             return ""
-        port = self.options.health_port
-        if port is None:
-            port = int(os.environ.get("HEALTH_PORT", "") or 5000)  # settings_error checked it
+        port = self.options.health_port or settings.health_port
         if port == self.options.port:
             return f"the health port ({port}) must differ from the scoring port"
         return ""
