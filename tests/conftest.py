@@ -43,6 +43,7 @@ REAL_PROCESSES = frozenset(
         "external_triton",
         "served_like_the_image",
         "triton_score_servers",
+        "colour_triton",
     }
 )
 
@@ -108,13 +109,20 @@ def triton(triton_score_servers: TritonServers) -> LocalTriton:
 class ScoreServer:
     """A real ``score serve`` (Gunicorn + gevent workers) subprocess on 127.0.0.1."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> None:
+    def __init__(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        cwd: Path = ROOT,
+        command: str = "serve",
+    ) -> None:
+        """``score COMMAND --port <free> ARGS`` (``serve``, or ``azmlinfsrv``'s command line)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         fd, self.log_path = tempfile.mkstemp(prefix="score-serve-", suffix=".log")
         with os.fdopen(fd, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "triton_score", "serve", "--port", str(self.port), *args],
+                [sys.executable, "-m", "triton_score", command, "--port", str(self.port), *args],
                 cwd=cwd,
                 env={**os.environ, **(env or {})},
                 stdout=log,

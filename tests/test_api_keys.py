@@ -349,7 +349,7 @@ def test_the_settings_and_pages_are_documented() -> None:
 
 def test_the_openapi_document_declares_the_bearer_key(fake_triton: FakeTriton) -> None:
     client = make_app(fake_triton, api_keys=(KEY,)).test_client()
-    doc = client.get("/swagger.json", headers={"Authorization": f"Bearer {KEY}"}).json
+    doc = client.get("/openapi.json", headers={"Authorization": f"Bearer {KEY}"}).json
     assert doc["components"]["securitySchemes"]["apiKey"] == {
         "type": "http",
         "scheme": "bearer",
@@ -357,7 +357,7 @@ def test_the_openapi_document_declares_the_bearer_key(fake_triton: FakeTriton) -
     }
     assert doc["security"] == [{"apiKey": []}]
     assert doc["paths"]["/v2/health/ready"]["get"]["security"] == []
-    plain = make_app(fake_triton).test_client().get("/swagger.json").json
+    plain = make_app(fake_triton).test_client().get("/openapi.json").json
     assert "security" not in plain and "securitySchemes" not in plain["components"]
 
 

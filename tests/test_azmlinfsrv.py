@@ -99,7 +99,12 @@ class Azmlinfsrv:
     """``azmlinfsrv --entry_script score/score.py`` as a subprocess on 127.0.0.1."""
 
     def __init__(
-        self, cwd: Path, runtime_dir: Path, env: dict[str, str], script: Path = ENTRY_SCRIPT
+        self,
+        cwd: Path,
+        runtime_dir: Path,
+        env: dict[str, str],
+        script: Path = ENTRY_SCRIPT,
+        args: tuple[str, ...] = (),
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -111,7 +116,7 @@ class Azmlinfsrv:
         environ["XDG_RUNTIME_DIR"] = str(runtime_dir)
         self.process = subprocess.Popen(
             [sys.executable, "-c", LAUNCHER, "--entry_script", str(script)]
-            + ["--port", str(self.port)],
+            + ["--port", str(self.port), *args],
             cwd=cwd,
             env={**environ, **env},
             stdin=subprocess.DEVNULL,

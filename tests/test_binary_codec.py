@@ -277,7 +277,7 @@ def test_bad_binary_requests_get_a_clear_400(
 
 
 def test_openapi_lists_the_binary_forms(plain_server: ScoreServer) -> None:
-    doc = requests.get(plain_server.url + "/swagger.json", timeout=5).json()
+    doc = requests.get(plain_server.url + "/openapi.json", timeout=5).json()
     operation = doc["paths"]["/score/digits_onnx"]["post"]
     assert set(operation["requestBody"]["content"]) == {
         "application/json",

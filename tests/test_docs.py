@@ -97,7 +97,7 @@ def test_when_you_need_more_example_runs_against_triton(triton: LocalTriton, mor
         json.dumps({k: bad.json[k] for k in ("error", "code", "field")}, separators=(",", ":"))
         == claimed.group(1) + "}"
     )
-    doc = client.get("/swagger.json").json["paths"]["/score/digits_onnx"]["post"]
+    doc = client.get("/openapi.json").json["paths"]["/score/digits_onnx"]["post"]
     assert doc["requestBody"]["content"]["application/json"]["example"] == {"images": [[0] * 64]}
     assert set(doc["responses"]["200"]["content"]) == {"application/json", "text/csv"}
     rt.close()

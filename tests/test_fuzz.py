@@ -156,7 +156,7 @@ _SCHEMAS: dict[str, Any] = {}
 
 def load_schema(server: ScoreServer) -> Any:
     if server.url not in _SCHEMAS:
-        _SCHEMAS[server.url] = schemathesis.openapi.from_url(f"{server.url}/swagger.json")
+        _SCHEMAS[server.url] = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
     return _SCHEMAS[server.url]
 
 

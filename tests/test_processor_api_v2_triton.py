@@ -93,7 +93,7 @@ def test_json_out_a_202_and_a_415(app) -> None:
 
 
 def test_swagger_documents_content_types_schema_and_example(app) -> None:
-    doc = app.test_client().get("/swagger.json").json
+    doc = app.test_client().get("/openapi.json").json
     photos = doc["paths"]["/score/digits_onnx"]["post"]
     assert set(photos["requestBody"]["content"]) == {"image/png", "image/jpeg"}
     assert photos["requestBody"]["content"]["image/png"]["schema"]["format"] == "binary"

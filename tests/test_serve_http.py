@@ -277,7 +277,7 @@ def test_v2_is_forwarded_to_triton_binary_infer_included(plain_server: ScoreServ
 
 
 def test_openapi_document_describes_the_models(score_server: ScoreServer) -> None:
-    doc = requests.get(score_server.url + "/swagger.json", timeout=5).json()
+    doc = requests.get(score_server.url + "/openapi.json", timeout=5).json()
     assert doc["openapi"].startswith("3.")
     assert {"/score/digits_onnx", "/score/qa_lexical", "/v2/health/ready"} <= set(doc["paths"])
     qa = doc["paths"]["/score/qa_lexical"]["post"]
@@ -286,7 +286,7 @@ def test_openapi_document_describes_the_models(score_server: ScoreServer) -> Non
 
 
 def test_openapi_default_codec_schema_follows_metadata(plain_server: ScoreServer) -> None:
-    doc = requests.get(plain_server.url + "/swagger.json", timeout=5).json()
+    doc = requests.get(plain_server.url + "/openapi.json", timeout=5).json()
     op = doc["paths"]["/score/digits_onnx"]["post"]
     image = op["requestBody"]["content"]["application/json"]["schema"]["properties"]["inputs"][
         "properties"
@@ -295,6 +295,26 @@ def test_openapi_default_codec_schema_follows_metadata(plain_server: ScoreServer
     assert image["type"] == "array" and (image["minItems"], image["maxItems"]) == (1, 16)
     assert image["items"]["minItems"] == 8 and image["items"]["items"]["minItems"] == 8
     assert image["items"]["items"]["items"]["type"] == "number"
+
+
+@pytest.mark.parametrize("server_fixture", ["score_server", "plain_server"])
+def test_swagger_json_is_valid_swagger_2_by_default(
+    server_fixture: str, request: pytest.FixtureRequest
+) -> None:
+    """As azmlinfsrv: ``/swagger.json`` is Swagger 2.0, the same operations as OpenAPI 3's."""
+    from openapi_spec_validator import validate
+    from openapi_spec_validator.validation import OpenAPIV2SpecValidator, OpenAPIV30SpecValidator
+
+    server: ScoreServer = request.getfixturevalue(server_fixture)
+    two = requests.get(server.url + "/swagger.json", timeout=5).json()
+    three = requests.get(server.url + "/openapi.json", timeout=5).json()
+    validate(two, cls=OpenAPIV2SpecValidator)
+    validate(three, cls=OpenAPIV30SpecValidator)
+    assert two["swagger"] == "2.0" and set(two["paths"]) == set(three["paths"])
+    assert set(two["definitions"]) == set(three["components"]["schemas"])
+    digits = two["paths"]["/score/digits_onnx"]["post"]
+    assert "application/json" in digits["consumes"] and digits["parameters"][0]["in"] == "body"
+    assert digits["responses"]["400"]["schema"] == {"$ref": "#/definitions/Error"}
 
 
 def _worker_pids_with_counters(server: ScoreServer) -> set[int]:

@@ -158,8 +158,58 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ready_timeout=args.ready_timeout,
         build=args.build,
         triton_args=_triton_args(args),
+        health_port=args.health_port,
     )
     return Supervisor(options, _say).run()
+
+
+def cmd_azmlinfsrv(args: argparse.Namespace) -> int:
+    """azmlinfsrv's command line, mapped onto ``score serve``: switching is one word.
+
+    As azmlinfsrv does, the flags become the environment the server and the script see:
+    ``--model_dir`` is ``AZUREML_MODEL_DIR`` (over the environment's), ``--access_control_
+    allow_origins`` is ``AML_CORS_ORIGINS``; and it listens on every interface by default.
+    """
+    from triton_score.serve import ServeOptions, Supervisor
+
+    for flag, value in (
+        ("--appinsights_instrumentation_key", args.appinsights_instrumentation_key),
+        ("--config_file", args.config_file),
+    ):
+        if value is not None:
+            _say(
+                f"error: {flag} is azmlinfsrv's and not supported here "
+                "(docs/entry-scripts.md: tracing and logs instead of Application Insights, "
+                "environment variables instead of a config file)"
+            )
+            return 2
+    if args.model_dir is not None:
+        os.environ["AZUREML_MODEL_DIR"] = args.model_dir
+    if args.access_control_allow_origins is not None:
+        os.environ["AML_CORS_ORIGINS"] = args.access_control_allow_origins
+    options = ServeOptions(
+        entry_script=args.entry_script,
+        host=args.host,
+        port=args.port,
+        workers=args.worker_count,
+        health_port=args.health_port,
+        triton_url=args.triton_url,
+    )
+    return Supervisor(options, _say).run()
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port (1-65535)")
+    return port
+
+
+def _positive(text: str) -> int:
+    count = int(text)
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{text}: at least 1")
+    return count
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -440,7 +490,42 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--ready-timeout", type=float, default=300.0, help="seconds to wait for readiness (300)"
     )
+    serve.add_argument(
+        "--health-port",
+        type=_port,
+        default=None,
+        help="with SEPERATE_HEALTH_ENDPOINT=true, the port of the probes (default $HEALTH_PORT "
+        "or 5000)",
+    )
     serve.set_defaults(func=cmd_serve)
+
+    azml = commands.add_parser(
+        "azmlinfsrv",
+        help="azmlinfsrv's command line (--entry_script, --model_dir, --port...), served by "
+        "score serve",
+    )
+    azml.add_argument("--entry_script", default=None, help="the entry script (score.py)")
+    azml.add_argument("--model_dir", default=None, help="sets AZUREML_MODEL_DIR for the script")
+    azml.add_argument("--port", type=_port, default=5001, help="(5001)")
+    azml.add_argument(
+        "--health_port",
+        type=_port,
+        default=None,
+        help="with SEPERATE_HEALTH_ENDPOINT=true (default $HEALTH_PORT or 5000)",
+    )
+    azml.add_argument("--worker_count", type=_positive, default=None, help="(1)")
+    azml.add_argument(
+        "--access_control_allow_origins", default=None, help="CORS origins, comma-separated"
+    )
+    azml.add_argument("--appinsights_instrumentation_key", default=None, help=argparse.SUPPRESS)
+    azml.add_argument("--config_file", default=None, help=argparse.SUPPRESS)
+    azml.add_argument(
+        "--host", default="0.0.0.0", help="bind address (default 0.0.0.0, as azmlinfsrv)"
+    )
+    azml.add_argument(
+        "--triton-url", default=None, help="Triton HTTP host:port (default $TRITON_URL)"
+    )
+    azml.set_defaults(func=cmd_azmlinfsrv)
 
     build = commands.add_parser(
         "build",

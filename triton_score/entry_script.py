@@ -9,10 +9,11 @@ server, passes it (see :mod:`triton_score.azureml.inputs`, and ``docs/entry-scri
 - ``@input_schema``: the JSON body's fields as keyword arguments, converted by the decorators.
 
 What ``run`` returns is sent back as JSON, or as it is when it is a response object. Scripts
-written for the AzureML-Triton image import ``tritonhttpclient`` (the old name of
-``tritonclient.http``, which tritonclient itself still ships);
-``azureml.contrib.services.aml_request`` and ``aml_response`` resolve as they do under
-azmlinfsrv, installed or not.
+written for the AzureML-Triton image of 2020 import ``tritonhttpclient``,
+``tritonclientutils`` or ``tritongrpcclient`` (the old names of ``tritonclient.http``,
+``.utils``, ``.grpc``): they get those modules as that generation of the client behaved
+(:mod:`triton_score.legacy_clients`); ``azureml.contrib.services.aml_request`` and
+``aml_response`` resolve as they do under azmlinfsrv, installed or not.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import traceback
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -31,6 +33,7 @@ from triton_score.azureml.aml_request import is_marked
 from triton_score.azureml.inputs import choose_input_parser
 from triton_score.azureml.schema import is_schema_decorated, service_schemas
 from triton_score.errors import RunFunctionFailed, ScoringError
+from triton_score.legacy_clients import install_legacy_clients
 from triton_score.processors.loading import ProcessorLoadError, import_file
 
 log = logging.getLogger(__name__)
@@ -78,6 +81,7 @@ class EntryScript:
     def _load(self) -> tuple[ModuleType, bool]:
         """Import the script; and whether ``@rawhttp`` was applied while it ran."""
         install_import_aliases()
+        install_legacy_clients()
         flags = raw_http_flags()
         for module in flags:
             module._rawHttpRequested = False  # type: ignore[attr-defined]
@@ -139,13 +143,40 @@ def is_native(script: EntryScript) -> bool:
 
 def check(path: str) -> int:
     """Load the entry script at ``path`` as a worker would, without calling ``init()``: print
-    why it cannot be served, as one line, and return 2; or return 0.
+    why it cannot be served, as one line on stderr, and where on stdout (the server's log
+    stream, where azmlinfsrv users look: for a syntax error the file, the line and the
+    caret), and return 2; or return 0.
 
     ``score serve`` runs this in a child process before it starts anything.
     """
     try:
         EntryScript(path)
     except ProcessorLoadError as exc:
+        if exc.__cause__ is not None:
+            print(where_it_failed(exc.__cause__, path), file=sys.stdout, flush=True)
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     return 0
+
+
+def where_it_failed(exc: BaseException, path: str) -> str:
+    """``exc``, raised while importing the entry script at ``path``, as Python reports it,
+    with the frames of the user's own files only (none of the loader's)::
+
+        entry script /app/score.py failed to import:
+          File "/app/score.py", line 4
+            def run(data)
+                         ^
+        SyntaxError: expected ':'
+    """
+    ours = str(Path(__file__).resolve().parent)
+    frames = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if not frame.filename.startswith((ours, "<frozen"))
+    ]
+    lines = [f"entry script {Path(path).resolve()} failed to import:\n"]
+    if frames:
+        lines += ["Traceback (most recent call last):\n", *traceback.format_list(frames)]
+    lines += traceback.format_exception_only(type(exc), exc)
+    return "".join(lines).rstrip("\n")

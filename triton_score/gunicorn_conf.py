@@ -10,6 +10,8 @@ Environment (read here because this is Gunicorn's own configuration file):
 - ``WORKER_COUNT`` (1, as in AzureML): worker processes;
 - ``WORKER_TIMEOUT`` (300): seconds a silent worker is given before it is restarted;
 - ``SCORE_HOST`` / ``SCORE_PORT`` (127.0.0.1 / 5001): the bind address; images bind 0.0.0.0;
+  with ``SEPERATE_HEALTH_ENDPOINT=true``, also ``HEALTH_PORT`` (5000) on the same host, for
+  the probes only (:mod:`triton_score.http.health_port`);
 - ``SCORE_WORKER_CONNECTIONS`` (256): concurrent requests per worker;
 - ``SCORE_GRACEFUL_TIMEOUT`` (30): seconds in-flight requests get to finish on SIGTERM
   (``score serve`` first answers readiness 503 for ``SCORE_DRAIN_S``: see
@@ -28,7 +30,26 @@ printed (:func:`triton_score.logs.capture_stdout`).
 import os
 
 wsgi_app = "triton_score.http.app:create_app()"
-bind = f"{os.environ.get('SCORE_HOST', '127.0.0.1')}:{os.environ.get('SCORE_PORT', '5001')}"
+bind = [f"{os.environ.get('SCORE_HOST', '127.0.0.1')}:{os.environ.get('SCORE_PORT', '5001')}"]
+
+
+def _health_bind() -> str:
+    """The second listener of ``SEPERATE_HEALTH_ENDPOINT=true`` (``HEALTH_PORT``), or ``""``;
+    settings that cannot be read are refused by :func:`on_starting`."""
+    from triton_score.settings import Settings
+
+    try:
+        settings = Settings.from_env()
+    except (ValueError, TypeError):
+        return ""
+    if not settings.separate_health_endpoint:
+        return ""
+    return f"{os.environ.get('SCORE_HOST', '127.0.0.1')}:{settings.health_port}"
+
+
+_health = _health_bind()
+if _health and _health != bind[0]:
+    bind.append(_health)
 workers = int(os.environ.get("WORKER_COUNT", "1"))
 worker_class = "gevent"
 worker_connections = int(os.environ.get("SCORE_WORKER_CONNECTIONS", "256"))
@@ -88,7 +109,7 @@ def on_starting(server):  # gunicorn hook signature
     if refused:
         print(f"error: {refused}", file=sys.stderr, flush=True)
         raise SystemExit(2)  # the master's own start: Gunicorn has forked nothing yet
-    host = bind.rpartition(":")[0]
+    host = bind[0].rpartition(":")[0]
     warning = insecure_bind_warning(Settings.from_env(), host)
     if warning:
         logging.getLogger("gunicorn.error").warning(warning)

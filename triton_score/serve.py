@@ -43,13 +43,13 @@ from pathlib import Path
 from types import FrameType
 
 from triton_score.local import LocalTriton, TritonStartError
-from triton_score.local.ensure import NoTriton, local_triton_for
+from triton_score.local.ensure import NoTriton, answers, local_triton_for
 from triton_score.locations import (
     find_model_repository,
     resolve_entry_script,
     split_address,
 )
-from triton_score.settings import settings_error, tracing_mode
+from triton_score.settings import Settings, settings_error, tracing_mode
 from triton_score.tracing import check_tracing, otlp_traces_url, triton_trace_args
 
 #: Run in a child process by :meth:`Supervisor._check_entry_script`.
@@ -76,6 +76,9 @@ class ServeOptions:
     build: bool = True
     #: More ``tritonserver`` arguments for a local Triton (``--triton-arg``).
     triton_args: tuple[str, ...] = ()
+    #: The port of the separate health listener (``HEALTH_PORT``; used with
+    #: ``SEPERATE_HEALTH_ENDPOINT=true``); ``None``: the environment's, else 5000.
+    health_port: int | None = None
 
 
 def _http_status(url: str, timeout: float = 1.0) -> int:
@@ -202,12 +205,16 @@ class Supervisor:
             self.say(f"error: {refused}")
             return 2
         try:
-            repository = find_model_repository(opts.models).resolve()
             triton_url = opts.triton_url or os.environ.get("TRITON_URL") or "localhost:8000"
             triton_url = triton_url.removeprefix("http://")
             _, port = split_address(triton_url)
+            repository = self._repository(triton_url)
         except (FileNotFoundError, ValueError) as exc:
             self.say(f"error: {exc}")
+            return 2
+        refused = self._check_health_port()
+        if refused:
+            self.say(f"error: {refused}")
             return 2
         try:
             self.triton = local_triton_for(
@@ -238,6 +245,31 @@ class Supervisor:
             return 0
         self._start_gunicorn(repository, triton_url)
         return self._supervise(triton_url)
+
+    def _repository(self, triton_url: str) -> Path | None:
+        """The model repository; ``None`` when there is none here but the Triton at
+        ``triton_url`` answers (its repository is its own: an entry script, or processors
+        from the code directory, need no local copy).
+
+        :raises FileNotFoundError: no repository, and nothing answers (or ``--models`` names
+            a folder that is not there).
+        """
+        try:
+            return find_model_repository(self.options.models).resolve()
+        except FileNotFoundError:
+            if self.options.models or not answers(triton_url):
+                raise
+            return None
+
+    def _check_health_port(self) -> str:
+        """Why the separate health listener cannot start (one line), or ``""``."""
+        settings = Settings.from_env()  # settings_error() has accepted it
+        if not settings.separate_health_endpoint:
+            return ""
+        port = self.options.health_port or settings.health_port
+        if port == self.options.port:
+            return f"the health port ({port}) must differ from the scoring port"
+        return ""
 
     def _triton_args(self) -> list[str]:
         """``--triton-arg``s, after Triton's OpenTelemetry flags when ``SCORE_TRACING=otel``
@@ -274,8 +306,9 @@ class Supervisor:
                 [sys.executable, "-c", ENTRY_SCRIPT_CHECK, str(Path(script).resolve())],
                 env={**os.environ, **triton},
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,  # what the script prints shows when a worker loads it
-                stderr=subprocess.PIPE,
+                # Shown only when the check fails (with where it failed): otherwise what the
+                # script prints shows when a worker loads it.
+                capture_output=True,
                 text=True,
                 errors="replace",
                 timeout=self.options.ready_timeout,
@@ -286,6 +319,8 @@ class Supervisor:
             )
         if done.returncode == 0:
             return ""
+        if done.stdout.strip():
+            print(done.stdout.rstrip("\n"), flush=True)  # the server's log stream: stdout
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         reported = [line for line in lines if line.startswith("error: ")]
         if reported:
@@ -293,7 +328,7 @@ class Supervisor:
         tail = "\n".join(lines[-20:])
         return f"error: loading entry script {script} failed (exit code {done.returncode}):\n{tail}"
 
-    def _start_gunicorn(self, repository: Path, triton_url: str) -> None:
+    def _start_gunicorn(self, repository: Path | None, triton_url: str) -> None:
         opts = self.options
         env = dict(os.environ)
         # Prometheus chooses per-process or shared values at import time: the directory must
@@ -302,12 +337,15 @@ class Supervisor:
         self._state_dir = tempfile.mkdtemp(prefix="triton-score-state-")
         env.update(
             TRITON_URL=triton_url,
-            SCORE_MODEL_REPOSITORY=str(repository),
             SCORE_HOST=opts.host,
             SCORE_PORT=str(opts.port),
             PROMETHEUS_MULTIPROC_DIR=self._metrics_dir,
             SCORE_DRAIN_FILE=str(self.drain_file),
         )
+        if repository is not None:
+            env["SCORE_MODEL_REPOSITORY"] = str(repository)
+        if opts.health_port is not None:
+            env["HEALTH_PORT"] = str(opts.health_port)
         if self.triton is not None:  # ours: its metrics port, for /metrics/triton
             host = split_address(self.triton.url)[0]
             env["SCORE_TRITON_METRICS_URL"] = f"{host}:{self.triton.metrics_port}"
@@ -316,8 +354,12 @@ class Supervisor:
         if opts.processors:
             env["SCORE_PROCESSORS"] = opts.processors
         if opts.entry_script:
-            # Absolute, so AML_APP_ROOT (AzureML's base for a relative script) does not apply.
+            # Absolute, so AML_APP_ROOT (AzureML's base for a relative script) does not apply;
+            # the script reads both, as under azmlinfsrv (which also defaults the root to the
+            # working folder).
             env["AZUREML_ENTRY_SCRIPT"] = str(Path(opts.entry_script).resolve())
+        if env.get("AZUREML_ENTRY_SCRIPT"):
+            env.setdefault("AML_APP_ROOT", os.getcwd())
         if opts.code_directory:
             env["SCORE_CODE_DIR"] = str(Path(opts.code_directory).resolve())
         self.gunicorn = subprocess.Popen(

@@ -100,6 +100,19 @@ def _entry_script(variable: str, text: str, environ: Mapping[str, str]) -> str:
     return resolve_entry_script(text, environ.get("AML_APP_ROOT", ""))
 
 
+def _exactly_true(variable: str, text: str, environ: Mapping[str, str]) -> bool:
+    # azmlinfsrv's reading of its switches: on only for "true" (any case, here), off for
+    # anything else, "" included.
+    return text.strip().lower() == "true"
+
+
+def _port(variable: str, text: str, environ: Mapping[str, str]) -> int:
+    port = _number(int)(variable, text, environ)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{variable}={text!r} is not a port (1-65535)")
+    return int(port)
+
+
 def _tracing(variable: str, text: str, environ: Mapping[str, str]) -> str:
     return tracing_mode(text)
 
@@ -186,6 +199,18 @@ class Settings:
     entry_script: str = setting("AZUREML_ENTRY_SCRIPT", "", _entry_script, blank_is_unset=True)
     #: Origins allowed by CORS, comma-separated (``AML_CORS_ORIGINS``, as azmlinfsrv).
     cors_origins: tuple[str, ...] = setting("AML_CORS_ORIGINS", (), _list)
+    #: Send ``x-ms-server-version: triton-score/<version>`` on every answer, as azmlinfsrv sends
+    #: its own (``SERVER_VERSION_LOG_RESPONSE_ENABLED``: unset or ``true``; any other value
+    #: turns it off).
+    server_version_header: bool = setting(
+        "SERVER_VERSION_LOG_RESPONSE_ENABLED", True, _exactly_true
+    )
+    #: Also listen on :attr:`health_port` for the liveness probe ``/`` (and
+    #: ``/v2/health/*``), as azmlinfsrv does (``SEPERATE_HEALTH_ENDPOINT=true``, its spelling).
+    separate_health_endpoint: bool = setting("SEPERATE_HEALTH_ENDPOINT", False, _exactly_true)
+    #: The port of that health listener (``HEALTH_PORT``; 5000, azmlinfsrv's default); other
+    #: routes answer 404 there.
+    health_port: int = setting("HEALTH_PORT", 5000, _port, blank_is_unset=True)
     #: Upper bound on one scoring request, in ms (``SCORING_TIMEOUT_MS``); overrun -> 504.
     scoring_timeout_ms: int = setting(
         "SCORING_TIMEOUT_MS", 60_000, _number(int), blank_is_unset=True

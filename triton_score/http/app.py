@@ -29,6 +29,7 @@ from triton_score.http.cors import Cors
 from triton_score.http.envelope import Envelope
 from triton_score.http.exchange import current
 from triton_score.http.forward import TritonForwarder, TritonMetrics
+from triton_score.http.health_port import HealthPort
 from triton_score.http.responses import (
     EXTENSION,
     error_response,
@@ -38,6 +39,7 @@ from triton_score.http.responses import (
 )
 from triton_score.http.score_route import ScoreRoute
 from triton_score.http.score_wsgi import ScoreWSGI
+from triton_score.http.server_version import server_version_headers
 from triton_score.http.shedding import InFlightLimit
 from triton_score.http.v2_infer import ModelCatalog
 from triton_score.logs import configure_logging
@@ -96,7 +98,15 @@ def create_app(
     cors = Cors(rt.settings.cors_origins) if rt.settings.cors_origins else None
     if cors is not None:  # AML_CORS_ORIGINS
         log.info("CORS enabled for %s", ", ".join(rt.settings.cors_origins))
-    envelope = Envelope(_api_key_auth(rt), cors)
+    health_port = (  # SEPERATE_HEALTH_ENDPOINT: only the probes on that port
+        HealthPort(rt.settings.health_port) if rt.settings.separate_health_endpoint else None
+    )
+    envelope = Envelope(
+        _api_key_auth(rt),
+        cors,
+        health_port=health_port,
+        server_version=server_version_headers(rt.settings),
+    )
     _wrap_in(app, envelope)
     if rt.entry_script is None:
         # A native deployment's POST /score skips Flask's request cycle; the same envelope

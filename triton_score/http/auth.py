@@ -60,7 +60,7 @@ def route_group(path: str) -> str:
         return "open"
     if path == "/metrics" or path.startswith("/metrics/"):
         return "metrics"
-    if path == "/swagger.json":
+    if path in ("/swagger.json", "/openapi.json"):
         return "docs"
     if path == "/v2" or path.startswith("/v2/"):
         return "v2"

@@ -9,7 +9,8 @@
                             an entry script, its run() (also GET, and OPTIONS for @rawhttp)
 ``POST /score/<model>``     score on a named model
 ``/v2/...``                 forwarded to Triton unchanged (metadata, infer, stats...)
-``GET /swagger.json``       OpenAPI 3 document built from the models and processors
+``GET /swagger.json``       Swagger 2.0 (as azmlinfsrv), OpenAPI 3 with ``?version=3``
+``GET /openapi.json``       the OpenAPI 3 document built from the models and processors
 ``GET /metrics``            Prometheus metrics of all workers
 ``GET /metrics/triton``     Triton's own metrics (``nv_inference_*``), fetched from its port
 ==========================  ======================================================
@@ -215,10 +216,30 @@ def _forward_infer(
 # -- documents ---------------------------------------------------------------------------
 @blueprint.get("/swagger.json")
 def swagger() -> Response:
+    """Swagger 2.0 by default, OpenAPI 3 with ``?version=3``, as azmlinfsrv answers."""
+    from triton_score.http.openapi import build_openapi
+    from triton_score.http.swagger2 import OPENAPI3_VERSIONS, SWAGGER2_VERSIONS, to_swagger2
+
+    version = request.args.get("version", "2")
+    if version in OPENAPI3_VERSIONS:
+        return json_response(build_openapi(runtime()))
+    if version in SWAGGER2_VERSIONS:
+        return json_response(to_swagger2(build_openapi(runtime())))
+    return error_response(
+        HTTPFailure(
+            f"swagger version {version[:20]!r} is not served: choose 2 (the default) or 3",
+            404,
+            "unknown_document_version",
+        )
+    )
+
+
+@blueprint.get("/openapi.json")
+def openapi() -> Response:
+    """Our OpenAPI 3 document, whatever azmlinfsrv's default is."""
     from triton_score.http.openapi import build_openapi
 
-    rt = runtime()
-    return json_response(build_openapi(rt))
+    return json_response(build_openapi(runtime()))
 
 
 @blueprint.get("/metrics")
