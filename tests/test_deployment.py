@@ -586,6 +586,28 @@ def test_azureml_loader_rejects_a_broken_deployment(aml: ModuleType, tmp_path: P
         quietly(aml.load_online_deployment, source=broken)
 
 
+def test_deployment_collects_data_for_model_monitoring(deployment: Any) -> None:
+    """The data_collector block as azure-ai-ml reads it: payload logging and the collections
+    a processor's Collector(name=...) logs to (tests/test_azureml_collector.py)."""
+    collector = deployment.data_collector
+    assert collector is not None, "environments/deployment.yml has no data_collector"
+    assert 0 < collector.sampling_rate <= 1
+    collections = collector.collections
+    assert {"request", "response", "model_inputs", "model_outputs"} <= set(collections)
+    assert all(str(c.enabled).lower() == "true" for c in collections.values())
+
+
+def test_azureml_loader_rejects_a_broken_data_collector(aml: ModuleType, tmp_path: Path) -> None:
+    (document,) = yaml_documents(ENVIRONMENTS / "deployment.yml")
+    document["data_collector"]["sampling_rate"] = 10
+    document["model"]["path"] = str(ROOT / "models")
+    document["code_configuration"]["code"] = str(CODE_DIR)
+    broken = tmp_path / "deployment.yml"
+    broken.write_text(json.dumps(document))
+    with pytest.raises(Exception, match="(?i)sampling rate"):
+        quietly(aml.load_online_deployment, source=broken)
+
+
 def test_environment_builds_the_dockerfile_with_our_routes(environment: Any, image: Image) -> None:
     assert environment.name == "My-Triton"
     assert environment.image is None and environment.build is not None

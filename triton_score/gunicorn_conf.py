@@ -155,10 +155,16 @@ def post_fork(server, worker):  # gunicorn hook signature
 
 
 def worker_exit(server, worker):  # gunicorn hook signature
-    """In the exiting worker: unregister and unlink its shared memory region."""
+    """In the exiting worker: unregister and unlink its shared memory region; write the
+    captures still queued (``SCORE_CAPTURE``)."""
+    from triton_score.http.responses import EXTENSION
     from triton_score.shm import close_all
 
     close_all()
+    runtime = getattr(getattr(worker, "wsgi", None), "extensions", {}).get(EXTENSION)
+    capture = getattr(getattr(runtime, "scorer", None), "capture", None)
+    if capture is not None:
+        capture.close()
 
 
 def child_exit(server, worker):  # gunicorn hook signature

@@ -31,7 +31,11 @@ Names:
 - ``score_shm_tensors_total{outcome}``: input tensors of at least ``SCORE_SHM_MIN_BYTES``,
   by how they reached Triton: ``shm`` (the worker's shared memory region), ``full`` (no room
   left: sent by HTTP), ``unavailable`` (the region could not be created or registered: by
-  HTTP). Absent when shared memory is off or Triton is remote.
+  HTTP). Absent when shared memory is off or Triton is remote;
+- ``score_captured_total{model}``, ``score_capture_dropped_total{model}``: requests written
+  by the data capture (``SCORE_CAPTURE``), and captures dropped because the worker's writer
+  was behind (its queue full) or could not write. Dropping is by design (a request never
+  waits for the disk); steadily above zero: a lower rate or a larger ``SCORE_CAPTURE_QUEUE``.
 
 Triton's own metrics (``nv_inference_*``) are at ``/metrics/triton``.
 """
@@ -141,6 +145,25 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+
+        self.captured = Counter(
+            "score_captured",
+            "Scoring requests written by the data capture (SCORE_CAPTURE).",
+            ["model"],
+            registry=self.registry,
+        )
+        self.capture_dropped = Counter(
+            "score_capture_dropped",
+            "Captures dropped: the capture writer's queue was full, or it could not write.",
+            ["model"],
+            registry=self.registry,
+        )
+
+    def capture_written(self, model: str) -> None:
+        self.child(self.captured, model).inc()
+
+    def capture_drop(self, model: str) -> None:
+        self.child(self.capture_dropped, model).inc()
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, kept: labels() validates and locks on every call, and a

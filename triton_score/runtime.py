@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 
+from triton_score.capture import Capture
 from triton_score.coalesce import Coalescer
 from triton_score.deadline import Abandoned
 from triton_score.entry_script import EntryScript, is_native
@@ -72,6 +73,8 @@ class Runtime:
         if self.refresher is not None:
             self.refresher.stop()
             self.refresher = None
+        if self.scorer is not None and self.scorer.capture is not None:
+            self.scorer.capture.close()
         self.gateway.close()
         self.tracing.shutdown()
 
@@ -142,7 +145,10 @@ def build_runtime(
             code_directory=settings.code_directory or None,
             model_repository=settings.model_repository or None,
         )
-    runtime.scorer = Scorer(settings, gateway, registry, tracing=runtime.tracing)
+    capture = Capture.from_settings(
+        settings, on_written=metrics.capture_written, on_dropped=metrics.capture_drop
+    )
+    runtime.scorer = Scorer(settings, gateway, registry, tracing=runtime.tracing, capture=capture)
     runtime.scorer.coalescer = Coalescer(
         gateway,
         mode=settings.coalesce,

@@ -117,6 +117,20 @@ def _tracing(variable: str, text: str, environ: Mapping[str, str]) -> str:
     return tracing_mode(text)
 
 
+def _capture(variable: str, text: str, environ: Mapping[str, str]) -> tuple[tuple[str, float], ...]:
+    return capture_rates(text)
+
+
+def _redact(variable: str, text: str, environ: Mapping[str, str]) -> tuple[str, ...]:
+    # Redaction is a privacy feature: set but empty would capture everything in the clear.
+    names = _split(text)
+    if not names:
+        raise ValueError(
+            f"{variable} is set but names no field: list the fields to redact, or unset it"
+        )
+    return names
+
+
 def setting(
     variable: str, default: Any, read: Reader = _as_is, *, blank_is_unset: bool = False
 ) -> Any:
@@ -175,6 +189,41 @@ def tracing_mode(value: str) -> str:
     if mode in TRACING_OTEL:
         return "otel"
     raise ValueError(f"SCORE_TRACING={value!r}: use 'otel' (OpenTelemetry) or 'off'")
+
+
+#: The ``SCORE_CAPTURE`` entry that applies to every model without an entry of its own.
+CAPTURE_ANY_MODEL = "*"
+
+
+def capture_rates(value: str) -> tuple[tuple[str, float], ...]:
+    """``SCORE_CAPTURE`` as ``((model, rate), ...)``: ``digits_onnx=0.1,*=0.01`` captures 10 %
+    of ``digits_onnx``'s requests and 1 % of every other model's; a bare rate (``0.05``) is
+    ``*=0.05``; a rate is a fraction from 0 (never) to 1 (every request). ``off`` (or empty)
+    captures nothing. Anything else is an error naming the entry."""
+    if value.strip().lower() in ("", "off", "none", "0", "false"):
+        return ()
+    rates: dict[str, float] = {}
+    for entry in _split(value):
+        model, sep, rate_text = entry.rpartition("=")
+        model = model.strip() if sep else CAPTURE_ANY_MODEL
+        if not model:
+            raise ValueError(f"SCORE_CAPTURE entry {entry!r}: name a model before '='")
+        try:
+            rate = float(rate_text)
+        except ValueError:
+            raise ValueError(
+                f"SCORE_CAPTURE entry {entry!r}: the rate must be a number from 0 to 1 "
+                "(e.g. digits_onnx=0.1,*=0.01)"
+            ) from None
+        if not 0.0 <= rate <= 1.0:  # NaN fails this too
+            raise ValueError(
+                f"SCORE_CAPTURE entry {entry!r}: the rate is a fraction from 0 to 1, "
+                f"not {rate_text}"
+            )
+        if model in rates:
+            raise ValueError(f"SCORE_CAPTURE names model {model!r} twice")
+        rates[model] = rate
+    return tuple(rates.items())
 
 
 @dataclass(frozen=True)
@@ -314,7 +363,41 @@ class Settings:
         "SCORE_SHM_MIN_BYTES", 64 * 1024, _number(int), blank_is_unset=True
     )
 
+    #: Which requests are captured, per model (``SCORE_CAPTURE``): ``model=rate`` entries,
+    #: ``*`` for every other model, a rate from 0 to 1 (``digits_onnx=0.1,*=0.01``); empty
+    #: (the default): none, at no cost. See :mod:`triton_score.capture`.
+    capture: tuple[tuple[str, float], ...] = setting("SCORE_CAPTURE", (), _capture)
+    #: Where captured requests are written (``SCORE_CAPTURE_DIR``), as JSON lines, one file
+    #: set per worker process; required when :attr:`capture` captures anything.
+    capture_dir: str = setting("SCORE_CAPTURE_DIR", "", _stripped)
+    #: A capture file is closed and the next one begun at this size, in bytes
+    #: (``SCORE_CAPTURE_MAX_BYTES``, 64 MiB).
+    capture_max_bytes: int = setting(
+        "SCORE_CAPTURE_MAX_BYTES", 64 * 1024 * 1024, _number(int), blank_is_unset=True
+    )
+    #: Capture files each worker process keeps (``SCORE_CAPTURE_MAX_FILES``, 8); its oldest is
+    #: removed when one more begins. A worker's disk use stays under files x bytes.
+    capture_max_files: int = setting(
+        "SCORE_CAPTURE_MAX_FILES", 8, _number(int), blank_is_unset=True
+    )
+    #: Captured requests a worker holds for its writer (``SCORE_CAPTURE_QUEUE``, 1024); when
+    #: the writer is behind and the queue is full, a capture is dropped and counted
+    #: (``score_capture_dropped_total``), never waited for.
+    capture_queue: int = setting("SCORE_CAPTURE_QUEUE", 1024, _number(int), blank_is_unset=True)
+    #: Field names whose values are never written (``SCORE_CAPTURE_REDACT``, comma-separated):
+    #: JSON keys at any depth of the payload and the answer, query parameters, and tensors of
+    #: that name. Set but empty is an error at start.
+    capture_redact: tuple[str, ...] = setting("SCORE_CAPTURE_REDACT", (), _redact)
+
     def __post_init__(self) -> None:
+        if any(rate > 0 for _, rate in self.capture) and not self.capture_dir:
+            raise ValueError("SCORE_CAPTURE is on but SCORE_CAPTURE_DIR names no directory")
+        if self.capture_max_bytes < 1024:
+            raise ValueError(
+                f"SCORE_CAPTURE_MAX_BYTES={self.capture_max_bytes}: use 1024 bytes or more"
+            )
+        if self.capture_max_files < 1 or self.capture_queue < 1:
+            raise ValueError("SCORE_CAPTURE_MAX_FILES and SCORE_CAPTURE_QUEUE: use 1 or more")
         unknown = sorted(set(self.auth_exempt) - set(AUTH_GROUPS))
         if unknown:
             raise ValueError(

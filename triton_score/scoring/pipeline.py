@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from triton_score.calls import Triton
+from triton_score.capture import Capture, Captured
 from triton_score.coalesce import Coalescer
 from triton_score.codecs.request import REQUEST_ID, Request, decode_request, header
 from triton_score.codecs.response import Encoded, render
@@ -56,6 +58,8 @@ class Scorer:
         sets it.
     :param tracing: spans for requests and their stages; off by default. Each request's
         :class:`RequestTelemetry` opens them (and the metrics are its too).
+    :param capture: records a sample of the requests (``SCORE_CAPTURE``,
+        :mod:`triton_score.capture`); ``None`` (the default): nothing, at no cost.
     """
 
     def __init__(
@@ -67,8 +71,10 @@ class Scorer:
         tracing: Tracing = NO_TRACING,
         coalescer: Coalescer | None = None,
         models: dict[str, ModelInfo] | None = None,
+        capture: Capture | None = None,
     ) -> None:
         self.settings = settings
+        self.capture = capture
         self.gateway = gateway
         self.processors = processors
         self.tracing = tracing
@@ -186,9 +192,46 @@ class Scorer:
         """
         with telemetry.stage("decode"):
             request = self.decode(body, content_type, headers, telemetry.request_id, query=query)
+        capture = self.capture  # the one check a request pays when capture is off
+        if capture is not None and capture.sampled(plan.name):
+            return self._captured(capture, plan, request, telemetry, encode=True)
         result = self._stages(plan, request, telemetry)
         with telemetry.stage("encode"):
             return render(result)  # a processor's Response keeps its status and headers
+
+    def _captured(
+        self,
+        capture: Capture,
+        plan: ModelPlan,
+        request: Request,
+        telemetry: RequestTelemetry,
+        *,
+        encode: bool,
+    ) -> Any:
+        """The stages for a request that ``capture`` records: the same stages, which also
+        hand back the tensors they sent and got; then the capture is queued (never waited
+        for). ``encode``: render the answer, as :meth:`handle` does."""
+        tensors: list[Mapping[str, Any]] = []
+        answer = self._stages(plan, request, telemetry, tensors)
+        if encode:
+            with telemetry.stage("encode"):
+                answer = render(answer)
+        inputs, outputs = tensors
+        capture.submit(
+            Captured(
+                plan.name,
+                plan.model.version,
+                request,
+                inputs,
+                outputs,
+                answer,
+                telemetry.trace_id,
+                dict(telemetry.timings),
+                telemetry.elapsed(),
+                time.time(),
+            )
+        )
+        return answer
 
     def score(
         self,
@@ -206,10 +249,23 @@ class Scorer:
         limit, source = plan.body_limit(raw=is_raw_tensor(request.content_type, request.headers))
         if len(request.body) > limit:
             raise BodyTooLarge(limit, len(request.body), source=source)
+        capture = self.capture
+        if capture is not None and capture.sampled(plan.name):
+            return self._captured(capture, plan, request, telemetry, encode=False)
         return self._stages(plan, request, telemetry)
 
-    def _stages(self, plan: ModelPlan, request: Request, telemetry: RequestTelemetry) -> Any:
-        """Preprocess, validate, infer, postprocess: the middle of :meth:`handle`."""
+    def _stages(
+        self,
+        plan: ModelPlan,
+        request: Request,
+        telemetry: RequestTelemetry,
+        tensors: list[Mapping[str, Any]] | None = None,
+    ) -> Any:
+        """Preprocess, validate, infer, postprocess: the middle of :meth:`handle`.
+
+        :param tensors: when given (a captured request), the inputs sent to Triton and the
+            outputs it answered are appended to it, in that order.
+        """
         telemetry.model = plan.name
         processor = plan.processor
         model_info = plan.model
@@ -254,6 +310,8 @@ class Scorer:
                 processor, "postprocess", processor.postprocess, outputs, request, model_info
             )
             _expect(processor, "postprocess", result, object, "a JSON-able value or bytes")
+        if tensors is not None:
+            tensors += (inputs, outputs)
         return result
 
     @property

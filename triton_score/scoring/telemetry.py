@@ -115,6 +115,10 @@ class RequestTelemetry:
         """The request's trace id (hex), ``""`` without tracing."""
         return self._span.trace_id
 
+    def elapsed(self) -> float:
+        """Seconds since the request began."""
+        return time.perf_counter() - self._started
+
     def stage(self, name: str) -> _Stage:
         """``with telemetry.stage("infer"): ...``: the stage's span and time."""
         return _Stage(self, name)
