@@ -32,6 +32,7 @@ from triton_score.http.body import read_exactly
 from triton_score.local import LocalTriton
 from triton_score.local.processes import descendants, process_table
 from triton_score.metadata import ModelInfo, TensorSpec
+from triton_score.settings import Settings
 from triton_score.validation import validate_inputs
 
 DIGITS = "/score/digits_onnx"
@@ -376,7 +377,7 @@ def test_a_body_no_valid_request_can_have_is_refused_before_it_is_read(
     status, answer = raw_post(plain_server, f"Content-Length: {size}\r\n".encode(), b"[" * 1024)
     assert time.monotonic() - started < 5
     assert status == 413, answer
-    limit = tensors.largest_request_bytes(DIGITS_MODEL)
+    limit = tensors.largest_request_bytes(DIGITS_MODEL, rows=Settings().max_rows)
     assert answer["limit_bytes"] == limit and answer["code"] == "request_entity_too_large"
     assert "the largest valid request for model digits_onnx" in answer["error"]
     assert f"it is {size} bytes" in answer["error"]
@@ -387,7 +388,7 @@ def test_a_body_no_valid_request_can_have_is_refused_before_it_is_read(
 
 
 def test_a_chunked_body_is_counted_as_it_is_read(plain_server: ScoreServer) -> None:
-    limit = tensors.largest_request_bytes(DIGITS_MODEL)
+    limit = tensors.largest_request_bytes(DIGITS_MODEL, rows=Settings().max_rows)
     assert limit is not None
     chunk = b" " * 65536
     chunks = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(limit // 65536 + 2))
@@ -398,29 +399,33 @@ def test_a_chunked_body_is_counted_as_it_is_read(plain_server: ScoreServer) -> N
 
 
 def test_a_raw_tensor_has_an_exact_limit(plain_server: ScoreServer) -> None:
-    """application/octet-stream: max_batch_size x 8 x 8 x 4 bytes, not a byte more."""
+    """application/octet-stream: SCORE_MAX_ROWS x 8 x 8 x 4 bytes, not a byte more (rows
+    beyond max_batch_size are split into several Triton calls)."""
     images, _ = held_out_digits()
-    largest = images[:16].tobytes()
-    assert tensors.largest_request_bytes(DIGITS_MODEL, raw=True) == len(largest) == 4096
-    fits = requests.post(plain_server.url + DIGITS, data=largest, headers=OCTET, timeout=30)
+    rows = Settings().max_rows
+    largest = np.resize(images, (rows, 8, 8)).astype(np.float32).tobytes()
+    limit = tensors.largest_request_bytes(DIGITS_MODEL, raw=True, rows=rows)
+    assert limit == len(largest) == rows * 256
+    fits = requests.post(plain_server.url + DIGITS, data=largest, headers=OCTET, timeout=60)
     assert fits.status_code == 200, fits.text
     answer = np.array(fits.json()["outputs"]["probabilities"])
-    assert answer.shape == (16, 10)
+    assert answer.shape == (rows, 10)
     too_big = requests.post(plain_server.url + DIGITS, data=largest + b"\0" * 256, headers=OCTET)
     assert too_big.status_code == 413, too_big.text
-    assert too_big.json()["limit_bytes"] == 4096
+    assert too_big.json()["limit_bytes"] == limit
     assert "the largest valid request for model digits_onnx" in too_big.json()["error"]
-    # The same bytes as a v2 binary request are held to the generous limit: 400, not 413.
+    # 17 rows as a v2 binary request: over max_batch_size (16), split into two calls.
     header = json.dumps(
         {"inputs": [{**_ONE, "shape": [17, 8, 8], "parameters": {"binary_data_size": 17 * 256}}]}
     ).encode()
     over = requests.post(
         plain_server.url + DIGITS,
-        data=header + largest + _IMAGE,
+        data=header + largest[: 16 * 256] + _IMAGE,
         headers={HEADER_LENGTH: str(len(header))},
         timeout=30,
     )
-    assert over.status_code == 400 and "batch size 17" in over.json()["error"], over.text
+    assert over.status_code == 200, over.text
+    assert np.array(over.json()["outputs"]["probabilities"]).shape == (17, 10)
 
 
 def test_which_requests_are_raw_tensors() -> None:

@@ -22,6 +22,7 @@ from triton_score.errors import (
     InvalidInput,
     InvalidRequest,
     ProcessorError,
+    TooManyRows,
     TritonUnavailable,
     UnsupportedMediaType,
 )
@@ -135,12 +136,14 @@ class TwoModels:
 
     def preprocess(self, request, model):
         request.state["caption"] = request.json["caption"]
-        return {"image": np.zeros((1, 8, 8))}
+        size = request.json.get("size", 8)
+        return {"image": np.zeros((1, size, 8))}
 
     def predict(self, inputs, request, model, triton):
         assert isinstance(triton, Triton)
         words = triton.infer("words", {"text": np.array(request.state["caption"].split())})
         batch = np.repeat(inputs["image"], int(words["count"][0]), axis=0)
+        batch += np.arange(len(batch)).reshape(-1, 1, 1)  # row i holds i: the order shows
         return triton.infer(model, {"image": batch}, {"probabilities": 0})
 
     def postprocess(self, outputs, request, model):
@@ -166,11 +169,42 @@ def test_predict_calls_several_models_through_the_one_gateway() -> None:
 def test_predict_calls_are_validated_against_the_called_model() -> None:
     gateway = FakeGateway(DIGITS, WORDS)
     scorer = scorer_for(TwoModels, gateway)
-    # A batch of 5 is over digits' max_batch_size 4: a 400 naming the input, before Triton.
-    with pytest.raises(InvalidInput, match="batch size 5") as info:
-        scorer.score(json_request(b'{"caption": "a b c d e"}'), "digits")
+    # An image that is not 8x8 is a 400 naming the input, before Triton.
+    with pytest.raises(InvalidInput, match="dimension 1 must be 8") as info:
+        scorer.score(json_request(b'{"caption": "a b", "size": 3}'), "digits")
     assert info.value.status_code == 400 and info.value.details["input"] == "image"
     assert [call[0] for call in gateway.calls] == ["words"]
+
+
+def test_predict_calls_beyond_max_batch_size_are_split_and_joined_in_order() -> None:
+    gateway = FakeGateway(DIGITS, WORDS)
+    scorer = scorer_for(TwoModels, gateway)
+    # 9 rows for digits (max_batch_size 4): three calls of 4, 4 and 1 rows, joined back.
+    result = scorer.score(json_request(b'{"caption": "a b c d e f g h i"}'), "digits")
+    assert result == {"images": 9}
+    assert [call[1]["image"].shape[0] for call in gateway.calls[1:]] == [4, 4, 1]
+    # each call carries its own rows, in order (row i is filled with i)
+    firsts = [call[1]["image"][:, 0, 0].tolist() for call in gateway.calls[1:]]
+    assert firsts == [[0, 1, 2, 3], [4, 5, 6, 7], [8]]
+
+
+def test_rows_above_the_limit_are_a_413_naming_it() -> None:
+    gateway = FakeGateway(DIGITS, WORDS)
+    scorer = scorer_for(TwoModels, gateway, max_rows=8)
+    with pytest.raises(TooManyRows, match="9 rows; a request may send at most 8") as info:
+        scorer.score(json_request(b'{"caption": "a b c d e f g h i"}'), "digits")
+    assert info.value.status_code == 413 and "SCORE_MAX_ROWS" in info.value.message
+    assert info.value.details == {"input": "image", "rows": 9, "limit_rows": 8}
+    assert [call[0] for call in gateway.calls] == ["words"]  # digits never called
+
+    @processor("digits")
+    class FewRows(TwoModels):
+        max_rows = 3
+
+    scorer = scorer_for(FewRows, FakeGateway(DIGITS, WORDS))
+    with pytest.raises(TooManyRows, match="max_rows of the digits processor"):
+        scorer.score(json_request(b'{"caption": "a b c d"}'), "digits")
+    assert scorer.score(json_request(b'{"caption": "a b c"}'), "digits") == {"images": 3}
 
 
 def test_triton_failures_inside_predict_keep_their_meaning() -> None:

@@ -13,9 +13,10 @@ import numpy as np
 
 from triton_score.metadata import ModelInfo
 from triton_score.tracing import NO_TRACING, Tracing
-from triton_score.validation import validate_inputs, validate_outputs
+from triton_score.validation import RowsLimit, validate_inputs, validate_outputs
 
 if TYPE_CHECKING:
+    from triton_score.batches import Batches
     from triton_score.coalesce import Coalescer
     from triton_score.triton import TritonGateway
 
@@ -31,8 +32,13 @@ class Triton:
     validated against the called model's metadata (a 400 naming the input), and Triton's
     failures keep their meaning (4xx, 503, 504).
 
-    :param gateway: the worker's gateway, or its coalescer (which joins the calls of
-        concurrent requests: invisible here, each call gets its own rows back).
+    :param gateway: the worker's gateway, its coalescer (which joins the calls of
+        concurrent requests: invisible here, each call gets its own rows back), or the
+        :class:`~triton_score.batches.Batches` in front of them, which splits a call of more
+        rows than the model's ``max_batch_size`` (the scorer's).
+    :param rows: the request's rows limit (``SCORE_MAX_ROWS``, the processor's ``max_rows``):
+        a call may send that many rows, split into calls of ``max_batch_size`` by
+        :class:`~triton_score.batches.Batches`; ``None``: at most ``max_batch_size``.
     :param lookup: model name -> :class:`ModelInfo` (the worker's cached metadata).
     :param request_id: passed on to Triton with every call.
     :param tracing: each call's validation is a ``validate`` span, and the current span's
@@ -41,12 +47,15 @@ class Triton:
 
     def __init__(
         self,
-        gateway: TritonGateway | Coalescer,
+        gateway: TritonGateway | Coalescer | Batches,
         lookup: Callable[[str], ModelInfo],
         request_id: str = "",
         tracing: Tracing = NO_TRACING,
+        *,
+        rows: RowsLimit | None = None,
     ) -> None:
         self._gateway = gateway
+        self._rows = rows
         self._lookup = lookup
         self.request_id = request_id
         self._tracing = tracing
@@ -69,7 +78,7 @@ class Triton:
         """
         info = model if isinstance(model, ModelInfo) else self._lookup(model)
         with self._tracing.span("validate", info.name, self.request_id):
-            checked = validate_inputs(info, inputs)
+            checked = validate_inputs(info, inputs, rows=self._rows)
             wanted = validate_outputs(info, outputs)
         return self._gateway.infer(
             info, checked, wanted, request_id=self.request_id, headers=self._tracing.headers()

@@ -131,6 +131,22 @@ class BodyTooLarge(ScoringError):
         )
 
 
+class TooManyRows(ScoringError):
+    """A request sends more rows (its batch dimension) than one request may (413); the
+    message names the input and the limit (``SCORE_MAX_ROWS`` or the processor's
+    ``max_rows``). Rows beyond the model's ``max_batch_size`` are not an error: they are
+    split into several Triton calls (:mod:`triton_score.batches`)."""
+
+    status_code = 413
+    code = "too_many_rows"
+
+    def __init__(self, input_name: str, rows: int, limit: int, source: str) -> None:
+        super().__init__(
+            f"input {input_name!r}: {rows} rows; a request may send at most {limit} ({source})",
+            details={"input": input_name, "rows": rows, "limit_rows": limit},
+        )
+
+
 class InternalError(ScoringError):
     """Anything unexpected: the client learns only the request id; the log has the rest."""
 

@@ -277,6 +277,13 @@ class Settings:
     max_body_bytes: int = setting(
         "SCORE_MAX_BODY_BYTES", 100 * 1024 * 1024, _number(int), blank_is_unset=True
     )
+    #: Most rows (the batch dimension) one ``/score`` request may send (``SCORE_MAX_ROWS``);
+    #: more is a 413 naming the limit. A request with more rows than the model's
+    #: ``max_batch_size`` is split into Triton calls of at most ``max_batch_size`` rows
+    #: (:mod:`triton_score.batches`); a processor's ``max_rows`` may lower it for its model.
+    #: 4096 rows of 10 features is ~400 KB of JSON; of 3x224x224 images, the body limit
+    #: (``SCORE_MAX_BODY_BYTES``) comes first.
+    max_rows: int = setting("SCORE_MAX_ROWS", 4096, _number(int), blank_is_unset=True)
     #: Models to serve; empty means every model Triton has ready (``SCORE_MODELS``).
     models: tuple[str, ...] = setting("SCORE_MODELS", (), _list)
     #: Where gunicorn workers share Prometheus metrics (``PROMETHEUS_MULTIPROC_DIR``).
@@ -410,6 +417,8 @@ class Settings:
             )
         if self.max_in_flight < 0:
             raise ValueError(f"SCORE_MAX_IN_FLIGHT={self.max_in_flight}: use 0 (no limit) or more")
+        if self.max_rows < 1:
+            raise ValueError(f"SCORE_MAX_ROWS={self.max_rows}: at least 1 row per request")
         if self.retry_after_s < 0:
             raise ValueError(f"SCORE_RETRY_AFTER_S={self.retry_after_s}: use 0 or more seconds")
         if self.offload not in OFFLOAD_MODES:

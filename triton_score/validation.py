@@ -3,6 +3,11 @@
 Triton answers malformed tensors with a 500 (or, for some requests, crashes): so names,
 datatypes, shapes, the batch dimension and ``max_batch_size`` are checked here, and a bad
 request gets a 400 that names the input and says what was expected.
+
+The batch dimension is bounded by ``max_batch_size`` for a call as it goes to Triton (the
+``/v2`` API). A scoring request is bounded by its *rows limit* instead (``SCORE_MAX_ROWS``,
+or its processor's ``max_rows``; a 413 above it): :mod:`triton_score.batches` splits rows
+beyond ``max_batch_size`` into several calls.
 """
 
 from __future__ import annotations
@@ -11,8 +16,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from triton_score.errors import BadRequest, InvalidInput
+from triton_score.errors import BadRequest, InvalidInput, TooManyRows
 from triton_score.metadata import ModelInfo, TensorSpec
+
+#: The most rows a request may send, and what says so (``SCORE_MAX_ROWS``, a processor).
+RowsLimit = tuple[int, str]
 
 _NUMERIC_KINDS = {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers"}
 
@@ -29,10 +37,11 @@ def input_spec(model: ModelInfo, name: str) -> TensorSpec:
     return spec
 
 
-def expected_shape(model: ModelInfo, spec: TensorSpec) -> str:
+def expected_shape(model: ModelInfo, spec: TensorSpec, rows: RowsLimit | None = None) -> str:
     text = spec.describe_shape()
     if model.batching:
-        return f"{text} (first dimension is the batch, 1 to {model.max_batch_size})"
+        most = rows[0] if rows is not None else model.max_batch_size
+        return f"{text} (first dimension is the batch, 1 to {most})"
     return text
 
 
@@ -72,13 +81,15 @@ def _check_dtype(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
     return converted
 
 
-def _check_shape(model: ModelInfo, spec: TensorSpec, array: np.ndarray) -> None:
+def _check_shape(
+    model: ModelInfo, spec: TensorSpec, array: np.ndarray, rows: RowsLimit | None
+) -> None:
     shape = array.shape
 
     def mismatch(reason: str) -> InvalidInput:
         return InvalidInput(
             spec.name,
-            f"expected shape {expected_shape(model, spec)}, got {list(shape)} ({reason})",
+            f"expected shape {expected_shape(model, spec, rows)}, got {list(shape)} ({reason})",
             expected=list(spec.shape),
             got=list(shape),
         )
@@ -88,7 +99,15 @@ def _check_shape(model: ModelInfo, spec: TensorSpec, array: np.ndarray) -> None:
     for axis, (want, got) in enumerate(zip(spec.shape, shape, strict=True)):
         if want >= 0 and want != got:
             raise mismatch(f"dimension {axis} must be {want}")
-    if model.batching and not 1 <= shape[0] <= model.max_batch_size:
+    if not model.batching:
+        return
+    if rows is not None:  # a scoring request: split into calls of max_batch_size rows
+        if shape[0] > rows[0]:
+            raise TooManyRows(spec.name, shape[0], *rows)
+        if shape[0] < 1:
+            raise mismatch("the batch needs at least 1 row")
+        return
+    if not 1 <= shape[0] <= model.max_batch_size:
         raise InvalidInput(
             spec.name,
             f"batch size {shape[0]} is outside 1..{model.max_batch_size} "
@@ -98,20 +117,29 @@ def _check_shape(model: ModelInfo, spec: TensorSpec, array: np.ndarray) -> None:
         )
 
 
-def validate_input(model: ModelInfo, spec: TensorSpec, value: object) -> np.ndarray:
+def validate_input(
+    model: ModelInfo, spec: TensorSpec, value: object, rows: RowsLimit | None = None
+) -> np.ndarray:
     """One input as an array of its datatype, or the 400 naming it (see
     :func:`validate_inputs`)."""
     array = value if isinstance(value, np.ndarray) else np.asarray(value)
     array = _check_dtype(spec, array)
-    _check_shape(model, spec, array)
+    _check_shape(model, spec, array, rows)
     return array
 
 
-def validate_inputs(model: ModelInfo, inputs: Mapping[str, object]) -> dict[str, np.ndarray]:
+def validate_inputs(
+    model: ModelInfo, inputs: Mapping[str, object], *, rows: RowsLimit | None = None
+) -> dict[str, np.ndarray]:
     """Return the inputs as arrays of the model's datatypes, or raise a 400 naming the input.
 
     Safe conversions are applied (``float64`` to ``FP32``, ``int64`` to ``INT32`` within
     range, ``str`` to ``BYTES``); lossy ones (floats to integers) are refused.
+
+    :param rows: the request's rows limit: the batch dimension may go up to it (a 413
+        :class:`~triton_score.errors.TooManyRows` above), past ``max_batch_size``, for the
+        caller to split (:mod:`triton_score.batches`). ``None``: one Triton call, at most
+        ``max_batch_size`` rows (a 400 above).
     """
     if not isinstance(inputs, Mapping):
         raise BadRequest("inputs must be a mapping of input name to array")
@@ -125,9 +153,10 @@ def validate_inputs(model: ModelInfo, inputs: Mapping[str, object]) -> dict[str,
                 continue
             raise InvalidInput(
                 spec.name,
-                f"is required (datatype {spec.datatype}, shape {expected_shape(model, spec)})",
+                f"is required (datatype {spec.datatype}, shape "
+                f"{expected_shape(model, spec, rows)})",
             )
-        array = validate_input(model, spec, inputs[spec.name])
+        array = validate_input(model, spec, inputs[spec.name], rows)
         checked[spec.name] = array
         if model.batching:
             batch_sizes[spec.name] = array.shape[0]

@@ -241,7 +241,9 @@ JSON_CHARS_PER_DIMENSION = 4
 BODY_SLACK_BYTES = 64 * 1024
 
 
-def largest_request_bytes(model: ModelInfo, *, raw: bool = False) -> int | None:
+def largest_request_bytes(
+    model: ModelInfo, *, raw: bool = False, rows: int | None = None
+) -> int | None:
     """The largest body a valid default-codec request for ``model`` can have, or ``None``
     when the metadata cannot bound it: a BYTES input (strings of any length), a variable
     dimension other than the batch, or a datatype without a numpy dtype.
@@ -251,7 +253,10 @@ def largest_request_bytes(model: ModelInfo, *, raw: bool = False) -> int | None:
     v2 binary form (whose inputs may carry JSON ``data`` too; a binary value is never more
     than 8 bytes, its JSON far more).
 
-    Every input counts, optional ones included, at ``max_batch_size`` (or 1): elements ×
+    ``rows``: the most rows a request may send (a scoring request's rows limit, split into
+    calls of ``max_batch_size`` by :mod:`triton_score.batches`); default ``max_batch_size``.
+
+    Every input counts, optional ones included, at ``rows`` (or 1): elements ×
     (:data:`JSON_NUMBER_CHARS` + separators and indentation), plus :data:`BODY_SLACK_BYTES`.
     Generous on purpose: a valid request must never be refused; what it refuses is the body
     that is a thousand times too big, before a byte of it is parsed.
@@ -263,7 +268,8 @@ def largest_request_bytes(model: ModelInfo, *, raw: bool = False) -> int | None:
         dims = spec.shape[1:] if model.batching else spec.shape
         if spec.is_bytes or spec.numpy_dtype is None or any(d < 0 for d in dims):
             return None
-        elements = max(model.max_batch_size, 1) * math.prod(dims)
+        most = (rows if rows is not None else model.max_batch_size) if model.batching else 1
+        elements = max(most, 1) * math.prod(dims)
         if raw and len(model.inputs) == 1:  # (several inputs: the raw form is a 400 anyway)
             return elements * np.dtype(spec.numpy_dtype).itemsize
         per_element = (

@@ -31,6 +31,11 @@ Rules (each checked when the module is loaded, not on the first request):
 - ``max_body_bytes`` (attribute, a positive int) sets the largest request body the model's
   ``/score`` route accepts, up to ``SCORE_MAX_BODY_BYTES``; without it a processor with a
   ``preprocess`` gets 16 MiB. A larger ``Content-Length`` is a 413 before the body is read.
+- ``max_rows`` (attribute, a positive int) lowers ``SCORE_MAX_ROWS``, the most rows (batch
+  dimension) one request may send to the model, for this model: more is a 413. Rows beyond
+  the model's ``max_batch_size`` need nothing of the processor: they are split into several
+  Triton calls and joined back in order (:mod:`triton_score.batches`), for ``preprocess``'s
+  tensors and ``triton.infer`` calls alike.
 - ``offload = True`` (attribute) runs ``preprocess``, an ``outputs()`` method and
   ``postprocess`` in a thread pool under Gunicorn (``SCORE_OFFLOAD``, see
   :mod:`triton_score.offload`): for CPU-heavy stages (image decoding, tokenizing, large
@@ -130,6 +135,11 @@ def check_processor_class(cls: type) -> None:
         raise ProcessorDefinitionError(
             f"{cls.__qualname__}.max_body_bytes must be a positive number of bytes, got {limit!r}"
         )
+    rows = getattr(cls, "max_rows", None)
+    if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
+        raise ProcessorDefinitionError(
+            f"{cls.__qualname__}.max_rows must be a positive number of rows, got {rows!r}"
+        )
     offload = getattr(cls, "offload", False)
     if not isinstance(offload, bool):
         raise ProcessorDefinitionError(
@@ -168,6 +178,12 @@ class Processor:
         """The processor's own limit on request bodies, if it declares one."""
         limit = getattr(self.implementation, "max_body_bytes", None)
         return int(limit) if limit is not None else None
+
+    @property
+    def max_rows(self) -> int | None:
+        """The processor's own limit on rows per request, if it declares one."""
+        rows = getattr(self.implementation, "max_rows", None)
+        return int(rows) if rows is not None else None
 
     @property
     def offload(self) -> bool:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from triton_score.batches import Batches
 from triton_score.calls import Triton
 from triton_score.capture import Capture, Captured
 from triton_score.coalesce import Coalescer
@@ -79,6 +80,9 @@ class Scorer:
         self.processors = processors
         self.tracing = tracing
         self.coalescer = coalescer
+        #: Where inference calls go (:attr:`_inference`), made again when the gateway or the
+        #: coalescer is replaced.
+        self._batches = Batches(coalescer if coalescer is not None else gateway)
         #: The served models, their metadata and plans (:mod:`triton_score.scoring.catalog`).
         self.catalog = Catalog(settings, gateway, processors, models=dict(models or {}))
         #: Runs CPU-heavy processor stages in threads (``SCORE_OFFLOAD``); see :meth:`_call`.
@@ -281,7 +285,7 @@ class Scorer:
             inputs, wanted = dict(raw_inputs), None  # predict() validates each of its calls
         else:
             with telemetry.stage("validate"):
-                inputs = validate_inputs(model_info, raw_inputs)
+                inputs = validate_inputs(model_info, raw_inputs, rows=plan.rows)
                 chosen = self._call(processor, "outputs", processor.outputs, request, model_info)
                 if chosen is not None:
                     what = "a mapping of output to class_count"
@@ -290,7 +294,9 @@ class Scorer:
 
         with telemetry.stage("infer"):
             if processor.has_predict:
-                triton = Triton(self._inference, self.lookup, request.id, self.tracing)
+                triton = Triton(
+                    self._inference, self.lookup, request.id, self.tracing, rows=plan.rows
+                )
                 outputs = self._call(
                     processor, "predict", processor.predict, inputs, request, model_info, triton
                 )
@@ -315,9 +321,13 @@ class Scorer:
         return result
 
     @property
-    def _inference(self) -> TritonGateway | Coalescer:
-        """Where inference calls go: through the coalescer when there is one."""
-        return self.coalescer if self.coalescer is not None else self.gateway
+    def _inference(self) -> Batches:
+        """Where inference calls go: split into calls of ``max_batch_size`` rows when larger
+        (:mod:`triton_score.batches`), through the coalescer when there is one."""
+        target = self.coalescer if self.coalescer is not None else self.gateway
+        if self._batches.gateway is not target:
+            self._batches = Batches(target)
+        return self._batches
 
     def run(self, raw: str | bytes, headers: Mapping[str, str] | None = None) -> Any:
         """AzureML's ``run(raw_data)``: score ``raw`` on the default model; the stages of

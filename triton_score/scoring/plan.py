@@ -36,6 +36,9 @@ class ModelPlan:
     limit: Limit
     #: The same for a raw ``application/octet-stream`` tensor, whose largest size is exact.
     raw_limit: Limit
+    #: The most rows a request may send (``SCORE_MAX_ROWS``, or the processor's
+    #: ``max_rows``), and who says so; rows past ``max_batch_size`` are split into calls.
+    rows: Limit
 
     @property
     def name(self) -> str:
@@ -47,16 +50,33 @@ class ModelPlan:
 
 def plan_model(settings: Settings, model: ModelInfo, processor: Processor) -> ModelPlan:
     """The plan of ``model`` served through ``processor`` under ``settings``."""
+    rows = rows_limit(settings, model, processor)
     return ModelPlan(
         model,
         processor,
-        body_limit(settings, model, processor, raw=False),
-        body_limit(settings, model, processor, raw=True),
+        body_limit(settings, model, processor, raw=False, rows=rows[0]),
+        body_limit(settings, model, processor, raw=True, rows=rows[0]),
+        rows,
     )
 
 
+def rows_limit(settings: Settings, model: ModelInfo, processor: Processor) -> Limit:
+    """The most rows one request for ``model`` may send: ``SCORE_MAX_ROWS``, or the
+    processor's ``max_rows`` when it is lower."""
+    limit = (settings.max_rows, "SCORE_MAX_ROWS")
+    own = processor.max_rows
+    if own is not None and own < limit[0]:
+        limit = (own, f"max_rows of the {model.name} processor")
+    return limit
+
+
 def body_limit(
-    settings: Settings, model: ModelInfo, processor: Processor, *, raw: bool = False
+    settings: Settings,
+    model: ModelInfo,
+    processor: Processor,
+    *,
+    raw: bool = False,
+    rows: int | None = None,
 ) -> Limit:
     """The largest request body the model accepts, and which limit says so.
 
@@ -67,6 +87,7 @@ def body_limit(
 
     :param raw: the request is a raw ``application/octet-stream`` tensor
         (:func:`~triton_score.codecs.tensors.is_raw_tensor`).
+    :param rows: the most rows a request may send (default: the model's ``max_batch_size``).
     """
     limits = [(settings.max_body_bytes, "SCORE_MAX_BODY_BYTES")]
     own = processor.max_body_bytes
@@ -81,7 +102,7 @@ def body_limit(
             )
         )
     if not processor.has_preprocess:  # the default codec reads the tensors: bound them
-        largest = largest_request_bytes(model, raw=raw)
+        largest = largest_request_bytes(model, raw=raw, rows=rows)
         if largest is not None:
             limits.append((largest, f"the largest valid request for model {model.name}"))
     # min() keeps the first of equals: the setting, then the processor's, then the model's.
