@@ -22,7 +22,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from triton_score.errors import ScoringError
-from triton_score.http import access, routes
+from triton_score.http import access, generate, routes
 from triton_score.http.auth import ApiKeyAuth, KeyStore
 from triton_score.http.cors import Cors
 from triton_score.http.forward import TritonForwarder, TritonMetrics
@@ -82,6 +82,7 @@ def create_app(
     if init:
         rt.init()
 
+    app.register_blueprint(generate.blueprint)  # before the /v2 catch-all's blueprint
     app.register_blueprint(routes.blueprint)
     # before_request hooks run in this order, after_request hooks in the reverse one: the
     # access line is written last, with the final status.
