@@ -38,7 +38,7 @@ INFER = re.compile(r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+)
 #: reachable only on Triton's own port, never through a public endpoint.
 FORWARDED: dict[str, re.Pattern[str]] = {
     "GET": re.compile(rf"^/v2$|^/v2/models/stats$|^{_MODEL}(?:/ready|/config|/stats)?$"),
-    "POST": re.compile(rf"^{_MODEL}/infer$|^/v2/repository/index$"),
+    "POST": re.compile(rf"^{_MODEL}/(?:infer|generate|generate_stream)$|^/v2/repository/index$"),
 }
 
 

@@ -25,4 +25,3 @@ def server_version_headers(settings: Settings) -> tuple[tuple[str, str], ...]:
     if not settings.server_version_header:
         return ()
     return ((SERVER_VERSION_HEADER, SERVER_VERSION),)
-
