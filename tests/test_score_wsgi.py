@@ -181,8 +181,17 @@ def test_a_scoring_post_never_enters_flasks_request_cycle(app: Flask) -> None:
         app.view_functions["triton_score.score"] = view
 
 
-def test_an_entry_script_is_served_by_flask(tmp_path: Path, triton: LocalTriton) -> None:
+def test_an_entry_script_is_served_by_flask(
+    tmp_path: Path, triton: LocalTriton, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Its run() gets a Flask request: no front is put before the app."""
+    import tritonclient.http as httpclient
+
+    # Building an entry script's runtime adapts the Triton clients process-wide (its
+    # script's clients share the worker's connections): undone after the test.
+    monkeypatch.setattr(
+        httpclient.InferenceServerClient, "__init__", httpclient.InferenceServerClient.__init__
+    )
     script = tmp_path / "score.py"
     script.write_text("def init():\n    pass\n\n\ndef run(data):\n    return {'echo': len(data)}\n")
     app = create_app(Settings(triton_url=triton.url, entry_script=str(script)))
