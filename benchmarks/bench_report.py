@@ -27,6 +27,7 @@ PATH_LABELS = {
     "direct": "direct Triton",
     "seed": "azmlinfsrv + seed script",
     "floor": "floor (minimal Flask app)",
+    "bare": "floor without Flask (bare WSGI)",
     "entry": "score serve --entry-script",
     "score": "/score default codec",
     "processor": "/score + processor",
@@ -247,13 +248,14 @@ def payload_table(
     head = (
         "| path | conc | req/s | p50 ms | p99 ms | errors | req/s vs direct | p50 added "
         "over direct (ms) | req/s vs seed | mean Triton batch | batch vs direct "
-        "| CPU ms/req | CPU vs floor | CPU vs seed |"
+        "| CPU ms/req | CPU vs floor | CPU vs bare floor | CPU vs seed |"
     )
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for conc in concurrency:
         direct = cells.get((payload, "direct", conc))
         seed = cells.get((payload, "seed", conc))
         floor = cells.get((payload, "floor", conc))
+        bare = cells.get((payload, "bare", conc))
         for path in paths:
             c = cells.get((payload, path, conc))
             if c is None:
@@ -271,6 +273,7 @@ def payload_table(
                 f"| {fmt(added)} | {fmt(_ratio(c.rps, seed.rps if seed else None))} "
                 f"| {fmt(c.batch)} | {fmt(_ratio(c.batch, direct.batch if direct else None))} "
                 f"| {fmt(c.cpu_ms, 3)} | {fmt(_ratio(c.cpu_ms, floor.cpu_ms if floor else None))} "
+                f"| {fmt(_ratio(c.cpu_ms, bare.cpu_ms if bare else None))} "
                 f"| {fmt(_ratio(c.cpu_ms, seed.cpu_ms if seed else None))} |"
             )
     return rows
@@ -282,6 +285,7 @@ COLORS = {
     "direct": (76, 114, 176),
     "seed": (196, 78, 82),
     "floor": (140, 140, 140),
+    "bare": (90, 90, 90),
     "entry": (221, 132, 82),
     "score": (85, 168, 104),
     "processor": (129, 114, 179),

@@ -80,7 +80,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 NETWORK_TIMEOUT_S = 10.0
 #: A cell during which other processes used more CPU than this (cores) is flagged.
 DISTURBED_CORES = 0.25
-PATHS = ("direct", "seed", "floor", "entry", "score", "processor", "forward")
+PATHS = ("direct", "seed", "floor", "bare", "entry", "score", "processor", "forward")
 PAYLOADS = ("small", "image", "t224-json", "t224-binary")
 #: Which paths each payload is measured on (the seed script and the entry script know
 #: digits only; the image's ``direct`` is the hand-written client).
@@ -427,14 +427,15 @@ def start_score_serve(
     return server
 
 
-def start_floor(scratch: Path, triton_url: str, workers: int) -> Server:
+def start_floor(scratch: Path, triton_url: str, workers: int, app: str = "app") -> Server:
     """``floor_app.py`` under Gunicorn's gevent worker, with ``score serve``'s worker count and
-    keep-alive: the least a Flask app can do for the ``small`` payload."""
-    server = Server("floor", scratch)
+    keep-alive: the least a Flask app (``app``), or a bare WSGI callable (``bare``), can do for
+    the ``small`` payload."""
+    server = Server("floor" if app == "app" else "bare", scratch)
     env = {**os.environ, "TRITON_URL": triton_url}
     cmd = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", str(workers)]
     cmd += ["--keep-alive", "5", "--worker-connections", "256", "--chdir", str(BENCHMARKS)]
-    cmd += ["-b", f"127.0.0.1:{server.port}", "floor_app:app"]
+    cmd += ["-b", f"127.0.0.1:{server.port}", f"floor_app:{app}"]
     server.launch(cmd, env, cwd=scratch)
     server.wait_for(lambda: server.log_text().count("Booting worker") >= workers)
     return server
@@ -765,6 +766,8 @@ class Bench:
                                        args.workers, *extra)  # fmt: skip
         elif kind == "floor":
             server = start_floor(self.scratch, url, args.workers)
+        elif kind == "bare":
+            server = start_floor(self.scratch, url, args.workers, app="bare")
         elif kind.startswith("feature:"):
             _, env = FEATURES[kind.partition(":")[2]]
             server = start_score_serve(f"score-{kind[8:]}", self.scratch, url, args.models,
@@ -839,10 +842,10 @@ class Bench:
                                       model, f"/score/{model}", score_body,
                                       JSON_HEADERS)  # fmt: skip
                 self.check_outputs(target, reference)
-            elif name == "floor":
-                target = self.through("floor", "small", name, "floor (minimal Flask app)",
-                                      model, f"/score/{model}", score_body,
-                                      JSON_HEADERS)  # fmt: skip
+            elif name in ("floor", "bare"):
+                label = "floor (minimal Flask app)" if name == "floor" else "floor without Flask"
+                target = self.through(name, "small", name, label, model, f"/score/{model}",
+                                      score_body, JSON_HEADERS)  # fmt: skip
                 self.check_script(target, reference)
             elif name == "processor":
                 proc_body = json.dumps({"image": inputs["image"][0].tolist()}).encode()

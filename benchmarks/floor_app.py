@@ -18,11 +18,17 @@ comparison measures. Start it as the benchmark does::
 
     TRITON_URL=127.0.0.1:8000 gunicorn -k gevent -w 2 --keep-alive 5 -b 127.0.0.1:5002 \\
         --chdir benchmarks floor_app:app
+
+Since ``/score`` is served in front of Flask's request cycle (``triton_score.http.score_wsgi``),
+there is a second floor without Flask: :func:`bare`, the same job as a plain WSGI callable
+(``floor_app:bare``, the benchmark's ``bare`` path). What Flask costs is the difference
+between the two floors.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import gevent
 import numpy as np
@@ -107,11 +113,27 @@ def send_waiting() -> None:
             result.set(row)
 
 
-@app.post("/score/<model>")
-def score(model: str) -> Response:
-    payload = orjson.loads(request.get_data())
+def answer(body: bytes) -> bytes:
+    """The job, for both floors: decode, infer (coalesced), the top class back."""
+    payload = orjson.loads(body)
     image = np.asarray(payload["inputs"]["image"], dtype=np.float32).reshape(8, 8)
     probabilities = infer(image)
     top = int(np.argmax(probabilities))
-    body = orjson.dumps({"index": top, "score": float(probabilities[top])})
-    return Response(body, mimetype="application/json")
+    return orjson.dumps({"index": top, "score": float(probabilities[top])})
+
+
+@app.post("/score/<model>")
+def score(model: str) -> Response:
+    return Response(answer(request.get_data()), mimetype="application/json")
+
+
+def bare(environ: dict, start_response: Callable[..., object]) -> list[bytes]:
+    """The floor without Flask: ``POST /score/<model>`` as a plain WSGI callable."""
+    if environ["REQUEST_METHOD"] != "POST" or not environ["PATH_INFO"].startswith("/score/"):
+        start_response("404 Not Found", [("Content-Length", "0")])
+        return [b""]
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    body = answer(environ["wsgi.input"].read(length))
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    start_response("200 OK", headers)
+    return [body]
