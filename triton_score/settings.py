@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from triton_score.locations import resolve_entry_script, split_address
-from triton_score.shm import SHM_MODES
+from triton_score.repository.locations import resolve_entry_script, split_address
+from triton_score.triton.shm import SHM_MODES
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -143,7 +143,7 @@ def setting(
 #: the ``/v2/...`` routes forwarded to Triton.
 AUTH_GROUPS = ("metrics", "docs", "v2")
 LOG_FORMATS = ("text", "json")
-#: ``SCORE_COALESCE`` values (:func:`triton_score.coalesce.coalesces` says what they do).
+#: ``SCORE_COALESCE`` values (:func:`triton_score.triton.coalesce.coalesces` says what they do).
 COALESCE_MODES = ("auto", "on", "off")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 #: Triton's default metrics port, beside ``TRITON_URL``'s host.
@@ -237,7 +237,7 @@ class Settings:
     #: Processor modules, ``.py`` files or ``module:Class`` (``SCORE_PROCESSORS``).
     processors: tuple[str, ...] = setting("SCORE_PROCESSORS", (), _list)
     #: The model repository (``SCORE_MODEL_REPOSITORY``); empty: found as
-    #: :func:`~triton_score.locations.find_model_repository` says.
+    #: :func:`~triton_score.repository.locations.find_model_repository` says.
     model_repository: str = setting("SCORE_MODEL_REPOSITORY", "")
     #: The deployment's code directory, searched first for processors (``SCORE_CODE_DIR``);
     #: empty: the entry script's folder, else ``./score``.
@@ -280,7 +280,7 @@ class Settings:
     #: Most rows (the batch dimension) one ``/score`` request may send (``SCORE_MAX_ROWS``);
     #: more is a 413 naming the limit. A request with more rows than the model's
     #: ``max_batch_size`` is split into Triton calls of at most ``max_batch_size`` rows
-    #: (:mod:`triton_score.batches`); a processor's ``max_rows`` may lower it for its model.
+    #: (:mod:`triton_score.triton.batches`); a processor's ``max_rows`` may lower it for its model.
     #: 4096 rows of 10 features is ~400 KB of JSON; of 3x224x224 images, the body limit
     #: (``SCORE_MAX_BODY_BYTES``) comes first.
     max_rows: int = setting("SCORE_MAX_ROWS", 4096, _number(int), blank_is_unset=True)
@@ -317,12 +317,12 @@ class Settings:
 
     #: OpenTelemetry tracing, ``"otel"`` or off (``""``, the default) (``SCORE_TRACING``):
     #: spans for each scoring request and its stages, exported as the standard ``OTEL_*``
-    #: variables say, and a ``traceparent`` to Triton; see :mod:`triton_score.tracing`.
+    #: variables say, and a ``traceparent`` to Triton; see :mod:`triton_score.telemetry.tracing`.
     tracing: str = setting("SCORE_TRACING", "", _tracing)
     #: Join requests in flight in one worker into one Triton call along the batch axis
     #: (``SCORE_COALESCE``): ``auto`` (the default: every model with ``max_batch_size`` > 1,
     #: those with Triton's ``dynamic_batching`` included), ``on`` (the same) or ``off``;
-    #: :func:`triton_score.coalesce.coalesces` says why.
+    #: :func:`triton_score.triton.coalesce.coalesces` says why.
     coalesce: str = setting("SCORE_COALESCE", "auto", _lower, blank_is_unset=True)
     #: Triton calls in flight per model (and input shape, output set) in each worker while
     #: coalescing (``SCORE_COALESCE_CALLS``); requests beyond them wait for the next call,
@@ -346,7 +346,7 @@ class Settings:
     #: stall the worker's other requests and its health probes (``SCORE_OFFLOAD``): ``auto``
     #: those of processors that declare ``offload = True``; ``on`` every processor's, the
     #: default codec's included; ``off`` none. Only under Gunicorn's gevent workers; elsewhere
-    #: (Flask in-process, azmlinfsrv) stages run inline. See :mod:`triton_score.offload`.
+    #: (Flask in-process, azmlinfsrv) stages run inline. See :mod:`triton_score.scoring.offload`.
     offload: str = setting("SCORE_OFFLOAD", "auto", _lower, blank_is_unset=True)
     #: Threads of that pool, per worker (``SCORE_OFFLOAD_THREADS``). Numpy, Pillow and most
     #: tokenizers release the GIL, so up to one thread per core computes in parallel; the
@@ -357,7 +357,7 @@ class Settings:
     #: System shared memory for large input tensors (``SCORE_SHM``): ``auto`` (the default)
     #: when Triton's host is this machine, ``on`` whatever its host (a pod sharing
     #: ``/dev/shm``), ``off`` never. A region that cannot be created or registered falls
-    #: back to HTTP; see :mod:`triton_score.shm`.
+    #: back to HTTP; see :mod:`triton_score.triton.shm`.
     shm: str = setting("SCORE_SHM", "auto", _lower, blank_is_unset=True)
     #: Size of each worker's shared memory region, in bytes (``SCORE_SHM_BYTES``, 16 MiB:
     #: 27 images of 3×224×224 FP32 in flight). Reserved in ``/dev/shm`` at first use, which
@@ -372,7 +372,7 @@ class Settings:
 
     #: Which requests are captured, per model (``SCORE_CAPTURE``): ``model=rate`` entries,
     #: ``*`` for every other model, a rate from 0 to 1 (``digits_onnx=0.1,*=0.01``); empty
-    #: (the default): none, at no cost. See :mod:`triton_score.capture`.
+    #: (the default): none, at no cost. See :mod:`triton_score.telemetry.capture`.
     capture: tuple[tuple[str, float], ...] = setting("SCORE_CAPTURE", (), _capture)
     #: Where captured requests are written (``SCORE_CAPTURE_DIR``), as JSON lines, one file
     #: set per worker process; required when :attr:`capture` captures anything.

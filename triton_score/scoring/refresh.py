@@ -20,9 +20,9 @@ from collections.abc import Callable
 from typing import Any
 
 from triton_score.errors import ScoringError
-from triton_score.offload import gevent_patched
 from triton_score.scoring import Scorer
-from triton_score.triton import TritonGateway
+from triton_score.scoring.offload import gevent_patched
+from triton_score.triton.gateway import TritonGateway
 
 log = logging.getLogger(__name__)
 

@@ -41,15 +41,15 @@ import gevent.event
 import numpy as np
 
 from triton_score.errors import ScoringError, TritonError
-from triton_score.metadata import ModelInfo
-from triton_score.offload import gevent_patched
+from triton_score.model.info import ModelInfo
+from triton_score.scoring.offload import gevent_patched
 from triton_score.settings import COALESCE_MODES as MODES
 
 log = logging.getLogger(__name__)
 
 
 class Gateway(Protocol):
-    """What is coalesced: a :class:`triton_score.triton.TritonGateway`'s ``infer``."""
+    """What is coalesced: a :class:`triton_score.triton.gateway.TritonGateway`'s ``infer``."""
 
     def infer(
         self,
@@ -140,7 +140,7 @@ class _Lane:
 class Coalescer:
     """Joins one worker's concurrent :meth:`infer` calls per :func:`lane_key`.
 
-    :param gateway: the worker's :class:`~triton_score.triton.TritonGateway`; its ``infer``
+    :param gateway: the worker's :class:`~triton_score.triton.gateway.TritonGateway`; its ``infer``
         is looked up at each call (so whatever wraps or replaces it later is used).
     :param mode: ``SCORE_COALESCE``: ``auto``, ``on`` or ``off`` (see :func:`coalesces`).
     :param calls_per_key: Triton calls in flight per key (``SCORE_COALESCE_CALLS``); more

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from triton_score.metadata import ModelInfo, TensorSpec
+from triton_score.model.info import ModelInfo, TensorSpec
 
 #: The line length of the code written (ruff's, in this project).
 LINE_LENGTH = 100

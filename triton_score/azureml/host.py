@@ -12,7 +12,7 @@ What ``run`` returns is sent back as JSON, or as it is when it is a response obj
 written for the AzureML-Triton image of 2020 import ``tritonhttpclient``,
 ``tritonclientutils`` or ``tritongrpcclient`` (the old names of ``tritonclient.http``,
 ``.utils``, ``.grpc``): they get those modules as that generation of the client behaved
-(:mod:`triton_score.legacy_clients`); ``azureml.contrib.services.aml_request`` and
+(:mod:`triton_score.azureml.legacy_clients`); ``azureml.contrib.services.aml_request`` and
 ``aml_response`` resolve as they do under azmlinfsrv, installed or not.
 """
 
@@ -31,9 +31,9 @@ from flask import Request
 from triton_score.azureml import install_import_aliases, raw_http_flags
 from triton_score.azureml.aml_request import is_marked
 from triton_score.azureml.inputs import choose_input_parser
+from triton_score.azureml.legacy_clients import install_legacy_clients
 from triton_score.azureml.schema import is_schema_decorated, service_schemas
 from triton_score.errors import RunFunctionFailed, ScoringError
-from triton_score.legacy_clients import install_legacy_clients
 from triton_score.processors.loading import ProcessorLoadError, import_file
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ def is_native(script: EntryScript) -> bool:
     """Whether ``script`` hands over to triton_score (``from triton_score.entry import init,
     run``, as the template's ``score.py`` does): then it is served natively, with processors,
     every model at ``/score/<model>`` and ``/v2``, rather than through its ``run()``."""
-    from triton_score import entry  # entry builds runtimes, which load scripts
+    from triton_score.azureml import entry  # entry builds runtimes, which load scripts
 
     return script.module.init is entry.init and script.module.run is entry.run
 
@@ -169,7 +169,7 @@ def where_it_failed(exc: BaseException, path: str) -> str:
                          ^
         SyntaxError: expected ':'
     """
-    ours = str(Path(__file__).resolve().parent)
+    ours = str(Path(__file__).resolve().parent.parent)  # triton_score/, above azureml/
     frames = [
         frame
         for frame in traceback.extract_tb(exc.__traceback__)

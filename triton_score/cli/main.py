@@ -89,7 +89,7 @@ def cmd_triton(args: argparse.Namespace) -> int:
     """Run a local Triton in the foreground until Ctrl-C / SIGTERM."""
     from triton_score.local import LocalTriton, TritonNotFound, TritonStartError, find_tritonserver
     from triton_score.local.install import prepare_pytriton
-    from triton_score.locations import find_model_repository
+    from triton_score.repository.locations import find_model_repository
 
     if args.prepare:
         install = prepare_pytriton() if not args.tritonserver else None
@@ -141,7 +141,7 @@ def cmd_triton(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the model repository: local Triton if needed, then Gunicorn, supervised."""
-    from triton_score.serve import ServeOptions, Supervisor
+    from triton_score.serve.supervisor import ServeOptions, Supervisor
 
     options = ServeOptions(
         models=args.models,
@@ -170,7 +170,7 @@ def cmd_azmlinfsrv(args: argparse.Namespace) -> int:
     ``--model_dir`` is ``AZUREML_MODEL_DIR`` (over the environment's), ``--access_control_
     allow_origins`` is ``AML_CORS_ORIGINS``; and it listens on every interface by default.
     """
-    from triton_score.serve import ServeOptions, Supervisor
+    from triton_score.serve.supervisor import ServeOptions, Supervisor
 
     for flag, value in (
         ("--appinsights_instrumentation_key", args.appinsights_instrumentation_key),
@@ -214,8 +214,8 @@ def _positive(text: str) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     """Run the model builders beside the repository; every one must succeed."""
-    from triton_score.builds import BuildError, find_builders, run_builds
-    from triton_score.locations import find_model_repository
+    from triton_score.repository.builds import BuildError, find_builders, run_builds
+    from triton_score.repository.locations import find_model_repository
 
     try:
         repository = find_model_repository(args.models)
@@ -274,7 +274,7 @@ def _triton(
 
 
 def _repository(args: argparse.Namespace) -> Path | None:
-    from triton_score.locations import find_model_repository
+    from triton_score.repository.locations import find_model_repository
 
     try:
         return find_model_repository(args.models)
@@ -295,11 +295,11 @@ def _shown(path: Path | str) -> str:
 def cmd_new(args: argparse.Namespace) -> int:
     """Write a processor for a model, and its test, from the model's live metadata."""
     from triton_score.errors import ModelNotFound, ScoringError
+    from triton_score.kit.scaffold import ScaffoldError, write_scaffold
     from triton_score.local import TritonStartError
-    from triton_score.locations import find_code_directory
-    from triton_score.scaffold import ScaffoldError, write_scaffold
+    from triton_score.repository.locations import find_code_directory
     from triton_score.settings import Settings
-    from triton_score.triton import TritonGateway
+    from triton_score.triton.gateway import TritonGateway
 
     model_name = args.model or args.name
     command = "score new " + " ".join(shlex.quote(a) for a in args.argv if a != "--force")
@@ -358,13 +358,13 @@ def cmd_new(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Check the model repository and the processors; exit 1 on any problem."""
-    from triton_score.check import Report, check_processors, check_repository, render
     from triton_score.errors import ScoringError
+    from triton_score.kit.check import Report, check_processors, check_repository, render
     from triton_score.local import TritonStartError
     from triton_score.processors.loading import ProcessorLoadError, load_processors
     from triton_score.runtime import resolve_settings
     from triton_score.settings import Settings
-    from triton_score.triton import TritonGateway
+    from triton_score.triton.gateway import TritonGateway
 
     report = Report()
     try:
@@ -380,7 +380,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     settings = resolve_settings(Settings.from_env(None, **overrides))
     if repository is not None:
         if args.build:  # the generated models first, as a local Triton would have them
-            from triton_score.builds import BuildError, run_builds
+            from triton_score.repository.builds import BuildError, run_builds
 
             try:
                 run_builds(repository, progress=_say)

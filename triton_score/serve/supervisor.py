@@ -1,10 +1,10 @@
 """``score serve``: Triton (when needed) plus Gunicorn, supervised together.
 
 1. If nothing answers at ``TRITON_URL`` and a ``tritonserver`` binary is available, run the
-   model builders beside the repository (:mod:`triton_score.builds`), then start a local
-   Triton on it (see :mod:`triton_score.local`).
-2. Start Gunicorn with :mod:`triton_score.gunicorn_conf` (``WORKER_COUNT`` gevent workers, each
-   building its own Triton client after the fork).
+   model builders beside the repository (:mod:`triton_score.repository.builds`), then start a
+   local Triton on it (see :mod:`triton_score.local`).
+2. Start Gunicorn with :mod:`triton_score.serve.gunicorn_conf` (``WORKER_COUNT`` gevent
+   workers, each building its own Triton client after the fork).
 3. Wait until ``/v2/health/ready`` answers, print where to send requests.
 4. Supervise: if either process dies, stop the other and exit non-zero.
 5. On SIGTERM/SIGINT, stop in this order, and exit 0:
@@ -44,17 +44,17 @@ from types import FrameType
 
 from triton_score.local import LocalTriton, TritonStartError
 from triton_score.local.ensure import NoTriton, answers, local_triton_for
-from triton_score.locations import (
+from triton_score.repository.locations import (
     find_model_repository,
     resolve_entry_script,
     split_address,
 )
+from triton_score.serve.triton_trace import check_tracing, otlp_traces_url, triton_trace_args
 from triton_score.settings import Settings, settings_error, tracing_mode
-from triton_score.tracing import check_tracing, otlp_traces_url, triton_trace_args
 
 #: Run in a child process by :meth:`Supervisor._check_entry_script`.
 ENTRY_SCRIPT_CHECK = (
-    "import sys; from triton_score.entry_script import check; sys.exit(check(sys.argv[1]))"
+    "import sys; from triton_score.azureml.host import check; sys.exit(check(sys.argv[1]))"
 )
 
 
@@ -98,7 +98,7 @@ def find_shadows(*folders: Path) -> list[Path]:
     on it while the script is imported: a ``triton_score.py`` or ``triton_score/`` there
     shadows the installed runtime, and the failure would be a confusing ImportError later.
     """
-    ours = Path(__file__).resolve().parent
+    ours = Path(__file__).resolve().parent.parent  # triton_score/, above serve/
     found = []
     for folder in folders:
         for candidate in (folder / "triton_score.py", folder / "triton_score"):
@@ -363,7 +363,13 @@ class Supervisor:
         if opts.code_directory:
             env["SCORE_CODE_DIR"] = str(Path(opts.code_directory).resolve())
         self.gunicorn = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--config", "python:triton_score.gunicorn_conf"],
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--config",
+                "python:triton_score.serve.gunicorn_conf",
+            ],
             env=env,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # signals are ours to forward, in order

@@ -166,9 +166,9 @@ class ModelInfo:
         """Build from a model folder (or its ``config.pbtxt``), offline: the model Triton
         would serve from it, at its highest numbered version, with ``directory`` set.
 
-        :raises triton_score.model_config.ModelConfigError: no readable ``config.pbtxt``.
+        :raises triton_score.model.config.ModelConfigError: no readable ``config.pbtxt``.
         """
-        from triton_score.model_config import read_model_config
+        from triton_score.model.config import read_model_config
 
         path = Path(path)
         folder = path if path.is_dir() else path.parent

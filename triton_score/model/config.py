@@ -2,7 +2,7 @@
 
 Triton answers ``/v2/models/<m>/config`` with its model configuration as JSON; this module
 turns the ``config.pbtxt`` of a model folder into the same JSON form, so that
-:meth:`triton_score.metadata.ModelInfo.from_config` can build the :class:`ModelInfo` a
+:meth:`triton_score.model.info.ModelInfo.from_config` can build the :class:`ModelInfo` a
 processor will receive, offline (in a unit test, in ``score check``).
 
 The protobuf text format is parsed with Triton's own ``ModelConfig`` message when

@@ -58,7 +58,7 @@ from pathlib import Path
 
 import numpy as np
 
-from triton_score.locations import is_local_address, split_address
+from triton_score.repository.locations import is_local_address, split_address
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ SHM_DIR = Path("/dev/shm")
 ALIGNMENT = 64
 #: ``SCORE_SHM`` values.
 SHM_MODES = ("auto", "on", "off")
-#: What an outcome is counted as (:attr:`triton_score.metrics.Metrics.shm_tensors`).
+#: What an outcome is counted as (:attr:`triton_score.telemetry.metrics.Metrics.shm_tensors`).
 OUTCOME_SHM = "shm"
 OUTCOME_FULL = "full"
 OUTCOME_UNAVAILABLE = "unavailable"

@@ -56,7 +56,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from triton_score.offload import gevent_patched
+from triton_score.scoring.offload import gevent_patched
 
 #: Latency buckets from 1 ms to 30 s: CPU models answer in ms, big GPU models in seconds.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

@@ -2,8 +2,8 @@
 
 Off by default (``SCORE_TRACING`` unset), and then free: :data:`NO_TRACING` answers every
 call with a shared no-op object, and nothing imports OpenTelemetry. ``SCORE_TRACING=otel``
-builds an :class:`~triton_score.otel.OtelTracing` instead (the OpenTelemetry SDK, configured
-by the standard ``OTEL_*`` variables; the ``tracing`` extra), which:
+builds an :class:`~triton_score.telemetry.otel.OtelTracing` instead (the OpenTelemetry SDK,
+configured by the standard ``OTEL_*`` variables; the ``tracing`` extra), which:
 
 - continues the caller's trace when the request carries a W3C ``traceparent``;
 - opens a server span for the request (``POST /score/{model}``) with child spans for the
@@ -16,18 +16,19 @@ by the standard ``OTEL_*`` variables; the ``tracing`` extra), which:
 The request path only ever calls :meth:`Tracing.span`, :meth:`Tracing.request`,
 :meth:`Tracing.headers` and :meth:`Tracing.trace_id` (through
 :class:`~triton_score.scoring.RequestTelemetry`). A Triton call that coalescing joined for
-several requests carries the ``traceparent`` of the first of them (``coalesce.py``): Triton's
+several requests carries the ``traceparent`` of the first of them (``triton/coalesce.py``): Triton's
 spans for that call go under that request's ``infer`` span; the other requests' ``infer``
 spans time their wait and share of it, without Triton's spans beneath.
+
+The ``tritonserver`` flags that send Triton's own spans to the same collector are the
+supervisor's business: :mod:`triton_score.serve.triton_trace`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
-
-from triton_score.settings import tracing_mode
 
 if TYPE_CHECKING:
     from triton_score.settings import Settings
@@ -106,7 +107,7 @@ def start_tracing(settings: Settings) -> Tracing:
     if settings.tracing != "otel":
         return NO_TRACING
     try:
-        from triton_score.otel import OtelTracing  # only when turned on
+        from triton_score.telemetry.otel import OtelTracing  # only when turned on
     except ImportError as exc:
         raise RuntimeError(
             f"SCORE_TRACING=otel needs the OpenTelemetry SDK ({exc.name} is missing): "
@@ -118,69 +119,3 @@ def start_tracing(settings: Settings) -> Tracing:
 def log_ids(request_id: str, trace_id: str = "") -> str:
     """``request <id>``, and ``, trace <id>`` when there is one: how log lines name a request."""
     return f"request {request_id}, trace {trace_id}" if trace_id else f"request {request_id}"
-
-
-def otlp_traces_url(environ: Mapping[str, str]) -> str:
-    """Where the OTLP/HTTP exporter sends spans, as the ``OTEL_*`` variables say."""
-    url = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
-    if url:
-        return url
-    base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or "http://localhost:4318"
-    return base.rstrip("/") + "/v1/traces"
-
-
-def triton_trace_args(environ: Mapping[str, str]) -> list[str]:
-    """``tritonserver`` flags that send Triton's spans where ours go, for ``score serve``.
-
-    OpenTelemetry mode, timestamps, and only the requests that bring a ``traceparent``
-    (``rate=0``: Triton then traces exactly the requests the scorer sampled), exported to
-    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, else ``OTEL_EXPORTER_OTLP_ENDPOINT`` +
-    ``/v1/traces``. ``OTEL_BSP_SCHEDULE_DELAY`` is passed on too. Triton exports OTLP/HTTP
-    only: nothing (``[]``) when our exporters are not OTLP/HTTP.
-    """
-    exporters = [
-        name.strip().lower()
-        for name in environ.get("OTEL_TRACES_EXPORTER", "otlp").split(",")
-        if name.strip()
-    ]
-    protocol = (
-        environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-        or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or "http/protobuf"
-    ).strip()
-    if "none" in exporters or not {"otlp", "otlp_proto_http"} & set(exporters):
-        return []
-    if "otlp_proto_http" not in exporters and protocol != "http/protobuf":
-        return []
-    settings = [
-        "mode=opentelemetry",
-        "level=TIMESTAMPS",
-        "rate=0",
-        "count=-1",
-        f"opentelemetry,url={otlp_traces_url(environ)}",
-    ]
-    delay = environ.get("OTEL_BSP_SCHEDULE_DELAY", "").strip()
-    if delay.isdigit():
-        settings.append(f"opentelemetry,bsp_schedule_delay={delay}")
-    return [f"--trace-config={setting}" for setting in settings]
-
-
-def check_tracing(environ: Mapping[str, str]) -> str:
-    """Why ``SCORE_TRACING`` cannot work as set (one line), or ``""``; for ``score serve``,
-    before any worker fails to boot on it."""
-    try:
-        mode = tracing_mode(environ.get("SCORE_TRACING", ""))
-        if not mode:
-            return ""
-        from triton_score.otel import exporter_names, find_exporter
-
-        for name in exporter_names(environ):
-            find_exporter(name)
-    except ImportError as exc:
-        return (
-            f"SCORE_TRACING=otel needs the OpenTelemetry SDK ({exc.name} is missing): "
-            "pip install 'triton-score[tracing]'"
-        )
-    except ValueError as exc:
-        return str(exc)
-    return ""

@@ -10,7 +10,7 @@ Two checks, each a table:
    is checked against the model's metadata (names, datatypes, shapes, batch size), then
    through Triton and ``postprocess``, as a request would.
 
-:func:`check_tensors` is the tensor check on its own, for tests (``triton_score.testing``).
+:func:`check_tensors` is the tensor check on its own, for tests (``triton_score.kit.testing``).
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ import orjson
 
 from triton_score.codecs.request import Request, decode_request
 from triton_score.errors import BadRequest, ScoringError
-from triton_score.metadata import ModelInfo
+from triton_score.model.info import ModelInfo
+from triton_score.model.validation import validate_input, validate_outputs
 from triton_score.processors import MODELS_ATTRIBUTE, Processor, ProcessorRegistry
-from triton_score.validation import validate_input, validate_outputs
 
 if TYPE_CHECKING:
-    from triton_score.triton import TritonGateway
+    from triton_score.triton.gateway import TritonGateway
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "-"
 
@@ -156,7 +156,7 @@ def example_request(implementation: Any, example: Any = None) -> Request | None:
     return decode_request(body, content_type, {}, "score-check")
 
 
-# -- one processor, no server (the fixtures of triton_score.testing) ------------------------
+# -- one processor, no server (the fixtures of triton_score.kit.testing) ------------------------
 def load_processor(spec: str | os.PathLike[str], model: str) -> Any:
     """An instance of the processor of ``model`` that ``spec`` (a ``.py`` file, a module or
     ``module:Class``) defines, as the server creates it (its ``load`` not called yet).

@@ -22,9 +22,10 @@ without changing the script:
   (``SCORE_TRITON_CONCURRENCY``, the connections each worker may keep to Triton). The pool
   opens them lazily: a worker opens only as many as it has Triton calls in flight at once;
 - every client's connection pool hands a freed connection to the greenlet that has waited
-  longest (:class:`~triton_score.pool.FairSemaphore`), so a script that does limit its
+  longest (:class:`~triton_score.triton.pool.FairSemaphore`), so a script that does limit its
   connections queues fairly;
-- its ``infer()`` runs whole in a greenlet of its own (:func:`triton_score.deadline.shielded`):
+- its ``infer()`` runs whole in a greenlet of its own
+  (:func:`triton_score.triton.deadline.shielded`):
   the request's ``SCORING_TIMEOUT_MS`` abandons a call that takes too long, but never
   interrupts it while it sends a large body, which would lose a pool connection for good.
 """
@@ -38,8 +39,8 @@ from typing import Any
 
 import tritonclient.http as httpclient
 
-from triton_score.deadline import shielded
-from triton_score.pool import make_http_pool_fair
+from triton_score.triton.deadline import shielded
+from triton_score.triton.pool import make_http_pool_fair
 
 log = logging.getLogger(__name__)
 

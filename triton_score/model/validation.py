@@ -6,7 +6,7 @@ request gets a 400 that names the input and says what was expected.
 
 The batch dimension is bounded by ``max_batch_size`` for a call as it goes to Triton (the
 ``/v2`` API). A scoring request is bounded by its *rows limit* instead (``SCORE_MAX_ROWS``,
-or its processor's ``max_rows``; a 413 above it): :mod:`triton_score.batches` splits rows
+or its processor's ``max_rows``; a 413 above it): :mod:`triton_score.triton.batches` splits rows
 beyond ``max_batch_size`` into several calls.
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from triton_score.errors import BadRequest, InvalidInput, TooManyRows
-from triton_score.metadata import ModelInfo, TensorSpec
+from triton_score.model.info import ModelInfo, TensorSpec
 
 #: The most rows a request may send, and what says so (``SCORE_MAX_ROWS``, a processor).
 RowsLimit = tuple[int, str]
@@ -138,7 +138,7 @@ def validate_inputs(
 
     :param rows: the request's rows limit: the batch dimension may go up to it (a 413
         :class:`~triton_score.errors.TooManyRows` above), past ``max_batch_size``, for the
-        caller to split (:mod:`triton_score.batches`). ``None``: one Triton call, at most
+        caller to split (:mod:`triton_score.triton.batches`). ``None``: one Triton call, at most
         ``max_batch_size`` rows (a 400 above).
     """
     if not isinstance(inputs, Mapping):

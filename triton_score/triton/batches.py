@@ -2,7 +2,7 @@
 
 Triton refuses a call with more rows than the model's ``max_batch_size``. A scoring request
 may send more (up to its rows limit, ``SCORE_MAX_ROWS`` or the processor's ``max_rows``,
-checked by :func:`~triton_score.validation.validate_inputs`): :class:`Batches` stands in
+checked by :func:`~triton_score.model.validation.validate_inputs`): :class:`Batches` stands in
 front of the worker's way to Triton (the coalescer, else the gateway) and cuts such a
 request along the batch axis into calls of at most ``max_batch_size`` rows, then joins each
 output back, row for row, in the order the rows came. It is the one place this happens: the
@@ -25,10 +25,10 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from triton_score.coalesce import Gateway, batch_rows
 from triton_score.errors import TritonError
-from triton_score.metadata import ModelInfo
-from triton_score.offload import gevent_patched
+from triton_score.model.info import ModelInfo
+from triton_score.scoring.offload import gevent_patched
+from triton_score.triton.coalesce import Gateway, batch_rows
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,8 @@ class Batches:
     """The worker's way to Triton for requests of any number of rows.
 
     :param gateway: where each call goes: the worker's
-        :class:`~triton_score.coalesce.Coalescer`, or its
-        :class:`~triton_score.triton.TritonGateway`.
+        :class:`~triton_score.triton.coalesce.Coalescer`, or its
+        :class:`~triton_score.triton.gateway.TritonGateway`.
     """
 
     def __init__(self, gateway: Gateway) -> None:
@@ -64,7 +64,8 @@ class Batches:
         headers: Mapping[str, str] | None = None,
     ) -> dict[str, np.ndarray]:
         """As :meth:`TritonGateway.infer`, for any number of rows: the outputs of all rows,
-        in order. Inputs must be validated (:func:`~triton_score.validation.validate_inputs`)."""
+        in order. Inputs must be validated
+        (:func:`~triton_score.model.validation.validate_inputs`)."""
         rows = batch_rows(inputs) if model.batching else None
         if rows is None or rows <= model.max_batch_size:
             return self.gateway.infer(

@@ -28,7 +28,7 @@ bfloat16: callers hand FP32 arrays in and get FP32 arrays out, as with ``tritonc
 
 The connection: a ``geventhttpclient.HTTPClient`` (what ``tritonclient`` uses underneath)
 with ``concurrency`` kept-alive connections, whose pool queues greenlets first come, first
-served (:class:`~triton_score.pool.FairSemaphore`): past ``concurrency`` calls in
+served (:class:`~triton_score.triton.pool.FairSemaphore`): past ``concurrency`` calls in
 flight, the oldest waiter gets the next free connection, so no request starves.
 """
 
@@ -49,10 +49,10 @@ from triton_score.codecs.v2 import (
     decode_response,
     tensor_buffer,
 )
-from triton_score.deadline import Abandoned, shielded
-from triton_score.locations import split_address
-from triton_score.metadata import ModelInfo
-from triton_score.pool import free_connections, make_http_pool_fair
+from triton_score.model.info import ModelInfo
+from triton_score.repository.locations import split_address
+from triton_score.triton.deadline import Abandoned, shielded
+from triton_score.triton.pool import free_connections, make_http_pool_fair
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def encode_request(
         Triton drops a request that waited that long in a dynamic batcher's queue; a request
         already executing runs to its end.
     :param shared: inputs already written to a registered system shared memory region, as
-        name -> ``(region, offset, byte_size)`` (:mod:`triton_score.shm`): the header points
+        name -> ``(region, offset, byte_size)`` (:mod:`triton_score.triton.shm`): the header points
         Triton there and the body carries none of their bytes.
     """
     header_inputs = []
@@ -230,7 +230,7 @@ class Hop:
         """POST one encoded request; the outputs named in ``outputs``, decoded.
 
         :raises InferenceServerException: Triton answered with an error status (its message
-            and status), for :func:`triton_score.triton.translate_errors` to map.
+            and status), for :func:`triton_score.triton.gateway.translate_errors` to map.
         """
         request_headers = {
             HEADER_LENGTH: str(header_length),
@@ -241,7 +241,7 @@ class Hop:
         path = f"/v2/models/{quote(model, safe='')}/infer"
 
         def exchange() -> tuple[int, bytes, Any]:
-            # Whole, in one greenlet (triton_score.deadline): a deadline abandons the call
+            # Whole, in one greenlet (triton_score.triton.deadline): a deadline abandons the call
             # but never interrupts a send, which would lose the pool's connection slot.
             response = self._client.request(
                 "POST",

@@ -1,6 +1,6 @@
 """OpenTelemetry tracing (``SCORE_TRACING=otel``): the SDK, configured by ``OTEL_*``.
 
-Imported only when tracing is on (:func:`triton_score.tracing.start_tracing`); needs the
+Imported only when tracing is on (:func:`triton_score.telemetry.tracing.start_tracing`); needs the
 ``tracing`` extra. What the standard variables do here:
 
 - ``OTEL_TRACES_EXPORTER`` (``otlp``): ``otlp``, ``console``, ``none``, or any exporter
@@ -37,7 +37,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from triton_score import __version__
 from triton_score.errors import ScoringError
-from triton_score.tracing import MODEL, REQUEST_ID, RequestSpan, Tracing
+from triton_score.telemetry.tracing import MODEL, REQUEST_ID, RequestSpan, Tracing
 
 log = logging.getLogger(__name__)
 

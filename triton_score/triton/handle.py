@@ -1,6 +1,6 @@
 """The handle ``predict()`` gets: several Triton calls in one request, as the pipeline does.
 
-Kept apart from :mod:`triton_score.triton` so that writing (and importing) a processor never
+Kept apart from :mod:`triton_score.triton.gateway` so that writing (and importing) a processor never
 imports ``tritonclient`` (and gevent) before a Gunicorn worker has monkey-patched.
 """
 
@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from triton_score.metadata import ModelInfo
-from triton_score.tracing import NO_TRACING, Tracing
-from triton_score.validation import RowsLimit, validate_inputs, validate_outputs
+from triton_score.model.info import ModelInfo
+from triton_score.model.validation import RowsLimit, validate_inputs, validate_outputs
+from triton_score.telemetry.tracing import NO_TRACING, Tracing
 
 if TYPE_CHECKING:
-    from triton_score.batches import Batches
-    from triton_score.coalesce import Coalescer
-    from triton_score.triton import TritonGateway
+    from triton_score.triton.batches import Batches
+    from triton_score.triton.coalesce import Coalescer
+    from triton_score.triton.gateway import TritonGateway
 
 #: Output name -> ``class_count`` (0 asks for the raw tensor).
 OutputRequest = Mapping[str, int]
@@ -34,11 +34,11 @@ class Triton:
 
     :param gateway: the worker's gateway, its coalescer (which joins the calls of
         concurrent requests: invisible here, each call gets its own rows back), or the
-        :class:`~triton_score.batches.Batches` in front of them, which splits a call of more
+        :class:`~triton_score.triton.batches.Batches` in front of them, which splits a call of more
         rows than the model's ``max_batch_size`` (the scorer's).
     :param rows: the request's rows limit (``SCORE_MAX_ROWS``, the processor's ``max_rows``):
         a call may send that many rows, split into calls of ``max_batch_size`` by
-        :class:`~triton_score.batches.Batches`; ``None``: at most ``max_batch_size``.
+        :class:`~triton_score.triton.batches.Batches`; ``None``: at most ``max_batch_size``.
     :param lookup: model name -> :class:`ModelInfo` (the worker's cached metadata).
     :param request_id: passed on to Triton with every call.
     :param tracing: each call's validation is a ``validate`` span, and the current span's

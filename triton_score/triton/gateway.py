@@ -21,11 +21,11 @@ import numpy as np
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from triton_score.deadline import Abandoned
 from triton_score.errors import ModelNotFound, ScoringTimeout, TritonError, TritonUnavailable
-from triton_score.hop import Hop, encode_request
-from triton_score.metadata import ModelInfo
-from triton_score.shm import SharedMemoryPool
+from triton_score.model.info import ModelInfo
+from triton_score.triton.deadline import Abandoned
+from triton_score.triton.hop import Hop, encode_request
+from triton_score.triton.shm import SharedMemoryPool
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class TritonGateway:
     :param concurrency: connections kept open to Triton (requests in flight per worker).
     :param timeout_s: network timeout for inference calls.
     :param shm_bytes: size of this gateway's system shared memory region for large inputs
-        (:mod:`triton_score.shm`); 0 sends every tensor in the HTTP body.
+        (:mod:`triton_score.triton.shm`); 0 sends every tensor in the HTTP body.
     :param shm_min_bytes: inputs smaller than this stay in the HTTP body.
     :param on_shm_tensor: told, per large input, whether it went by shared memory.
     :param abandoned: counts the calls a request deadline left running.
@@ -111,7 +111,7 @@ class TritonGateway:
         abandoned: Abandoned | None = None,
     ) -> None:
         self.url = url
-        #: Calls that request deadlines left running (:mod:`triton_score.deadline`); the
+        #: Calls that request deadlines left running (:mod:`triton_score.triton.deadline`); the
         #: ``/v2`` forwarder counts its own here too.
         self.abandoned = abandoned or Abandoned()
         self.timeout_s = timeout_s
@@ -201,7 +201,7 @@ class TritonGateway:
 
         :param outputs: which outputs to return and their ``class_count``; ``None`` = all, raw.
         :param headers: HTTP headers for Triton, e.g. the ``traceparent`` that puts Triton's
-            spans in the caller's trace (:meth:`triton_score.tracing.Tracing.headers`).
+            spans in the caller's trace (:meth:`triton_score.telemetry.tracing.Tracing.headers`).
         :return: output name -> numpy array (BYTES outputs are object arrays of ``bytes``).
         """
         if self._shm is not None and self._shm.wants(inputs):
