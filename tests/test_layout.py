@@ -4,6 +4,7 @@ only the public API, the composition root and the layer folders (docs/architectu
 from __future__ import annotations
 
 import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,49 @@ def test_gunicorn_reads_its_settings_through_the_documented_path() -> None:
     """``--config python:triton_score.gunicorn_conf``: the settings are the module's names."""
     conf = importlib.import_module("triton_score.gunicorn_conf")
     assert conf.worker_class == "gevent" and callable(conf.post_fork)
+
+
+def _modules() -> list[str]:
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        if parts[-1] == "__main__" or path.name == "onnx_model.py":  # a CLI; Triton's model
+            continue
+        found.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return found
+
+
+def test_every_module_imports_on_its_own() -> None:
+    """Each module, first in a fresh interpreter: an import cycle fails here, whichever
+    module a user happens to import first."""
+    script = (
+        "import importlib, subprocess, sys\n"
+        "bad = []\n"
+        "for name in sys.argv[1:]:\n"
+        "    done = subprocess.run([sys.executable, '-c', f'import {name}'],\n"
+        "                          capture_output=True, text=True)\n"
+        "    if done.returncode:\n"
+        "        bad.append((name, done.stderr.strip().splitlines()[-1]))\n"
+        "print(bad)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, *_modules()], capture_output=True, text=True, timeout=600
+    )
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_only_settings_reads_the_environment() -> None:
+    """``settings.py`` reads the environment; the rest of the package asks it (a child's
+    environment is :func:`triton_score.settings.environment`). Writing a variable for the
+    processes a command starts (``score azmlinfsrv``'s flags) is no read."""
+    readers = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "settings.py" and path.parent == PACKAGE:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#")[0]
+            if "os.getenv" in code or (
+                "os.environ" in code and not re.search(r"os\.environ\[[^]]+\]\s*=", code)
+            ):
+                readers.append(f"{path.relative_to(PACKAGE)}:{number}: {line.strip()}")
+    assert not readers, "\n".join(readers)

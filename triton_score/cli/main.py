@@ -20,6 +20,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from triton_score.settings import ProcessSettings
+
 
 def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
@@ -79,10 +81,19 @@ def _add_triton_url_argument(parser: argparse.ArgumentParser, purpose: str, span
     )
 
 
+def _process_settings() -> ProcessSettings:
+    """The process settings, for the commands' defaults; what cannot be read falls back to
+    the default here and is refused in one line when ``score serve`` starts."""
+    try:
+        return ProcessSettings.from_env()
+    except (ValueError, TypeError):
+        return ProcessSettings()
+
+
 def _triton_args(args: argparse.Namespace) -> tuple[str, ...]:
     if args.triton_args is not None:
         return tuple(args.triton_args)
-    return tuple(shlex.split(os.environ.get("SCORE_TRITON_ARGS", "")))
+    return _process_settings().triton_args
 
 
 def cmd_triton(args: argparse.Namespace) -> int:
@@ -467,12 +478,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--host",
-        default=os.environ.get("SCORE_HOST", "127.0.0.1"),
+        default=_process_settings().host,
         help="bind address (default $SCORE_HOST or 127.0.0.1; images use 0.0.0.0)",
     )
-    serve.add_argument(
-        "--port", type=int, default=int(os.environ.get("SCORE_PORT", "5001")), help="(5001)"
-    )
+    serve.add_argument("--port", type=int, default=_process_settings().port, help="(5001)")
     serve.add_argument(
         "--workers", type=int, default=None, help="Gunicorn workers (default $WORKER_COUNT or 1)"
     )

@@ -29,6 +29,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from triton_score.settings import ProcessSettings
+
 log = logging.getLogger(__name__)
 
 #: The files of one ``tokenizers/punkt_tab/<language>/`` folder, as NLTK reads them.
@@ -143,7 +145,7 @@ def default_cache_root() -> Path:
     """
     if sys.prefix != sys.base_prefix and os.access(sys.prefix, os.W_OK):
         return Path(sys.prefix) / "share" / "nltk_data"
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    cache = ProcessSettings.from_env().cache_home or str(Path.home() / ".cache")
     return Path(cache) / "triton-score" / "nltk_data"
 
 
@@ -195,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--language", default=DEFAULT_LANGUAGE)
     args = parser.parse_args(argv)
-    root = args.root or os.environ.get("NLTK_DATA", "").split(os.pathsep)[0]
+    root = args.root or ProcessSettings.from_env().nltk_data.split(os.pathsep)[0]
     root = root or str(default_cache_root())
     written = write_punkt_tab(root, args.language)
 

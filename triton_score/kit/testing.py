@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from triton_score.model.info import ModelInfo
+from triton_score.settings import ProcessSettings
 
 if TYPE_CHECKING:
     from flask.testing import FlaskClient
@@ -107,14 +108,14 @@ def triton_score_servers() -> Iterator[TritonServers]:
 def triton_score_repository(pytestconfig: pytest.Config) -> Path:
     """The model repository the tests serve: ``$SCORE_MODEL_REPOSITORY``, else
     ``models/triton`` under pytest's root folder. Override this fixture to choose."""
-    explicit = os.environ.get("SCORE_MODEL_REPOSITORY")
+    explicit = ProcessSettings.from_env().model_repository
     return Path(explicit) if explicit else pytestconfig.rootpath / "models" / "triton"
 
 
 @pytest.fixture(scope="session")
 def triton_score_code_dir(pytestconfig: pytest.Config) -> Path | None:
     """The code directory: ``$SCORE_CODE_DIR``, else ``score/`` under pytest's root folder."""
-    explicit = os.environ.get("SCORE_CODE_DIR")
+    explicit = ProcessSettings.from_env().code_directory
     if explicit:
         return Path(explicit)
     folder = pytestconfig.rootpath / "score"

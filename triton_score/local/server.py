@@ -35,6 +35,7 @@ from pathlib import Path
 from types import TracebackType
 
 from triton_score.local.install import TritonInstall, find_tritonserver
+from triton_score.settings import environment
 
 SHM_DIR = Path("/dev/shm")
 LOG_TAIL_LINES = 40
@@ -72,7 +73,7 @@ SECRET_VARIABLES = frozenset({"SCORE_API_KEYS", "SCORE_API_KEYS_FILE"})
 
 def triton_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment ``tritonserver`` gets: ours, without :data:`SECRET_VARIABLES`."""
-    source = os.environ if environ is None else environ
+    source = environment() if environ is None else environ
     return {k: v for k, v in source.items() if k not in SECRET_VARIABLES}
 
 

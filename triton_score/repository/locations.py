@@ -29,13 +29,16 @@ def find_model_repository(explicit: str | os.PathLike[str] | None = None) -> Pat
     :raises FileNotFoundError: naming every place that was tried.
     """
     tried = []
-    candidate = explicit or os.environ.get("SCORE_MODEL_REPOSITORY")
+    from triton_score.settings import ProcessSettings  # settings imports this module
+
+    process = ProcessSettings.from_env()
+    candidate = explicit or process.model_repository
     if candidate:
         path = Path(candidate)
         if path.is_dir():
             return path
         raise FileNotFoundError(f"model repository {str(path)!r} is not a directory")
-    model_dir = os.environ.get("AZUREML_MODEL_DIR")
+    model_dir = process.azureml_model_dir
     if model_dir:
         root = Path(model_dir)
         if root.name == "triton" and root.is_dir():

@@ -39,6 +39,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from triton_score.serve.worker import gevent_patched
+
 if TYPE_CHECKING:
     from gevent.threadpool import ThreadPool
 
@@ -48,17 +50,6 @@ log = logging.getLogger(__name__)
 
 #: The stages that may run in a thread: never ``predict`` (it calls Triton).
 STAGES = frozenset({"preprocess", "outputs", "postprocess"})
-
-
-def gevent_patched() -> bool:
-    """Whether gevent has monkey-patched this process (as Gunicorn's gevent worker does): the
-    one test of it, for everything that runs greenlets (the deadline, coalescing, the
-    refresher, the connection sampler, the offload pool)."""
-    try:
-        from gevent.monkey import is_module_patched
-    except ImportError:  # pragma: no cover - gevent is a dependency
-        return False
-    return bool(is_module_patched("threading"))
 
 
 class Offloader:

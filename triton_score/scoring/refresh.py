@@ -21,7 +21,7 @@ from typing import Any
 
 from triton_score.errors import ScoringError
 from triton_score.scoring import Scorer
-from triton_score.scoring.offload import gevent_patched
+from triton_score.serve.worker import gevent_patched
 from triton_score.triton.gateway import TritonGateway
 
 log = logging.getLogger(__name__)

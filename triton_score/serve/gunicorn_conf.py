@@ -5,7 +5,8 @@ are ever in flight and Triton's dynamic batcher has nothing to batch. A gevent w
 many requests in flight (``tritonclient.http`` is itself gevent-based: one client per worker
 serves all its greenlets), so concurrent requests reach Triton together and get batched.
 
-Environment (read here because this is Gunicorn's own configuration file):
+Environment (:class:`~triton_score.settings.ProcessSettings`, read once when Gunicorn loads
+this file; settings that cannot be read are refused by :func:`on_starting`):
 
 - ``WORKER_COUNT`` (1, as in AzureML): worker processes;
 - ``WORKER_TIMEOUT`` (300): seconds a silent worker is given before it is restarted;
@@ -29,38 +30,36 @@ printed (:func:`triton_score.telemetry.logs.capture_stdout`).
 
 import os
 
-wsgi_app = "triton_score.http.app:create_app()"
-bind = [f"{os.environ.get('SCORE_HOST', '127.0.0.1')}:{os.environ.get('SCORE_PORT', '5001')}"]
+from triton_score.settings import ProcessSettings, Settings
 
 
-def _health_bind() -> str:
-    """The second listener of ``SEPERATE_HEALTH_ENDPOINT=true`` (``HEALTH_PORT``), or ``""``;
-    settings that cannot be read are refused by :func:`on_starting`."""
-    from triton_score.settings import Settings
-
+def _read_settings() -> tuple[ProcessSettings, Settings]:
+    """This server's settings; the defaults when they cannot be read, so that Gunicorn gets as
+    far as :func:`on_starting`, which refuses them in one line."""
     try:
-        settings = Settings.from_env()
+        return ProcessSettings.from_env(), Settings.from_env()
     except (ValueError, TypeError):
-        return ""
-    if not settings.separate_health_endpoint:
-        return ""
-    return f"{os.environ.get('SCORE_HOST', '127.0.0.1')}:{settings.health_port}"
+        return ProcessSettings(), Settings()
 
 
-_health = _health_bind()
-if _health and _health != bind[0]:
-    bind.append(_health)
-workers = int(os.environ.get("WORKER_COUNT", "1"))
+_process, _settings = _read_settings()
+wsgi_app = "triton_score.http.app:create_app()"
+bind = [f"{_process.host}:{_process.port}"]
+if _settings.separate_health_endpoint:  # SEPERATE_HEALTH_ENDPOINT: the probes' own port
+    _health = f"{_process.host}:{_settings.health_port}"
+    if _health != bind[0]:
+        bind.append(_health)
+workers = _process.workers
 worker_class = "gevent"
-worker_connections = int(os.environ.get("SCORE_WORKER_CONNECTIONS", "256"))
-timeout = int(os.environ.get("WORKER_TIMEOUT", "300"))
-graceful_timeout = int(os.environ.get("SCORE_GRACEFUL_TIMEOUT", "30"))
+worker_connections = _process.worker_connections
+timeout = _process.worker_timeout_s
+graceful_timeout = _process.graceful_timeout_s
 keepalive = 5
-accesslog = os.environ.get("SCORE_ACCESS_LOG") or None
+accesslog = _process.access_log or None
 errorlog = "-"
-loglevel = os.environ.get("SCORE_LOG_LEVEL", "").strip().lower() or "info"
+loglevel = _settings.log_level.lower()
 proc_name = "triton-score"
-if os.environ.get("SCORE_LOG_FORMAT", "").strip().lower() == "json":
+if _settings.log_format == "json":
     # Gunicorn's own lines (booting, worker timeouts and restarts: what matters at 3 a.m.)
     # in the same JSON lines as ours, so one log pipeline parses everything.
     logconfig_dict = {
@@ -100,12 +99,12 @@ def on_starting(server):  # gunicorn hook signature
     import logging
     import sys
 
-    from triton_score.settings import Settings, insecure_bind_warning, settings_error
+    from triton_score.settings import environment, insecure_bind_warning, settings_error
     from triton_score.triton.shm import server_token
 
     server_token()  # before any fork: the workers' region names carry the master's token
 
-    refused = settings_error(os.environ)
+    refused = settings_error(environment())
     if refused:
         print(f"error: {refused}", file=sys.stderr, flush=True)
         raise SystemExit(2)  # the master's own start: Gunicorn has forked nothing yet
@@ -126,7 +125,7 @@ def post_worker_init(worker):  # gunicorn hook signature
     refused once the socket is closed), and at most one is reset. Only when draining: SIGTERM
     also ends the old workers of a reload, which share the socket with the new ones.
     """
-    drain_file = os.environ.get("SCORE_DRAIN_FILE", "")
+    drain_file = _process.drain_file
     if not drain_file:
         return
     import contextlib
@@ -170,12 +169,11 @@ def worker_exit(server, worker):  # gunicorn hook signature
 def child_exit(server, worker):  # gunicorn hook signature
     """Drop a dead worker's live gauges from the shared Prometheus files, and remove the
     shared memory region it could not remove itself (killed: SIGKILL, OOM, timeout)."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if _process.prometheus_multiproc_dir:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
     try:
-        from triton_score.settings import Settings
         from triton_score.triton.shm import cleanup_dead_worker
 
         removed = cleanup_dead_worker(worker.pid, Settings.from_env().triton_url)

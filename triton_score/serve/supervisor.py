@@ -46,11 +46,10 @@ from triton_score.local import LocalTriton, TritonStartError
 from triton_score.local.ensure import NoTriton, answers, local_triton_for
 from triton_score.repository.locations import (
     find_model_repository,
-    resolve_entry_script,
     split_address,
 )
 from triton_score.serve.triton_trace import check_tracing, otlp_traces_url, triton_trace_args
-from triton_score.settings import Settings, settings_error, tracing_mode
+from triton_score.settings import ProcessSettings, Settings, environment, settings_error
 
 #: Run in a child process by :meth:`Supervisor._check_entry_script`.
 ENTRY_SCRIPT_CHECK = (
@@ -196,17 +195,18 @@ class Supervisor:
             if unknown:
                 self.say(f"error: processor module {unknown[0]!r} cannot be found")
                 return 2
+        environ = environment()
+        refused = check_tracing(environ) or settings_error(environ)
+        if refused:
+            self.say(f"error: {refused}")
+            return 2
         refused = self._check_entry_script()
         if refused:
             self.say(refused)
             return 2
-        refused = check_tracing(os.environ) or settings_error(os.environ)
-        if refused:
-            self.say(f"error: {refused}")
-            return 2
         try:
-            triton_url = opts.triton_url or os.environ.get("TRITON_URL") or "localhost:8000"
-            triton_url = triton_url.removeprefix("http://")
+            triton_url = (opts.triton_url or "").removeprefix("http://")
+            triton_url = triton_url or Settings.from_env(environ).triton_url
             _, port = split_address(triton_url)
             repository = self._repository(triton_url)
         except (FileNotFoundError, ValueError) as exc:
@@ -275,15 +275,16 @@ class Supervisor:
         """``--triton-arg``s, after Triton's OpenTelemetry flags when ``SCORE_TRACING=otel``
         and those arguments say nothing of tracing (:func:`triton_trace_args`)."""
         args = list(self.options.triton_args)
-        if tracing_mode(os.environ.get("SCORE_TRACING", "")) != "otel" or any(
+        environ = environment()
+        if Settings.from_env(environ).tracing != "otel" or any(
             arg.startswith("--trace") for arg in args
         ):
             return args
-        trace = triton_trace_args(os.environ)
+        trace = triton_trace_args(environ)
         if trace:
             self.say(
                 "score: Triton traces the requests that bring a traceparent, "
-                f"to {otlp_traces_url(os.environ)}"
+                f"to {otlp_traces_url(environ)}"
             )
         else:
             self.say("score: Triton exports OTLP/HTTP only: its spans are not exported")
@@ -294,9 +295,7 @@ class Supervisor:
         will, in a child process, without calling ``init()``: why it cannot be served (one
         line), or ``""``. Run before anything starts, so a script azmlinfsrv would refuse
         (a run() it cannot call, an import error) is one clear line, not a worker traceback."""
-        script = self.options.entry_script or resolve_entry_script(
-            os.environ.get("AZUREML_ENTRY_SCRIPT", ""), os.environ.get("AML_APP_ROOT", "")
-        )
+        script = self.options.entry_script or Settings.from_env().entry_script
         if not script:
             return ""
         # What the workers will see (the script may read it at import time).
@@ -304,7 +303,7 @@ class Supervisor:
         try:
             done = subprocess.run(
                 [sys.executable, "-c", ENTRY_SCRIPT_CHECK, str(Path(script).resolve())],
-                env={**os.environ, **triton},
+                env={**environment(), **triton},
                 stdin=subprocess.DEVNULL,
                 # Shown only when the check fails (with where it failed): otherwise what the
                 # script prints shows when a worker loads it.
@@ -330,7 +329,7 @@ class Supervisor:
 
     def _start_gunicorn(self, repository: Path | None, triton_url: str) -> None:
         opts = self.options
-        env = dict(os.environ)
+        env = environment()
         # Prometheus chooses per-process or shared values at import time: the directory must
         # exist (and be empty) before any worker imports prometheus_client.
         self._metrics_dir = tempfile.mkdtemp(prefix="triton-score-metrics-")
@@ -413,10 +412,7 @@ class Supervisor:
         second signal, or until Gunicorn is gone) with scoring still served."""
         assert self.gunicorn is not None and self.drain_file is not None
         self.drain_file.touch()
-        try:
-            drain_s = float(os.environ.get("SCORE_DRAIN_S", "0") or 0)
-        except ValueError:
-            drain_s = 0.0
+        drain_s = ProcessSettings.from_env().drain_s  # checked at start (settings_error)
         if drain_s <= 0:
             return
         self.say(f"score: draining: readiness is 503, still serving for {drain_s:g} s")
@@ -433,9 +429,7 @@ class Supervisor:
                 self._drain()
             try:
                 self.gunicorn.send_signal(signal.SIGTERM)  # graceful: workers finish requests
-                self.gunicorn.wait(
-                    timeout=float(os.environ.get("SCORE_GRACEFUL_TIMEOUT", "30")) + 10
-                )
+                self.gunicorn.wait(timeout=ProcessSettings.from_env().graceful_timeout_s + 10)
             except subprocess.TimeoutExpired:
                 os.killpg(self.gunicorn.pid, signal.SIGKILL)
                 self.gunicorn.wait()

@@ -52,7 +52,7 @@ import orjson
 from triton_score.codecs.request import Request, is_json_media_type
 from triton_score.codecs.response import Encoded, render
 from triton_score.codecs.v2 import DATATYPES
-from triton_score.scoring.offload import gevent_patched
+from triton_score.serve.worker import gevent_patched
 from triton_score.settings import CAPTURE_ANY_MODEL, Settings
 
 log = logging.getLogger(__name__)

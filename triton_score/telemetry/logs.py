@@ -27,7 +27,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, Protocol, TextIO
 
-from triton_score.scoring.offload import gevent_patched
+from triton_score.serve.worker import gevent_patched
 
 LOGGER = "triton_score"
 ACCESS_LOGGER = "triton_score.access"

@@ -56,7 +56,8 @@ from prometheus_client import (
     generate_latest,
 )
 
-from triton_score.scoring.offload import gevent_patched
+from triton_score.serve.worker import gevent_patched
+from triton_score.settings import ProcessSettings
 
 #: Latency buckets from 1 ms to 30 s: CPU models answer in ms, big GPU models in seconds.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -242,7 +243,7 @@ def pin_process_identity() -> None:
     (``subprocess`` execs), so its pid is read once. What ``/metrics`` shows is unchanged:
     the same files, the same values.
     """
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if not ProcessSettings.from_env().prometheus_multiproc_dir:
         return
     from prometheus_client import values
 

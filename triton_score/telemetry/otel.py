@@ -22,7 +22,6 @@ when no other was set, so that spans a processor opens with
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from importlib.metadata import entry_points
@@ -37,6 +36,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from triton_score import __version__
 from triton_score.errors import ScoringError
+from triton_score.settings import environment
 from triton_score.telemetry.tracing import MODEL, REQUEST_ID, RequestSpan, Tracing
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ class OtelTracing(Tracing):
     def from_env(cls) -> OtelTracing:
         """A provider with a batch processor per exporter ``OTEL_TRACES_EXPORTER`` names."""
         provider = TracerProvider(resource=resource_from_env())
-        names = exporter_names(os.environ)
+        names = exporter_names(environment())
         for name in names:
             provider.add_span_processor(BatchSpanProcessor(find_exporter(name)()))
         if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):

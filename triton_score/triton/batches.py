@@ -27,7 +27,7 @@ import numpy as np
 
 from triton_score.errors import TritonError
 from triton_score.model.info import ModelInfo
-from triton_score.scoring.offload import gevent_patched
+from triton_score.serve.worker import gevent_patched
 from triton_score.triton.coalesce import Gateway, batch_rows
 
 log = logging.getLogger(__name__)

@@ -42,7 +42,7 @@ import numpy as np
 
 from triton_score.errors import ScoringError, TritonError
 from triton_score.model.info import ModelInfo
-from triton_score.scoring.offload import gevent_patched
+from triton_score.serve.worker import gevent_patched
 from triton_score.settings import COALESCE_MODES as MODES
 
 log = logging.getLogger(__name__)

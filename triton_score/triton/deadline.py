@@ -35,7 +35,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar
 
 from triton_score.errors import ScoringTimeout
-from triton_score.scoring.offload import gevent_patched
+from triton_score.serve.worker import gevent_patched
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

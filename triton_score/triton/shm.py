@@ -72,8 +72,6 @@ SHM_DIR = Path("/dev/shm")
 #: Slots start on cache-line boundaries: numpy and Triton's backends read aligned data faster,
 #: and 64 covers every tensor element size.
 ALIGNMENT = 64
-#: ``SCORE_SHM`` values.
-SHM_MODES = ("auto", "on", "off")
 #: What an outcome is counted as (:attr:`triton_score.telemetry.metrics.Metrics.shm_tensors`).
 OUTCOME_SHM = "shm"
 OUTCOME_FULL = "full"
