@@ -26,7 +26,7 @@ import numpy as np
 
 from triton_score.local import LocalTriton
 from triton_score.local.processes import free_port
-from triton_score.triton import TritonGateway
+from triton_score.triton.gateway import TritonGateway
 
 REPOSITORY = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "shm_repo"
 IMAGE_BYTES = 3 * 224 * 224 * 4

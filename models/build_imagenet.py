@@ -24,7 +24,8 @@ Files written: ``1/model.onnx``, ``config.pbtxt``, ``labels.txt`` (1000 lines, i
 and ``.build-stamp.json``. The folder is generated, never committed: Triton (model control
 mode ``none``) refuses to start when a model folder has a config but no model file, so the
 whole folder must exist before any Triton starts. This file is therefore a *model builder*
-(``triton_score.builds``): ``score serve``, ``score triton``, ``score build`` and the test
+(``triton_score.repository.builds``): ``score serve``, ``score triton``, ``score build`` and
+the test
 suite call :func:`build` before Triton starts. It returns at once when the stamp shows the
 same inputs (weights, labels, :data:`BUILD_VERSION`) and intact outputs, and raises
 :class:`MissingInputError` (an ``ImportError``: the model is skipped with a warning, the other

@@ -68,13 +68,13 @@ def start_triton(repository: Path, **kwargs: object) -> LocalTriton:
 
 @pytest.fixture(scope="session", autouse=True)
 def no_shared_memory_left() -> Iterator[None]:
-    """After the session, no worker's shared memory region (triton_score.shm) is left in
+    """After the session, no worker's shared memory region (triton_score.triton.shm) is left in
     /dev/shm: this process's are closed, and those of processes that died without cleaning
     up (a test killed them) are removed and named, so a leak shows in the output.
 
     Regions of processes still alive are another session's, running beside this one."""
     yield
-    from triton_score import shm
+    from triton_score.triton import shm
 
     shm.close_all()
     for path in sorted(shm.SHM_DIR.glob(shm.PREFIX + "*")):
@@ -99,7 +99,7 @@ def triton(triton_score_servers: TritonServers) -> LocalTriton:
 
     The very server of the ``triton_score.testing`` plugin (``triton_score_triton``), so the
     tests ``score new`` writes into tests/ share it. LocalTriton runs the model builders
-    beside the repository first (triton_score.builds), so the generated imagenet_lite0 is
+    beside the repository first (triton_score.repository.builds), so the generated imagenet_lite0 is
     built (models/build_imagenet.py; at once when its stamp is current) and served with the
     committed models.
     """

@@ -31,9 +31,9 @@ from triton_score.codecs.request import decode_request
 from triton_score.http.body import read_exactly
 from triton_score.local import LocalTriton
 from triton_score.local.processes import descendants, process_table
-from triton_score.metadata import ModelInfo, TensorSpec
+from triton_score.model.info import ModelInfo, TensorSpec
+from triton_score.model.validation import validate_inputs
 from triton_score.settings import Settings
-from triton_score.validation import validate_inputs
 
 DIGITS = "/score/digits_onnx"
 OCTET = {"content-type": "application/octet-stream"}

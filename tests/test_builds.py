@@ -1,4 +1,5 @@
-"""The build step (triton_score.builds): model builders beside the repository, before Triton."""
+"""The build step (triton_score.repository.builds): model builders beside the repository,
+before Triton."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from triton_score import builds
-from triton_score.builds import BuildError, find_builders, run_builds
 from triton_score.cli import main
 from triton_score.local import LocalTriton, TritonStartError
+from triton_score.repository import builds
+from triton_score.repository.builds import BuildError, find_builders, run_builds
 
 WRITES_A_MODEL = """
     from pathlib import Path

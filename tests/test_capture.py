@@ -1,4 +1,4 @@
-"""Production data capture (``SCORE_CAPTURE``, :mod:`triton_score.capture`).
+"""Production data capture (``SCORE_CAPTURE``, :mod:`triton_score.telemetry.capture`).
 
 Units: the setting's syntax and its refusals, sampling, rotation, redaction, a full queue
 dropping instead of waiting. Then the real stack: ``score serve`` (two gevent workers) in
@@ -23,7 +23,12 @@ from conftest import ScoreServer
 from helpers import held_out_digits, qa_cases
 from prometheus_client.parser import text_string_to_metric_families
 
-from triton_score.capture import (
+from triton_score.codecs.request import Request
+from triton_score.codecs.response import render
+from triton_score.local import LocalTriton
+from triton_score.runtime import build_runtime
+from triton_score.settings import Settings, settings_error
+from triton_score.telemetry.capture import (
     FORMAT,
     REDACTED,
     Capture,
@@ -33,11 +38,6 @@ from triton_score.capture import (
     capture_files,
     encode_record,
 )
-from triton_score.codecs.request import Request
-from triton_score.codecs.response import render
-from triton_score.local import LocalTriton
-from triton_score.runtime import build_runtime
-from triton_score.settings import Settings, settings_error
 
 
 # -- the setting ------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Coalescing (triton_score.coalesce): concurrent requests of one worker, one Triton call.
+"""Coalescing (triton_score.triton.coalesce): concurrent requests of one worker, one Triton call.
 
 Unit tests drive a :class:`Coalescer` with a fake gateway (greenlets and ``gevent.sleep``
 stand in for a worker's requests and Triton's latency); then the same against a real Triton
@@ -21,13 +21,13 @@ import tritonclient.http as httpclient
 from conftest import ScoreServer
 from helpers import held_out_digits
 
-from triton_score import coalesce
-from triton_score.coalesce import Coalescer, coalesces
 from triton_score.errors import ScoringTimeout, TritonError
 from triton_score.local import LocalTriton
-from triton_score.metadata import ModelInfo, TensorSpec
+from triton_score.model.info import ModelInfo, TensorSpec
 from triton_score.settings import Settings
-from triton_score.triton import TritonGateway
+from triton_score.triton import coalesce
+from triton_score.triton.coalesce import Coalescer, coalesces
+from triton_score.triton.gateway import TritonGateway
 
 
 @pytest.fixture(autouse=True)

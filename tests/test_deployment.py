@@ -654,7 +654,7 @@ def test_the_model_upload_carries_the_built_imagenet_model(deployment: Any) -> N
     included, so the container's build step finds it current and never writes to the mount."""
     from azure.ai.ml._utils._asset_utils import get_ignore_file, get_upload_files_from_folder
 
-    from triton_score.builds import run_builds
+    from triton_score.repository.builds import run_builds
 
     model_path = Path(deployment.model.path).resolve()
     run_builds(model_path / "triton", strict=True, progress=print)

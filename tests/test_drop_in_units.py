@@ -15,9 +15,9 @@ import tritonclient.utils as utils
 from fake_triton import FakeTriton
 
 from triton_score import __version__
+from triton_score.azureml.legacy_clients import fixed_width, install_legacy_clients
 from triton_score.http.app import create_app
 from triton_score.http.swagger2 import to_swagger2
-from triton_score.legacy_clients import fixed_width, install_legacy_clients
 from triton_score.settings import Settings
 
 
@@ -67,7 +67,7 @@ def test_legacy_names_are_ours_even_after_todays_re_exports_were_imported() -> N
     code = """
 import warnings
 import tritonhttpclient as before
-from triton_score.legacy_clients import install_legacy_clients, LEGACY_MARK
+from triton_score.azureml.legacy_clients import install_legacy_clients, LEGACY_MARK
 install_legacy_clients()
 install_legacy_clients()  # idempotent
 filters = list(warnings.filters)

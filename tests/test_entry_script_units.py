@@ -21,8 +21,8 @@ from werkzeug.datastructures import Headers
 from werkzeug.test import EnvironBuilder
 
 from triton_score.azureml import AMLResponse, install_import_aliases
+from triton_score.azureml.host import EntryScript, check
 from triton_score.azureml.inputs import JsonStringInput, ObjectInput, RawRequestInput
-from triton_score.entry_script import EntryScript, check
 from triton_score.errors import BadRequest, HTTPFailure, RunFunctionFailed, ScoringError
 from triton_score.http.cors import Cors
 from triton_score.http.openapi import build_openapi

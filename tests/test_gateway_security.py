@@ -33,7 +33,7 @@ from triton_score.http.shedding import InFlightLimit
 from triton_score.http.v2_infer import ModelCatalog, check_infer_request
 from triton_score.local import LocalTriton
 from triton_score.local.processes import descendants, process_table
-from triton_score.metadata import ModelInfo, TensorSpec
+from triton_score.model.info import ModelInfo, TensorSpec
 from triton_score.settings import Settings
 
 IMAGE = {"name": "image", "shape": [1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}
@@ -85,7 +85,7 @@ def test_v2_never_lets_a_client_point_a_tensor_at_shared_memory(score_server: Sc
     pytest.importorskip("PIL.Image", reason="needs the [imagenet] extra (Pillow)")
     import sklearn
 
-    from triton_score.shm import PREFIX, SHM_DIR
+    from triton_score.triton.shm import PREFIX, SHM_DIR
 
     photo = Path(sklearn.__file__).parent / "datasets" / "images" / "flower.jpg"  # a daisy
     victim = requests.post(
@@ -726,7 +726,7 @@ def test_a_shielded_call_outlives_its_deadline_and_is_counted() -> None:
     """What a worker does with a Triton call whose request timed out: it is left to end,
     counted while it runs; the waiter gets the timeout at once."""
     gevent = pytest.importorskip("gevent")
-    from triton_score import deadline
+    from triton_score.triton import deadline
 
     finished = threading.Event()
     changes: list[int] = []

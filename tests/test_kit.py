@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 from helpers import ROOT
 
-from triton_score.check import check_tensors, load_processor, preprocess_example
+from triton_score.kit.check import check_tensors, load_processor, preprocess_example
+from triton_score.kit.scaffold import render_processor, render_test, write_scaffold
 from triton_score.local.onnx_check import check_model
 from triton_score.local.onnx_wrapper import (
     ModelRepositoryError,
     prepare_repository,
     scan_repository,
 )
-from triton_score.metadata import ModelInfo, TensorSpec
-from triton_score.model_config import ModelConfigError, _normalise, _Parser, parse_model_config
-from triton_score.scaffold import render_processor, render_test, write_scaffold
+from triton_score.model.config import ModelConfigError, _normalise, _Parser, parse_model_config
+from triton_score.model.info import ModelInfo, TensorSpec
 
 EXAMPLES = ROOT / "models" / "triton"
 
@@ -290,7 +290,7 @@ def test_scaffolded_files_pass_the_projects_lint(
 
 
 def test_score_new_never_overwrites_without_force(tmp_path: Path) -> None:
-    from triton_score.scaffold import ScaffoldError
+    from triton_score.kit.scaffold import ScaffoldError
 
     options = {
         "code_directory": tmp_path / "score",
@@ -315,11 +315,11 @@ def test_a_model_failing_in_triton_is_a_500_without_tritons_message(
     from tritonclient.utils import InferenceServerException
 
     from triton_score.errors import TritonError
-    from triton_score.triton import translate_errors
+    from triton_score.triton.gateway import translate_errors
 
     secret = "onnxruntime: Invalid output name:probabilities (/opt/models/iris/1/model.onnx)"
     with (
-        caplog.at_level(logging.ERROR, logger="triton_score.triton"),
+        caplog.at_level(logging.ERROR, logger="triton_score.triton.gateway"),
         pytest.raises(TritonError) as info,
         translate_errors("inference on model 'iris'", "req-1"),
     ):
@@ -339,7 +339,7 @@ def test_a_model_failing_in_triton_is_a_500_without_tritons_message(
 def test_a_score_folder_with_processor_files_is_a_code_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from triton_score.locations import find_code_directory
+    from triton_score.repository.locations import find_code_directory
 
     monkeypatch.chdir(tmp_path)
     assert find_code_directory() is None
@@ -352,7 +352,7 @@ def test_a_score_folder_with_processor_files_is_a_code_directory(
 def test_serve_refuses_a_processor_module_that_cannot_be_found(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from triton_score.serve import _no_module
+    from triton_score.serve.supervisor import _no_module
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "my_procs.py").write_text("")

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from helpers import ROOT
 
-from triton_score.check import check_processors
+from triton_score.kit.check import check_processors
 from triton_score.local import LocalTriton
 from triton_score.local.processes import free_port
 from triton_score.processors.loading import load_processors
-from triton_score.triton import TritonGateway
+from triton_score.triton.gateway import TritonGateway
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("skl2onnx", reason="the examples extra exports iris models")

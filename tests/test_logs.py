@@ -11,7 +11,8 @@ from fake_triton import FakeTriton
 from flask import Flask, g
 
 from triton_score.http.app import create_app
-from triton_score.logs import (
+from triton_score.settings import Settings
+from triton_score.telemetry.logs import (
     LOGGER,
     JsonFormatter,
     LogWriter,
@@ -20,7 +21,6 @@ from triton_score.logs import (
     configure_logging,
     logfmt,
 )
-from triton_score.settings import Settings
 
 
 @pytest.fixture()
@@ -131,7 +131,7 @@ def test_the_access_line_of_a_forwarded_request(restore_logging, capsys) -> None
 def test_the_fast_access_line_is_the_line_logging_writes(restore_logging, log_format) -> None:
     """write_access skips logging's per-record work when only our handler would see the
     line; the line must be the one logging would have written (time aside)."""
-    from triton_score.logs import ACCESS_LOGGER, write_access
+    from triton_score.telemetry.logs import ACCESS_LOGGER, write_access
 
     logging.getLogger("triton_score").handlers.clear()  # another test's may be there
     configure_logging(log_format, "INFO")

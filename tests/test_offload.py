@@ -1,6 +1,6 @@
 """CPU-heavy processor stages in a thread pool (``SCORE_OFFLOAD``, ``offload = True``).
 
-Units of :class:`~triton_score.offload.Offloader` (which stages go, the context goes along,
+Units of :class:`~triton_score.scoring.offload.Offloader` (which stages go, the context goes along,
 errors come back), then the real stack: one Gunicorn gevent worker in front of the session's
 Triton, with a processor that burns CPU in pure Python. Offloaded, the worker still answers
 its probes and other requests at once; with ``SCORE_OFFLOAD=off`` the same probe waits for
@@ -22,9 +22,9 @@ from conftest import ScoreServer
 from helpers import held_out_digits
 
 from triton_score.local import LocalTriton
-from triton_score.offload import Offloader
 from triton_score.processors import Processor as LoadedProcessor
 from triton_score.processors import ProcessorDefinitionError, processor
+from triton_score.scoring.offload import Offloader
 from triton_score.settings import Settings
 
 

@@ -26,10 +26,10 @@ from triton_score.errors import (
     TritonUnavailable,
     UnsupportedMediaType,
 )
-from triton_score.locations import is_local_address
 from triton_score.processors import ProcessorDefinitionError, ProcessorRegistry
-from triton_score.refresh import MetadataRefresher
+from triton_score.repository.locations import is_local_address
 from triton_score.scoring import RequestTelemetry, Scorer
+from triton_score.scoring.refresh import MetadataRefresher
 from triton_score.settings import Settings
 
 DIGITS = ModelInfo(

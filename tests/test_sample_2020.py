@@ -10,7 +10,8 @@ file) and names an image's dominant colour channel, on a real Triton.
 
 With today's client the sample fails on every request (``TypeError: a bytes-like object is
 required, not 'str'``); ``score serve`` gives the script the 2020 client's behaviour under the
-old names (``triton_score.legacy_clients``) and answers. azmlinfsrv, for comparison, does not
+old names (``triton_score.azureml.legacy_clients``) and answers. azmlinfsrv, for comparison,
+does not
 even load it: its own ``server/utils.py`` is found before the script's.
 """
 
@@ -29,7 +30,7 @@ import tritonclient.http as httpclient
 from conftest import ScoreServer, start_triton
 from test_azmlinfsrv import Azmlinfsrv, require_azmlinfsrv
 
-from triton_score.legacy_clients import install_legacy_clients
+from triton_score.azureml.legacy_clients import install_legacy_clients
 from triton_score.local import LocalTriton
 
 FIXTURES = Path(__file__).parent / "fixtures"

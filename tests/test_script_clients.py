@@ -1,5 +1,5 @@
 """The Triton clients an entry script creates, under a gevent worker: enough connections,
-and a fair queue for them (``triton_score.script_clients``)."""
+and a fair queue for them (``triton_score.azureml.clients``)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import gevent.lock
 import pytest
 import tritonclient.http as httpclient
 
-from triton_score.pool import FairSemaphore
-from triton_score.script_clients import adapt_script_clients, make_pool_fair
+from triton_score.azureml.clients import adapt_script_clients, make_pool_fair
+from triton_score.triton.pool import FairSemaphore
 
 
 def queue_up(semaphore: object, names: list[str], order: list[str]) -> list[gevent.Greenlet]:

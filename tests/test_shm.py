@@ -1,4 +1,4 @@
-"""Large inputs through Triton's system shared memory (triton_score.shm).
+"""Large inputs through Triton's system shared memory (triton_score.triton.shm).
 
 First the pieces that need no server (the slot allocator, when shared memory is used, the
 settings), then the gateway against a real tritonserver serving ``shm_scale`` (y = x * scale,
@@ -28,7 +28,9 @@ from triton_score.local import LocalTriton
 from triton_score.processors import ProcessorRegistry
 from triton_score.runtime import build_runtime
 from triton_score.settings import Settings
-from triton_score.shm import (
+from triton_score.testing import TritonServers
+from triton_score.triton.gateway import TritonGateway
+from triton_score.triton.shm import (
     ALIGNMENT,
     OUTCOME_FULL,
     OUTCOME_SHM,
@@ -43,8 +45,6 @@ from triton_score.shm import (
     registered_regions,
     shm_disabled_reason,
 )
-from triton_score.testing import TritonServers
-from triton_score.triton import TritonGateway
 
 REPOSITORY = Path(__file__).parent / "fixtures" / "shm_repo"
 MODEL = "shm_scale"
@@ -182,7 +182,7 @@ def test_region_names_carry_a_random_token_of_this_server(monkeypatch) -> None:
     """Triton looks region names up among every registered region: a name a client could
     guess (the old ``triton_score_shm_<pid>``) lets it read others' tensors, and a pid alone
     repeats across containers sharing /dev/shm. Two servers: two tokens, two names."""
-    from triton_score import shm
+    from triton_score.triton import shm
 
     ours = region_name(1234)
     assert ours.startswith(f"{PREFIX}1234_") and ours != f"{PREFIX}1234"
@@ -196,7 +196,7 @@ def test_region_names_carry_a_random_token_of_this_server(monkeypatch) -> None:
 def test_a_pool_never_removes_a_file_it_did_not_create(monkeypatch) -> None:
     """Another server's region under the name we would take (its token equal to ours, as
     unlikely as it is): the pool does not unlink it, it goes by HTTP."""
-    from triton_score import shm
+    from triton_score.triton import shm
 
     pool = _pool()
     name = region_name(os.getpid(), shm._regions_created.get(os.getpid(), 0))
@@ -337,7 +337,7 @@ def test_remote_triton_gets_no_region(
     shm_triton: LocalTriton, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A Triton on another host cannot map our /dev/shm: no region, inference by HTTP."""
-    monkeypatch.setattr("triton_score.shm.is_local_address", lambda host: False)
+    monkeypatch.setattr("triton_score.triton.shm.is_local_address", lambda host: False)
     before = set(regions_of(os.getpid()))
     runtime = build_runtime(Settings(triton_url=shm_triton.url), registry=ProcessorRegistry())
     try:

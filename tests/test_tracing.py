@@ -18,22 +18,26 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from triton_score import BadRequest, ModelInfo, TensorSpec, processor
-from triton_score.cli import _triton_args, build_parser
-from triton_score.otel import OtelTracing, exporter_names, find_exporter, resource_from_env
+from triton_score.cli.main import _triton_args, build_parser
 from triton_score.processors import ProcessorRegistry
 from triton_score.scoring import RequestTelemetry, Scorer
-from triton_score.serve import ServeOptions, Supervisor
+from triton_score.serve.supervisor import ServeOptions, Supervisor
+from triton_score.serve.triton_trace import check_tracing, triton_trace_args
 from triton_score.settings import Settings, tracing_mode
-from triton_score.tracing import (
+from triton_score.telemetry.otel import (
+    OtelTracing,
+    exporter_names,
+    find_exporter,
+    resource_from_env,
+)
+from triton_score.telemetry.tracing import (
     MODEL,
     NO_REQUEST_SPAN,
     NO_TRACING,
     REQUEST_ID,
     STAGES,
-    check_tracing,
     log_ids,
     start_tracing,
-    triton_trace_args,
 )
 
 CALLER_TRACE = "0af7651916cd43dd8448eb211c12666c"

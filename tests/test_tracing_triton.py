@@ -21,7 +21,7 @@ from otlp_receiver import OtlpReceiver, Span
 
 from triton_score.local import LocalTriton
 from triton_score.local.processes import free_port
-from triton_score.tracing import MODEL, REQUEST_ID, STAGES
+from triton_score.telemetry.tracing import MODEL, REQUEST_ID, STAGES
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""The lean Triton hop (triton_score.hop): the v2 binary wire, built and parsed by hand.
+"""The lean Triton hop (triton_score.triton.hop): the v2 binary wire, built and parsed by hand.
 
 Checked two ways: against tritonclient's own serialisation and ``InferResult`` parsing (so
 both sides of the wire agree with NVIDIA's client byte for byte), and against a real Triton
@@ -12,15 +12,15 @@ import orjson
 import pytest
 import tritonclient.http as httpclient
 
-from triton_score import hop
 from triton_score.codecs.v2 import decode_response, tensor_bytes
 from triton_score.errors import ModelNotFound, ScoringTimeout, TritonError, TritonUnavailable
-from triton_score.hop import encode_request
 from triton_score.local import LocalTriton
 from triton_score.local.processes import free_port
-from triton_score.metadata import ModelInfo, TensorSpec
-from triton_score.pool import FairSemaphore
-from triton_score.triton import TritonGateway
+from triton_score.model.info import ModelInfo, TensorSpec
+from triton_score.triton import hop
+from triton_score.triton.gateway import TritonGateway
+from triton_score.triton.hop import encode_request
+from triton_score.triton.pool import FairSemaphore
 
 RNG = np.random.default_rng(8)
 

@@ -11,12 +11,12 @@ from triton_score import Request
 from triton_score.codecs.request import decode_request
 from triton_score.codecs.tensors import decode_inputs, decode_outputs
 from triton_score.errors import BadRequest, InvalidInput
-from triton_score.locations import find_model_repository
-from triton_score.metadata import ModelInfo, TensorSpec
+from triton_score.model.info import ModelInfo, TensorSpec
+from triton_score.model.validation import validate_inputs, validate_outputs
 from triton_score.processors import ProcessorDefinitionError, ProcessorRegistry, processor
 from triton_score.processors.loading import ProcessorLoadError, load_processors
+from triton_score.repository.locations import find_model_repository
 from triton_score.settings import Settings
-from triton_score.validation import validate_inputs, validate_outputs
 
 MODEL = ModelInfo(
     name="m",
@@ -361,7 +361,7 @@ def test_triton_failures_are_translated(raised, expected_status: int, expected_c
     from tritonclient.utils import InferenceServerException
 
     from triton_score.errors import ScoringError
-    from triton_score.triton import translate_errors
+    from triton_score.triton.gateway import translate_errors
 
     error = (
         raised
@@ -416,7 +416,7 @@ def test_earlier_sources_win_and_one_source_may_not_define_a_model_twice(tmp_pat
 
 
 def test_an_address_is_taken_apart_in_one_place() -> None:
-    from triton_score.locations import split_address
+    from triton_score.repository.locations import split_address
 
     assert split_address("triton:8001") == ("triton", 8001)
     assert split_address("http://127.0.0.1:8000/") == ("127.0.0.1", 8000)

@@ -14,12 +14,12 @@ The public API, small on purpose:
 
 __version__ = "0.2.0"
 
-from triton_score.calls import Triton
 from triton_score.codecs.request import Request
 from triton_score.codecs.response import Response
 from triton_score.errors import BadRequest, ScoringError
-from triton_score.metadata import ModelInfo, TensorSpec
+from triton_score.model.info import ModelInfo, TensorSpec
 from triton_score.processors import processor
+from triton_score.triton.handle import Triton
 
 
 def create_app(*args, **kwargs):  # type: ignore[no-untyped-def]

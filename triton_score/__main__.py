@@ -1,3 +1,3 @@
-from triton_score.cli import main
+from triton_score.cli.main import main
 
 raise SystemExit(main())

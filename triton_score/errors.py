@@ -135,7 +135,7 @@ class TooManyRows(ScoringError):
     """A request sends more rows (its batch dimension) than one request may (413); the
     message names the input and the limit (``SCORE_MAX_ROWS`` or the processor's
     ``max_rows``). Rows beyond the model's ``max_batch_size`` are not an error: they are
-    split into several Triton calls (:mod:`triton_score.batches`)."""
+    split into several Triton calls (:mod:`triton_score.triton.batches`)."""
 
     status_code = 413
     code = "too_many_rows"

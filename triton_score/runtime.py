@@ -1,6 +1,6 @@
 """The one way a scoring runtime is built: :func:`build_runtime`.
 
-The Flask app (``create_app``), the AzureML entry script (``triton_score.entry``), the tests
+The Flask app (``create_app``), the AzureML entry script (``triton_score.azureml.entry``), the tests
 and the benchmarks all call it, so they find the same model repository, the same processors
 and the same entry script from the same :class:`~triton_score.settings.Settings`::
 
@@ -15,21 +15,21 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 
-from triton_score.capture import Capture
-from triton_score.coalesce import Coalescer
-from triton_score.deadline import Abandoned
-from triton_score.entry_script import EntryScript, is_native
-from triton_score.locations import find_code_directory, find_model_repository
-from triton_score.metrics import Metrics
+from triton_score.azureml.clients import adapt_script_clients
+from triton_score.azureml.host import EntryScript, is_native
 from triton_score.processors import ProcessorRegistry
 from triton_score.processors.loading import load_processors
-from triton_score.refresh import MetadataRefresher
+from triton_score.repository.locations import find_code_directory, find_model_repository
 from triton_score.scoring import Scorer
-from triton_score.script_clients import adapt_script_clients
+from triton_score.scoring.refresh import MetadataRefresher
 from triton_score.settings import Settings
-from triton_score.shm import shm_disabled_reason
-from triton_score.tracing import NO_TRACING, Tracing, start_tracing
-from triton_score.triton import TritonGateway
+from triton_score.telemetry.capture import Capture
+from triton_score.telemetry.metrics import Metrics
+from triton_score.telemetry.tracing import NO_TRACING, Tracing, start_tracing
+from triton_score.triton.coalesce import Coalescer
+from triton_score.triton.deadline import Abandoned
+from triton_score.triton.gateway import TritonGateway
+from triton_score.triton.shm import shm_disabled_reason
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +107,10 @@ def build_runtime(
 ) -> Runtime:
     """Build (not start) a runtime from ``settings`` (default: the environment).
 
-    :param as_entry_script: the caller *is* the entry script (``triton_score.entry`` under
+    :param as_entry_script: the caller *is* the entry script (``triton_score.azureml.entry`` under
         azmlinfsrv): serve natively and never load ``AZUREML_ENTRY_SCRIPT`` again.
     :param registry: these processors instead of those the settings lead to (tests choose
-        theirs: :mod:`triton_score.testing`).
+        theirs: :mod:`triton_score.kit.testing`).
     """
     settings = resolve_settings(settings or Settings.from_env())
     metrics = Metrics(settings.prometheus_multiproc_dir)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
-from triton_score.locations import resolve_entry_script, split_address
-from triton_score.shm import SHM_MODES
+from triton_score.repository.locations import resolve_entry_script, split_address
+
+_T = TypeVar("_T")
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -143,7 +146,7 @@ def setting(
 #: the ``/v2/...`` routes forwarded to Triton.
 AUTH_GROUPS = ("metrics", "docs", "v2")
 LOG_FORMATS = ("text", "json")
-#: ``SCORE_COALESCE`` values (:func:`triton_score.coalesce.coalesces` says what they do).
+#: ``SCORE_COALESCE`` values (:func:`triton_score.triton.coalesce.coalesces` says what they do).
 COALESCE_MODES = ("auto", "on", "off")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 #: Triton's default metrics port, beside ``TRITON_URL``'s host.
@@ -154,6 +157,8 @@ TRACING_OTEL = ("otel", "opentelemetry")
 #: ``SCORE_OFFLOAD`` values: processor stages in a thread pool for the processors that declare
 #: ``offload = True`` (``auto``), for every processor (``on``), or never (``off``).
 OFFLOAD_MODES = ("auto", "on", "off")
+#: ``SCORE_SHM`` values (:mod:`triton_score.triton.shm` says what each does).
+SHM_MODES = ("auto", "on", "off")
 
 
 def settings_error(environ: Mapping[str, str]) -> str:
@@ -165,6 +170,7 @@ def settings_error(environ: Mapping[str, str]) -> str:
     """
     try:
         Settings.from_env(environ)
+        ProcessSettings.from_env(environ)
     except (ValueError, TypeError) as exc:
         return str(exc)
     return ""
@@ -237,7 +243,7 @@ class Settings:
     #: Processor modules, ``.py`` files or ``module:Class`` (``SCORE_PROCESSORS``).
     processors: tuple[str, ...] = setting("SCORE_PROCESSORS", (), _list)
     #: The model repository (``SCORE_MODEL_REPOSITORY``); empty: found as
-    #: :func:`~triton_score.locations.find_model_repository` says.
+    #: :func:`~triton_score.repository.locations.find_model_repository` says.
     model_repository: str = setting("SCORE_MODEL_REPOSITORY", "")
     #: The deployment's code directory, searched first for processors (``SCORE_CODE_DIR``);
     #: empty: the entry script's folder, else ``./score``.
@@ -280,7 +286,7 @@ class Settings:
     #: Most rows (the batch dimension) one ``/score`` request may send (``SCORE_MAX_ROWS``);
     #: more is a 413 naming the limit. A request with more rows than the model's
     #: ``max_batch_size`` is split into Triton calls of at most ``max_batch_size`` rows
-    #: (:mod:`triton_score.batches`); a processor's ``max_rows`` may lower it for its model.
+    #: (:mod:`triton_score.triton.batches`); a processor's ``max_rows`` may lower it for its model.
     #: 4096 rows of 10 features is ~400 KB of JSON; of 3x224x224 images, the body limit
     #: (``SCORE_MAX_BODY_BYTES``) comes first.
     max_rows: int = setting("SCORE_MAX_ROWS", 4096, _number(int), blank_is_unset=True)
@@ -317,12 +323,12 @@ class Settings:
 
     #: OpenTelemetry tracing, ``"otel"`` or off (``""``, the default) (``SCORE_TRACING``):
     #: spans for each scoring request and its stages, exported as the standard ``OTEL_*``
-    #: variables say, and a ``traceparent`` to Triton; see :mod:`triton_score.tracing`.
+    #: variables say, and a ``traceparent`` to Triton; see :mod:`triton_score.telemetry.tracing`.
     tracing: str = setting("SCORE_TRACING", "", _tracing)
     #: Join requests in flight in one worker into one Triton call along the batch axis
     #: (``SCORE_COALESCE``): ``auto`` (the default: every model with ``max_batch_size`` > 1,
     #: those with Triton's ``dynamic_batching`` included), ``on`` (the same) or ``off``;
-    #: :func:`triton_score.coalesce.coalesces` says why.
+    #: :func:`triton_score.triton.coalesce.coalesces` says why.
     coalesce: str = setting("SCORE_COALESCE", "auto", _lower, blank_is_unset=True)
     #: Triton calls in flight per model (and input shape, output set) in each worker while
     #: coalescing (``SCORE_COALESCE_CALLS``); requests beyond them wait for the next call,
@@ -346,7 +352,7 @@ class Settings:
     #: stall the worker's other requests and its health probes (``SCORE_OFFLOAD``): ``auto``
     #: those of processors that declare ``offload = True``; ``on`` every processor's, the
     #: default codec's included; ``off`` none. Only under Gunicorn's gevent workers; elsewhere
-    #: (Flask in-process, azmlinfsrv) stages run inline. See :mod:`triton_score.offload`.
+    #: (Flask in-process, azmlinfsrv) stages run inline. See :mod:`triton_score.scoring.offload`.
     offload: str = setting("SCORE_OFFLOAD", "auto", _lower, blank_is_unset=True)
     #: Threads of that pool, per worker (``SCORE_OFFLOAD_THREADS``). Numpy, Pillow and most
     #: tokenizers release the GIL, so up to one thread per core computes in parallel; the
@@ -357,7 +363,7 @@ class Settings:
     #: System shared memory for large input tensors (``SCORE_SHM``): ``auto`` (the default)
     #: when Triton's host is this machine, ``on`` whatever its host (a pod sharing
     #: ``/dev/shm``), ``off`` never. A region that cannot be created or registered falls
-    #: back to HTTP; see :mod:`triton_score.shm`.
+    #: back to HTTP; see :mod:`triton_score.triton.shm`.
     shm: str = setting("SCORE_SHM", "auto", _lower, blank_is_unset=True)
     #: Size of each worker's shared memory region, in bytes (``SCORE_SHM_BYTES``, 16 MiB:
     #: 27 images of 3×224×224 FP32 in flight). Reserved in ``/dev/shm`` at first use, which
@@ -372,7 +378,7 @@ class Settings:
 
     #: Which requests are captured, per model (``SCORE_CAPTURE``): ``model=rate`` entries,
     #: ``*`` for every other model, a rate from 0 to 1 (``digits_onnx=0.1,*=0.01``); empty
-    #: (the default): none, at no cost. See :mod:`triton_score.capture`.
+    #: (the default): none, at no cost. See :mod:`triton_score.telemetry.capture`.
     capture: tuple[tuple[str, float], ...] = setting("SCORE_CAPTURE", (), _capture)
     #: Where captured requests are written (``SCORE_CAPTURE_DIR``), as JSON lines, one file
     #: set per worker process; required when :attr:`capture` captures anything.
@@ -483,18 +489,96 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read settings from ``environ`` (default ``os.environ``), then apply ``overrides``."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for each in fields(cls):
-            source: FromEnv | None = each.metadata.get("env")
-            if source is None:
-                continue
-            text = env.get(source.variable)
-            if text is None or (source.blank_is_unset and not text.strip()):
-                continue
-            values[each.name] = source.read(source.variable, text, env)
-        known = {f.name for f in fields(cls)}
-        for key in overrides:
-            if key not in known:
-                raise TypeError(f"unknown setting {key!r}")
-        return replace(cls(**values), **overrides)
+        return _from_env(cls, environ, overrides)
+
+
+def _shell_words(variable: str, text: str, environ: Mapping[str, str]) -> tuple[str, ...]:
+    try:
+        return tuple(shlex.split(text))
+    except ValueError as exc:
+        raise ValueError(f"{variable}={text!r}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class ProcessSettings:
+    """What the processes around the app are: ``score serve``'s supervisor, Gunicorn's
+    master and workers, and the tools that find a model repository or a ``tritonserver``.
+
+    :class:`Settings` is how a worker serves a request; these are read before any worker
+    exists (Gunicorn's configuration, the supervisor's start and stop), or by tools that
+    serve nothing. Read the same way, from each field's variable.
+    """
+
+    #: The address Gunicorn binds (``SCORE_HOST``; images use 0.0.0.0) and its port.
+    host: str = setting("SCORE_HOST", "127.0.0.1", _stripped, blank_is_unset=True)
+    port: int = setting("SCORE_PORT", 5001, _port, blank_is_unset=True)
+    #: Gunicorn workers (``WORKER_COUNT``, AzureML's name) and each one's connections.
+    workers: int = setting("WORKER_COUNT", 1, _number(int), blank_is_unset=True)
+    worker_connections: int = setting(
+        "SCORE_WORKER_CONNECTIONS", 256, _number(int), blank_is_unset=True
+    )
+    #: Seconds a worker may stay silent before Gunicorn restarts it (``WORKER_TIMEOUT``).
+    worker_timeout_s: int = setting("WORKER_TIMEOUT", 300, _number(int), blank_is_unset=True)
+    #: Seconds the workers get to finish their requests on SIGTERM.
+    graceful_timeout_s: int = setting(
+        "SCORE_GRACEFUL_TIMEOUT", 30, _number(int), blank_is_unset=True
+    )
+    #: Gunicorn's own access log file (``SCORE_ACCESS_LOG``); ours is the log stream.
+    access_log: str = setting("SCORE_ACCESS_LOG", "", _stripped)
+    #: Seconds of serving with readiness at 503 before ``score serve`` stops its workers.
+    drain_s: float = setting("SCORE_DRAIN_S", 0.0, _number(float), blank_is_unset=True)
+    #: The file whose existence tells the workers that ``score serve`` is stopping (set by
+    #: the supervisor for its Gunicorn, not by users).
+    drain_file: str = setting("SCORE_DRAIN_FILE", "", _stripped)
+    #: Extra ``tritonserver`` arguments for a local Triton (shell words).
+    triton_args: tuple[str, ...] = setting("SCORE_TRITON_ARGS", (), _shell_words)
+    #: A ``tritonserver`` binary to use instead of looking for one.
+    tritonserver: str = setting("TRITONSERVER", "", _stripped)
+    #: The model repository (``SCORE_MODEL_REPOSITORY``), else one under ``AZUREML_MODEL_DIR``.
+    model_repository: str = setting("SCORE_MODEL_REPOSITORY", "")
+    azureml_model_dir: str = setting("AZUREML_MODEL_DIR", "")
+    #: The code directory of the processors (``SCORE_CODE_DIR``).
+    code_directory: str = setting("SCORE_CODE_DIR", "")
+    #: Where the workers share Prometheus metrics (set by ``score serve``).
+    prometheus_multiproc_dir: str = setting("PROMETHEUS_MULTIPROC_DIR", "")
+    #: The user's cache folder (``XDG_CACHE_HOME``), else ``~/.cache``.
+    cache_home: str = setting("XDG_CACHE_HOME", "", _stripped)
+    #: NLTK's data path (``NLTK_DATA``, ``os.pathsep``-separated).
+    nltk_data: str = setting("NLTK_DATA", "")
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> ProcessSettings:
+        """Read settings from ``environ`` (default ``os.environ``), then apply ``overrides``."""
+        return _from_env(cls, environ, overrides)
+
+    @property
+    def cache_dir(self) -> Path:
+        """``$XDG_CACHE_HOME/triton-score`` (``~/.cache/triton-score``)."""
+        return Path(self.cache_home or Path.home() / ".cache") / "triton-score"
+
+
+def _from_env(cls: type[_T], environ: Mapping[str, str] | None, overrides: dict[str, Any]) -> _T:
+    """A settings dataclass from ``environ`` (default ``os.environ``): each field's variable,
+    read by its reader, then ``overrides``. The one place the package reads its environment."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for each in fields(cls):  # type: ignore[arg-type]
+        source: FromEnv | None = each.metadata.get("env")
+        if source is None:
+            continue
+        text = env.get(source.variable)
+        if text is None or (source.blank_is_unset and not text.strip()):
+            continue
+        values[each.name] = source.read(source.variable, text, env)
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    for key in overrides:
+        if key not in known:
+            raise TypeError(f"unknown setting {key!r}")
+    return replace(cls(**values), **overrides)  # type: ignore[type-var]
+
+
+def environment() -> dict[str, str]:
+    """A copy of this process's environment, for the child processes a tool starts."""
+    return dict(os.environ)

@@ -35,7 +35,7 @@ from triton_score.codecs.v2 import (
     encode_bytes,
 )
 from triton_score.errors import BadRequest, InvalidInput
-from triton_score.metadata import ModelInfo, TensorSpec
+from triton_score.model.info import ModelInfo, TensorSpec
 
 #: The query parameter that gives a raw octet-stream tensor its shape (``?shape=1,8,8``).
 SHAPE_PARAMETER = "shape"

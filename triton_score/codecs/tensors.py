@@ -33,8 +33,8 @@ from triton_score.codecs import binary
 from triton_score.codecs.request import Request, header
 from triton_score.codecs.response import OCTET_STREAM, Response
 from triton_score.errors import BadRequest, InvalidInput
-from triton_score.metadata import ModelInfo, TensorSpec
-from triton_score.validation import input_spec
+from triton_score.model.info import ModelInfo, TensorSpec
+from triton_score.model.validation import input_spec
 
 
 def _to_array(spec: TensorSpec, value: Any) -> np.ndarray:
@@ -254,7 +254,7 @@ def largest_request_bytes(
     than 8 bytes, its JSON far more).
 
     ``rows``: the most rows a request may send (a scoring request's rows limit, split into
-    calls of ``max_batch_size`` by :mod:`triton_score.batches`); default ``max_batch_size``.
+    calls of ``max_batch_size`` by :mod:`triton_score.triton.batches`); default ``max_batch_size``.
 
     Every input counts, optional ones included, at ``rows`` (or 1): elements ×
     (:data:`JSON_NUMBER_CHARS` + separators and indentation), plus :data:`BODY_SLACK_BYTES`.

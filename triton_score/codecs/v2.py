@@ -2,7 +2,7 @@
 
 Both peers of the gateway speak it: clients may send ``/score`` a binary request and ask for
 a binary answer (:mod:`triton_score.codecs.binary`), and the hop to Triton sends binary
-requests and reads Triton's answers (:mod:`triton_score.hop`). The format, as Triton
+requests and reads Triton's answers (:mod:`triton_score.triton.hop`). The format, as Triton
 documents it: a JSON header (its length in ``Inference-Header-Content-Length``), then each
 tensor's bytes in the order of the header's entries, each entry giving its
 ``binary_data_size``. Numbers are little-endian; a BYTES element is a 4-byte little-endian
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from triton_score.metadata import NUMPY_DTYPES
+from triton_score.model.info import NUMPY_DTYPES
 
 #: The header that marks a binary request or response and gives its JSON header's length.
 HEADER_LENGTH = "Inference-Header-Content-Length"

@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 from triton_score.http.exchange import Exchange
-from triton_score.logs import ACCESS_LOGGER, logfmt, write_access
+from triton_score.telemetry.logs import ACCESS_LOGGER, logfmt, write_access
 
 access_log = logging.getLogger(ACCESS_LOGGER)
 

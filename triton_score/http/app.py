@@ -42,10 +42,10 @@ from triton_score.http.score_wsgi import ScoreWSGI
 from triton_score.http.server_version import server_version_headers
 from triton_score.http.shedding import InFlightLimit
 from triton_score.http.v2_infer import ModelCatalog
-from triton_score.logs import configure_logging
-from triton_score.metrics import start_connection_sampler
 from triton_score.runtime import Runtime, build_runtime
 from triton_score.settings import Settings
+from triton_score.telemetry.logs import configure_logging
+from triton_score.telemetry.metrics import start_connection_sampler
 
 log = logging.getLogger("triton_score")
 _V2_MODEL = re.compile(r"models/([^/]+)")

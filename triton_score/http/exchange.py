@@ -9,7 +9,7 @@ app's routes and for the ``/score`` routes served without Flask's request cycle
 
 The current exchange is a :mod:`contextvars` variable: per greenlet under gevent, per thread
 otherwise, and carried into the offload pool's threads with the rest of the context
-(:mod:`triton_score.offload`), so concurrent requests never see each other's.
+(:mod:`triton_score.scoring.offload`), so concurrent requests never see each other's.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from contextvars import Token
 from dataclasses import dataclass, field
 from typing import Any
 
-from triton_score import logs
+from triton_score.telemetry import logs
 
 
 @dataclass(slots=True, eq=False)

@@ -23,10 +23,10 @@ from urllib.parse import quote, urlsplit
 
 from geventhttpclient import HTTPClient
 
-from triton_score.deadline import Abandoned, shielded
 from triton_score.errors import BadRequest, ScoringError, ScoringTimeout, TritonUnavailable
-from triton_score.locations import split_address
-from triton_score.pool import free_connections, make_http_pool_fair
+from triton_score.repository.locations import split_address
+from triton_score.triton.deadline import Abandoned, shielded
+from triton_score.triton.pool import free_connections, make_http_pool_fair
 
 _MODEL = r"/v2/models/[^/]+(?:/versions/[^/]+)?"
 #: What a path segment may hold unescaped (RFC 3986 ``pchar``), and ``/``.

@@ -34,8 +34,8 @@ from triton_score.errors import BadRequest, InvalidInput, ScoringError, TritonUn
 from triton_score.http.exchange import current
 from triton_score.http.responses import error_response, runtime
 from triton_score.http.v2_infer import REQUEST_PARAMETERS, ModelCatalog, ParameterRefused
-from triton_score.locations import split_address
-from triton_score.metadata import ModelInfo
+from triton_score.model.info import ModelInfo
+from triton_score.repository.locations import split_address
 
 blueprint = Blueprint("generate", __name__)
 

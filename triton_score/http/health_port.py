@@ -2,7 +2,7 @@
 
 azmlinfsrv can listen on a second port (5000 by default) for its liveness probe, so that a
 probe never queues behind scoring traffic on the main port. Gunicorn binds both ports (see
-:mod:`triton_score.gunicorn_conf`) and the same app answers on each; this module keeps the
+:mod:`triton_score.serve.gunicorn_conf`) and the same app answers on each; this module keeps the
 health port to the probes: ``/`` and ``/v2/health/live`` / ``/v2/health/ready``. Anything
 else asked there is a 404, so the port can be opened to probes without opening scoring.
 (azmlinfsrv serves every route on both ports; ours is the narrower, on purpose.)

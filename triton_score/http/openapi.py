@@ -15,7 +15,7 @@ from triton_score import __version__
 from triton_score.codecs.request import is_json_media_type
 from triton_score.codecs.response import OCTET_STREAM
 from triton_score.errors import ScoringError
-from triton_score.metadata import ModelInfo, TensorSpec
+from triton_score.model.info import ModelInfo, TensorSpec
 from triton_score.processors.schema import request_media_types, response_media_types
 
 _ELEMENT = {"BOOL": "boolean", "BYTES": "string"}

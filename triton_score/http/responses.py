@@ -19,7 +19,7 @@ from triton_score.codecs.response import Encoded, encode_error, encode_json
 from triton_score.errors import HTTPFailure, InternalError, ScoringError
 from triton_score.http.exchange import current, request_id
 from triton_score.runtime import Runtime
-from triton_score.tracing import log_ids
+from triton_score.telemetry.tracing import log_ids
 
 log = logging.getLogger("triton_score")
 #: Where the app keeps its :class:`Runtime` (``app.extensions[EXTENSION]``).

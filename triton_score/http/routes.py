@@ -33,10 +33,9 @@ import time
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import MethodNotAllowed
 
+from triton_score.azureml.host import EntryScript
 from triton_score.codecs.response import Encoded, render
 from triton_score.codecs.tensors import largest_request_bytes
-from triton_score.deadline import request_deadline
-from triton_score.entry_script import EntryScript
 from triton_score.errors import HTTPFailure, ScoringError, TritonUnavailable
 from triton_score.http.body import read_body
 from triton_score.http.exchange import Exchange, current
@@ -46,6 +45,7 @@ from triton_score.http.score_route import ScoreRoute
 from triton_score.http.v2_infer import ModelCatalog, check_infer_request
 from triton_score.runtime import Runtime
 from triton_score.scoring import RequestTelemetry
+from triton_score.triton.deadline import request_deadline
 
 log = logging.getLogger("triton_score")
 blueprint = Blueprint("triton_score", __name__)

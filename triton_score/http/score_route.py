@@ -27,7 +27,6 @@ from werkzeug.exceptions import HTTPException
 
 from triton_score.codecs.response import Encoded, encode_error
 from triton_score.codecs.tensors import is_raw_tensor
-from triton_score.deadline import request_deadline
 from triton_score.errors import (
     Overloaded,
     ScoringError,
@@ -41,6 +40,7 @@ from triton_score.http.responses import http_failure, unexpected
 from triton_score.http.shedding import InFlightLimit
 from triton_score.runtime import Runtime
 from triton_score.scoring import ModelPlan, RequestTelemetry
+from triton_score.triton.deadline import request_deadline
 
 #: Failures counted in score_triton_errors_total, by kind.
 TRITON_FAILURES = {

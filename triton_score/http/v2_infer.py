@@ -34,8 +34,8 @@ from triton_score.codecs import tensors
 from triton_score.codecs.binary import HEADER_LENGTH
 from triton_score.codecs.request import decode_request, header
 from triton_score.errors import BadRequest, InvalidInput, ScoringError
-from triton_score.metadata import ModelInfo
-from triton_score.validation import validate_inputs, validate_outputs
+from triton_score.model.info import ModelInfo
+from triton_score.model.validation import validate_inputs, validate_outputs
 
 #: Request-level ``parameters`` a client may set (see the module's docstring).
 REQUEST_PARAMETERS = frozenset(

@@ -15,7 +15,7 @@ from typing import Any
 
 from triton_score.local.install import TritonNotFound, find_tritonserver
 from triton_score.local.server import LocalTriton
-from triton_score.locations import is_local_address, split_address
+from triton_score.repository.locations import is_local_address, split_address
 
 
 class NoTriton(RuntimeError):

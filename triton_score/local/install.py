@@ -26,6 +26,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from triton_score.settings import ProcessSettings
+
 IMAGE_TRITONSERVER = Path("/opt/tritonserver/bin/tritonserver")
 
 
@@ -68,7 +70,7 @@ def find_tritonserver(explicit: str | os.PathLike[str] | None = None) -> TritonI
 
     :raises TritonNotFound: with a message that says how to get one.
     """
-    candidate = explicit or os.environ.get("TRITONSERVER")
+    candidate = explicit or ProcessSettings.from_env().tritonserver
     if candidate:
         path = Path(candidate)
         if not (path.is_file() and os.access(path, os.X_OK)):
@@ -99,8 +101,7 @@ def _pytriton_root() -> Path | None:
 
 
 def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-    return Path(base) / "triton-score"
+    return ProcessSettings.from_env().cache_dir
 
 
 _LAUNCHER = """#!/bin/sh

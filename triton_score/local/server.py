@@ -7,7 +7,7 @@
 
 It never hangs and never leaves debris behind:
 
-- the model builders beside the repository (:mod:`triton_score.builds`) run first, so a
+- the model builders beside the repository (:mod:`triton_score.repository.builds`) run first, so a
   generated model is complete before Triton reads the repository;
 - startup polls ``/v2/health/ready`` while printing which models are loaded; if the process
   exits or the timeout passes, :class:`TritonStartError` carries the tail of Triton's log;
@@ -35,6 +35,7 @@ from pathlib import Path
 from types import TracebackType
 
 from triton_score.local.install import TritonInstall, find_tritonserver
+from triton_score.settings import environment
 
 SHM_DIR = Path("/dev/shm")
 LOG_TAIL_LINES = 40
@@ -72,7 +73,7 @@ SECRET_VARIABLES = frozenset({"SCORE_API_KEYS", "SCORE_API_KEYS_FILE"})
 
 def triton_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment ``tritonserver`` gets: ours, without :data:`SECRET_VARIABLES`."""
-    source = os.environ if environ is None else environ
+    source = environment() if environ is None else environ
     return {k: v for k, v in source.items() if k not in SECRET_VARIABLES}
 
 
@@ -80,7 +81,7 @@ class LocalTriton:
     """One ``tritonserver`` serving a model repository on this machine.
 
     :param model_repository: the repository to serve. It is never modified, except by the
-        model builders beside it (``build_*.py``, see :mod:`triton_score.builds`), which
+        model builders beside it (``build_*.py``, see :mod:`triton_score.repository.builds`), which
         generate their model folders into it before the server starts.
     :param host: address for HTTP, gRPC and metrics; ``127.0.0.1`` unless you mean otherwise.
     :param http_port: HTTP port; gRPC and metrics default to the next two ports.
@@ -90,7 +91,7 @@ class LocalTriton:
     :param exit_timeout: Triton's ``--exit-timeout-secs``; short, so a stop is prompt.
     :param extra_args: more ``tritonserver`` arguments.
     :param progress: called with one line of human-readable progress at a time.
-    :param build: run the model builders first (:func:`triton_score.builds.run_builds`).
+    :param build: run the model builders first (:func:`triton_score.repository.builds.run_builds`).
     :param models: load only these models (Triton's explicit model control mode); ``None``
         loads the whole repository, and one model that fails to load stops the server.
     """
@@ -213,7 +214,7 @@ class LocalTriton:
 
     def _build_models(self) -> None:
         """Generate the models that are not committed: Triton exits on an incomplete one."""
-        from triton_score.builds import BuildError, run_builds
+        from triton_score.repository.builds import BuildError, run_builds
 
         try:
             run_builds(self.model_repository, progress=self.progress)

@@ -34,11 +34,11 @@ Rules (each checked when the module is loaded, not on the first request):
 - ``max_rows`` (attribute, a positive int) lowers ``SCORE_MAX_ROWS``, the most rows (batch
   dimension) one request may send to the model, for this model: more is a 413. Rows beyond
   the model's ``max_batch_size`` need nothing of the processor: they are split into several
-  Triton calls and joined back in order (:mod:`triton_score.batches`), for ``preprocess``'s
+  Triton calls and joined back in order (:mod:`triton_score.triton.batches`), for ``preprocess``'s
   tensors and ``triton.infer`` calls alike.
 - ``offload = True`` (attribute) runs ``preprocess``, an ``outputs()`` method and
   ``postprocess`` in a thread pool under Gunicorn (``SCORE_OFFLOAD``, see
-  :mod:`triton_score.offload`): for CPU-heavy stages (image decoding, tokenizing, large
+  :mod:`triton_score.scoring.offload`): for CPU-heavy stages (image decoding, tokenizing, large
   arrays), so they do not stall the worker's other requests. Never ``predict``.
 - Raise :class:`triton_score.errors.BadRequest` for a bad request; anything else is a 500 whose
   traceback goes to the log, never to the client.
@@ -64,11 +64,11 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-from triton_score.calls import Triton
 from triton_score.codecs import tensors
 from triton_score.codecs.request import Request
-from triton_score.metadata import ModelInfo
+from triton_score.model.info import ModelInfo
 from triton_score.processors.schema import RequestContract
+from triton_score.triton.handle import Triton
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

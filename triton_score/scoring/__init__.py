@@ -15,7 +15,7 @@ encode.
 The web layer (:mod:`triton_score.http`) does HTTP only: it sheds, reads the body within
 the plan's limit, calls :meth:`Scorer.handle` and sends what it returns. The codecs
 (:mod:`triton_score.codecs`) turn bytes into tensors and back; the way to Triton is
-:class:`~triton_score.triton.TritonGateway` (through the coalescer).
+:class:`~triton_score.triton.gateway.TritonGateway` (through the coalescer).
 """
 
 from triton_score.scoring.pipeline import Scorer

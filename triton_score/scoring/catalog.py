@@ -3,7 +3,7 @@
 A :class:`Catalog` reads every model's metadata and config from Triton when the worker first
 needs them (:meth:`Catalog.ensure_loaded`), loads each model's processor, and makes each
 model's :class:`~triton_score.scoring.plan.ModelPlan`. The metadata refresher
-(:mod:`triton_score.refresh`) calls :meth:`Catalog.refresh`, which swaps in what Triton
+(:mod:`triton_score.scoring.refresh`) calls :meth:`Catalog.refresh`, which swaps in what Triton
 reloaded, atomically: a request sees the old models or the new ones, never a mix.
 Models that a processor's ``predict()`` calls without serving them are its ``helpers``.
 """
@@ -16,12 +16,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from triton_score.errors import BadRequest, ModelNotFound, ProcessorError, ScoringError
-from triton_score.locations import is_local_address
-from triton_score.metadata import ModelInfo
+from triton_score.model.info import ModelInfo
 from triton_score.processors import ProcessorRegistry
+from triton_score.repository.locations import is_local_address
 from triton_score.scoring.plan import ModelPlan, plan_model
 from triton_score.settings import Settings
-from triton_score.triton import TritonGateway
+from triton_score.triton.gateway import TritonGateway
 
 log = logging.getLogger(__name__)
 

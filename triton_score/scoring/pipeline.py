@@ -1,7 +1,7 @@
 """The scoring pipeline: decode -> preprocess -> validate -> infer -> postprocess -> encode.
 
 :class:`Scorer` owns one worker's view of the world: the Triton gateway, each model's
-:class:`~triton_score.metadata.ModelInfo` (read once, cached, swapped by :meth:`Scorer.refresh`
+:class:`~triton_score.model.info.ModelInfo` (read once, cached, swapped by :meth:`Scorer.refresh`
 when Triton reloads a model) with its :class:`~triton_score.scoring.plan.ModelPlan`, and the
 processors; and it owns the stages. The route hands :meth:`Scorer.handle` the body and gets
 the encoded answer back; AzureML's ``run()`` calls :meth:`Scorer.run`, which stops before
@@ -9,7 +9,7 @@ encoding because AzureML's server encodes what ``run()`` returns. Either raises 
 :class:`~triton_score.errors.ScoringError` for what the client gets as an error.
 
 With a processor's ``predict()``, "validate -> infer" becomes the processor's own calls
-through a :class:`~triton_score.calls.Triton` handle, each validated the same way.
+through a :class:`~triton_score.triton.handle.Triton` handle, each validated the same way.
 """
 
 from __future__ import annotations
@@ -20,10 +20,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from triton_score.batches import Batches
-from triton_score.calls import Triton
-from triton_score.capture import Capture, Captured
-from triton_score.coalesce import Coalescer
 from triton_score.codecs.request import REQUEST_ID, Request, decode_request, header
 from triton_score.codecs.response import Encoded, render
 from triton_score.codecs.tensors import is_raw_tensor
@@ -32,16 +28,20 @@ from triton_score.errors import (
     ProcessorError,
     ScoringError,
 )
-from triton_score.metadata import ModelInfo
-from triton_score.offload import Offloader
+from triton_score.model.info import ModelInfo
+from triton_score.model.validation import validate_inputs, validate_outputs
 from triton_score.processors import Processor, ProcessorRegistry
 from triton_score.scoring.catalog import Catalog
+from triton_score.scoring.offload import Offloader
 from triton_score.scoring.plan import Limit, ModelPlan
 from triton_score.scoring.telemetry import RequestTelemetry
 from triton_score.settings import Settings
-from triton_score.tracing import NO_TRACING, Tracing, log_ids
-from triton_score.triton import TritonGateway
-from triton_score.validation import validate_inputs, validate_outputs
+from triton_score.telemetry.capture import Capture, Captured
+from triton_score.telemetry.tracing import NO_TRACING, Tracing, log_ids
+from triton_score.triton.batches import Batches
+from triton_score.triton.coalesce import Coalescer
+from triton_score.triton.gateway import TritonGateway
+from triton_score.triton.handle import Triton
 
 #: Bodies from this size on are decoded in the offload pool (:meth:`Scorer.decode`): orjson
 #: reads ~1 GB/s, so below it the worker's loop is held for about a millisecond at most, less
@@ -60,7 +60,7 @@ class Scorer:
     :param tracing: spans for requests and their stages; off by default. Each request's
         :class:`RequestTelemetry` opens them (and the metrics are its too).
     :param capture: records a sample of the requests (``SCORE_CAPTURE``,
-        :mod:`triton_score.capture`); ``None`` (the default): nothing, at no cost.
+        :mod:`triton_score.telemetry.capture`); ``None`` (the default): nothing, at no cost.
     """
 
     def __init__(
@@ -323,7 +323,7 @@ class Scorer:
     @property
     def _inference(self) -> Batches:
         """Where inference calls go: split into calls of ``max_batch_size`` rows when larger
-        (:mod:`triton_score.batches`), through the coalescer when there is one."""
+        (:mod:`triton_score.triton.batches`), through the coalescer when there is one."""
         target = self.coalescer if self.coalescer is not None else self.gateway
         if self._batches.gateway is not target:
             self._batches = Batches(target)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from triton_score.codecs.tensors import largest_request_bytes
-from triton_score.metadata import ModelInfo
+from triton_score.model.info import ModelInfo
 from triton_score.processors import Processor
 from triton_score.settings import Settings
 

@@ -19,10 +19,10 @@ import time
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from triton_score.tracing import NO_REQUEST_SPAN, NO_TRACING, RequestSpan, Tracing
+from triton_score.telemetry.tracing import NO_REQUEST_SPAN, NO_TRACING, RequestSpan, Tracing
 
 if TYPE_CHECKING:
-    from triton_score.metrics import Metrics
+    from triton_score.telemetry.metrics import Metrics
 
 #: Stage -> the metered stage its time counts towards (stages not here are spans only).
 METERED = {
