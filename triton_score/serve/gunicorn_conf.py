@@ -108,7 +108,7 @@ def on_starting(server):  # gunicorn hook signature
     if refused:
         print(f"error: {refused}", file=sys.stderr, flush=True)
         raise SystemExit(2)  # the master's own start: Gunicorn has forked nothing yet
-    host = bind[0].rpartition(":")[0]
+    host = _process.host
     warning = insecure_bind_warning(Settings.from_env(), host)
     if warning:
         logging.getLogger("gunicorn.error").warning(warning)
