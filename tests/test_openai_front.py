@@ -12,6 +12,7 @@ import asyncio
 import importlib.util
 import json
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -155,7 +156,7 @@ def test_stop_sequence_cuts_the_answer(client: openai.OpenAI) -> None:
     assert cut.usage.completion_tokens < 8
 
 
-def test_async_chat_stream(llm_server: ScoreServer) -> None:
+def test_async_chat_stream_and_completion(llm_server: ScoreServer) -> None:
     async def run() -> tuple[str, list[str | None]]:
         client = openai.AsyncOpenAI(base_url=f"{llm_server.url}/v1", api_key=KEY, max_retries=0)
         stream = await client.chat.completions.create(
@@ -165,7 +166,9 @@ def test_async_chat_stream(llm_server: ScoreServer) -> None:
         async for chunk in stream:
             parts.append(chunk.choices[0].delta.content or "")
             reasons.append(chunk.choices[0].finish_reason)
+        whole = await client.completions.create(model="tiny_lm", prompt="a class", max_tokens=4)
         await client.close()
+        assert whole.usage is not None and whole.usage.completion_tokens == 4
         return "".join(parts), reasons
 
     text, reasons = asyncio.run(run())
@@ -246,3 +249,33 @@ def test_the_api_key_is_required_as_a_bearer_token(llm_server: ScoreServer) -> N
         wrong.models.list()
     response = requests.get(f"{llm_server.url}/v1/models", timeout=10)
     assert response.status_code == 401
+
+
+def test_curl_streams_sse_to_done(llm_server: ScoreServer) -> None:
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("no curl here")
+    body = json.dumps({"model": "tiny_lm", "messages": MESSAGES, "max_tokens": 3, "stream": True})
+    out = subprocess.run(
+        [
+            curl,
+            "-sN",
+            f"{llm_server.url}/v1/chat/completions",
+            "-H",
+            f"Authorization: Bearer {KEY}",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            body,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    events = [line[6:] for line in out.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert all(chunk["object"] == "chat.completion.chunk" for chunk in chunks)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
