@@ -279,3 +279,33 @@ def test_curl_streams_sse_to_done(llm_server: ScoreServer) -> None:
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert all(chunk["object"] == "chat.completion.chunk" for chunk in chunks)
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def test_the_docs_openai_example_runs(
+    llm_server: ScoreServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    page = (ROOT / "docs" / "llm.md").read_text()
+    example = page.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "http://localhost:5001/v1" in example
+    example = example.replace("http://localhost:5001", llm_server.url)
+    exec(compile(example.replace("unused-without-keys", KEY), "docs/llm.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert "completion_tokens=12" in printed and len(printed.split()) > 20
+
+
+def test_without_a_folder_setting_the_model_repository_is_read(
+    llm_triton: LocalTriton, llm_repository: Path
+) -> None:
+    server = ScoreServer(
+        "--triton-url",
+        llm_triton.url,
+        "--processors",
+        "none",
+        env={"SCORE_MODEL_REPOSITORY": str(llm_repository)},
+    )
+    try:
+        server.wait_ready()
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
+        assert sorted(model.id for model in client.models.list()) == ["tiny_lm", "tiny_plain"]
+    finally:
+        server.stop()
