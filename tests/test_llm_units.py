@@ -130,3 +130,16 @@ def test_template_file_beats_the_config_and_a_folder_without_tokenizer_is_refuse
     (tmp_path / "tokenizer.json").unlink()
     with pytest.raises(ModelTextError, match="tokenizer.json"):
         ModelText.load("m", tmp_path)
+
+
+def test_llm_settings_are_read_and_checked() -> None:
+    from triton_score.settings import Settings
+
+    read = Settings.from_env({"SCORE_LLM_ADAPTERS": "a=vllm, b=tensorrt_llm"})
+    assert read.llm_adapters == (("a", "vllm"), ("b", "tensorrt_llm"))
+    with pytest.raises(ValueError, match="unknown adapter 'onnx'"):
+        Settings.from_env({"SCORE_LLM_ADAPTERS": "a=onnx"})
+    with pytest.raises(ValueError, match="not name=value"):
+        Settings.from_env({"SCORE_LLM_ADAPTERS": "a"})
+    with pytest.raises(ValueError, match="SCORE_LLM_MAX_TOKENS"):
+        Settings.from_env({"SCORE_LLM_MAX_TOKENS": "0"})

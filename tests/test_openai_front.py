@@ -309,3 +309,18 @@ def test_without_a_folder_setting_the_model_repository_is_read(
         assert sorted(model.id for model in client.models.list()) == ["tiny_lm", "tiny_plain"]
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_models_refusal_is_an_openai_error_not_a_broken_stream(
+    llm_server: ScoreServer, stream: bool
+) -> None:
+    response = requests.post(  # tiny_lm refuses more than 4096 tokens itself
+        f"{llm_server.url}/v1/completions",
+        json={"model": "tiny_lm", "prompt": "a", "max_tokens": 5000, "stream": stream},
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=30,
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert "max_tokens" in error["message"] and error["type"] == "invalid_request_error"
