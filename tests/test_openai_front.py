@@ -51,6 +51,9 @@ def llm_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = (plain / "config.pbtxt").read_text()
     (plain / "config.pbtxt").write_text(config.replace('name: "tiny_lm"', 'name: "tiny_plain"'))
     (plain / "chat_template.jinja").write_text(PLAIN_TEMPLATE)  # wins over tokenizer_config's
+    trt = repository / "trt_like"  # TensorRT-LLM's interface, the tiny_lm tokenizer
+    shutil.copytree(ROOT / "tests" / "fixtures" / "trt_like", trt)
+    shutil.copy(repository / "tiny_lm" / "tokenizer.json", trt / "tokenizer.json")
     return repository
 
 
@@ -91,7 +94,11 @@ def _count(repository: Path, model: str, text: str) -> int:
 
 
 def test_models_lists_the_language_models(client: openai.OpenAI) -> None:
-    assert sorted(model.id for model in client.models.list()) == ["tiny_lm", "tiny_plain"]
+    assert sorted(model.id for model in client.models.list()) == [
+        "tiny_lm",
+        "tiny_plain",
+        "trt_like",
+    ]
 
 
 def test_chat_not_streamed_counts_usage_with_each_models_template(
@@ -306,7 +313,11 @@ def test_without_a_folder_setting_the_model_repository_is_read(
     try:
         server.wait_ready()
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
-        assert sorted(model.id for model in client.models.list()) == ["tiny_lm", "tiny_plain"]
+        assert sorted(model.id for model in client.models.list()) == [
+            "tiny_lm",
+            "tiny_plain",
+            "trt_like",
+        ]
     finally:
         server.stop()
 
@@ -324,3 +335,21 @@ def test_a_models_refusal_is_an_openai_error_not_a_broken_stream(
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert "max_tokens" in error["message"] and error["type"] == "invalid_request_error"
+
+
+def test_a_tensorrt_llm_model_gets_its_own_inputs_and_the_gateway_stops_it(
+    client: openai.OpenAI,
+) -> None:
+    whole = client.completions.create(
+        model="trt_like", prompt="alpha beta gamma", max_tokens=5, seed=9, temperature=0.5
+    )
+    # max_tokens, random_seed and temperature arrived as TensorRT-LLM's inputs
+    assert whole.choices[0].text == " alpha beta gamma random_seed=9 temperature=0.5"
+    assert whole.choices[0].finish_reason == "length"
+    # TensorRT-LLM is not told the stop sequence: the gateway finds it across responses
+    chunks = client.completions.create(
+        model="trt_like", prompt="alpha beta gamma", max_tokens=9, stop=["ta gam"], stream=True
+    )
+    pieces = [chunk.choices[0] for chunk in chunks]
+    assert "".join(p.text for p in pieces) == " alpha be"
+    assert pieces[-1].finish_reason == "stop"

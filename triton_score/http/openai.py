@@ -20,7 +20,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Generator, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -156,7 +156,6 @@ class Outcome:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = "stop"
-    text: list[str] = field(default_factory=list)
 
     def usage(self) -> dict[str, int]:
         return {
