@@ -44,6 +44,8 @@ REAL_PROCESSES = frozenset(
         "served_like_the_image",
         "triton_score_servers",
         "colour_triton",
+        "llm_triton",
+        "llm_server",
     }
 )
 

@@ -78,6 +78,16 @@ def _number(kind: type) -> Reader:
     return read
 
 
+def _pairs(variable: str, text: str, environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in _split(text):
+        name, equals, value = item.partition("=")
+        if not equals or not name.strip() or not value.strip():
+            raise ValueError(f"{variable}: {item!r} is not name=value")
+        pairs.append((name.strip(), value.strip()))
+    return tuple(pairs)
+
+
 def _keys(variable: str, text: str, environ: Mapping[str, str]) -> tuple[str, ...]:
     # A variable that is there but empty (a templated manifest, a Secret with no value, a CI
     # variable that did not resolve) meant "keys required": refuse to start open.
@@ -145,6 +155,8 @@ def setting(
 #: ``/v2/health/ready`` are always open): ``/metrics`` and ``/metrics/triton``; ``/swagger.json``;
 #: the ``/v2/...`` routes forwarded to Triton.
 AUTH_GROUPS = ("metrics", "docs", "v2")
+#: ``SCORE_LLM_ADAPTERS`` values: the Triton LLM interfaces (:mod:`triton_score.llm.adapters`).
+LLM_ADAPTERS = ("vllm", "tensorrt_llm")
 LOG_FORMATS = ("text", "json")
 #: ``SCORE_COALESCE`` values (:func:`triton_score.triton.coalesce.coalesces` says what they do).
 COALESCE_MODES = ("auto", "on", "off")
@@ -245,6 +257,15 @@ class Settings:
     #: The model repository (``SCORE_MODEL_REPOSITORY``); empty: found as
     #: :func:`~triton_score.repository.locations.find_model_repository` says.
     model_repository: str = setting("SCORE_MODEL_REPOSITORY", "")
+    #: Where the OpenAI front (``/v1``, docs/llm.md) finds each language model's tokenizer
+    #: and chat template: ``<folder>/<model>/`` (``SCORE_LLM_FOLDER``); empty: the model's
+    #: folder in the model repository.
+    llm_folder: str = setting("SCORE_LLM_FOLDER", "")
+    #: Which Triton LLM interface a model has, when its inputs do not say
+    #: (``SCORE_LLM_ADAPTERS``, ``model=vllm,other=tensorrt_llm``).
+    llm_adapters: tuple[tuple[str, str], ...] = setting("SCORE_LLM_ADAPTERS", (), _pairs)
+    #: ``max_tokens`` of a chat completion that sets none (``SCORE_LLM_MAX_TOKENS``).
+    llm_max_tokens: int = setting("SCORE_LLM_MAX_TOKENS", 256, _number(int))
     #: The deployment's code directory, searched first for processors (``SCORE_CODE_DIR``);
     #: empty: the entry script's folder, else ``./score``.
     code_directory: str = setting("SCORE_CODE_DIR", "")
@@ -411,6 +432,14 @@ class Settings:
             )
         if self.capture_max_files < 1 or self.capture_queue < 1:
             raise ValueError("SCORE_CAPTURE_MAX_FILES and SCORE_CAPTURE_QUEUE: use 1 or more")
+        if self.llm_max_tokens < 1:
+            raise ValueError("SCORE_LLM_MAX_TOKENS: use 1 or more")
+        adapters = sorted({kind for _, kind in self.llm_adapters} - set(LLM_ADAPTERS))
+        if adapters:
+            raise ValueError(
+                f"SCORE_LLM_ADAPTERS: unknown adapter {adapters[0]!r}; "
+                f"choose among {', '.join(LLM_ADAPTERS)}"
+            )
         unknown = sorted(set(self.auth_exempt) - set(AUTH_GROUPS))
         if unknown:
             raise ValueError(

@@ -23,7 +23,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from triton_score.errors import ScoringError
-from triton_score.http import generate, routes
+from triton_score.http import generate, openai, routes
 from triton_score.http.auth import ApiKeyAuth, KeyStore
 from triton_score.http.cors import Cors
 from triton_score.http.envelope import Envelope
@@ -95,6 +95,7 @@ def create_app(
         rt.init()
 
     app.register_blueprint(generate.blueprint)  # before the /v2 catch-all's blueprint
+    app.register_blueprint(openai.blueprint)
     app.register_blueprint(routes.blueprint)
     cors = Cors(rt.settings.cors_origins) if rt.settings.cors_origins else None
     if cors is not None:  # AML_CORS_ORIGINS

@@ -54,8 +54,8 @@ _ENVIRON_KEY = "HTTP_AUTHORIZATION"
 
 
 def route_group(path: str) -> str:
-    """The group a path belongs to: ``open``, ``metrics``, ``docs``, ``v2``, ``score`` or
-    ``other`` (unknown paths need a key too: no route listing for strangers)."""
+    """The group a path belongs to: ``open``, ``metrics``, ``docs``, ``v2``, ``score``, ``v1``
+    or ``other`` (unknown paths need a key too: no route listing for strangers)."""
     if path in OPEN_PATHS:
         return "open"
     if path == "/metrics" or path.startswith("/metrics/"):
@@ -66,6 +66,8 @@ def route_group(path: str) -> str:
         return "v2"
     if path == "/score" or path.startswith("/score/"):
         return "score"
+    if path == "/v1" or path.startswith("/v1/"):  # the OpenAI front: never exempt
+        return "v1"
     return "other"
 
 

@@ -23,7 +23,7 @@ itself (its gRPC endpoint can), so the model runs to its end.
 from __future__ import annotations
 
 import http.client
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -165,7 +165,7 @@ class TritonStream:
         finally:
             self._connection.close()
 
-    def chunks(self) -> Iterator[bytes]:
+    def chunks(self) -> Generator[bytes]:
         """What Triton sends, chunk by chunk; closing the iterator closes the connection."""
         try:
             while True:
