@@ -39,6 +39,7 @@ LAYERS = {
     "cli",
     "kit",
     "repository",
+    "llm",
     "local",
 }
 ALIASES = {

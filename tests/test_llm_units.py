@@ -16,7 +16,7 @@ from triton_score.llm.adapters import (
 )
 from triton_score.llm.detokenize import REPLACEMENT, IncrementalDetokenizer, Utf8Pieces
 from triton_score.llm.stops import StopScanner
-from triton_score.metadata import ModelInfo, TensorSpec
+from triton_score.model.info import ModelInfo, TensorSpec
 
 tokenizers = pytest.importorskip("tokenizers")
 

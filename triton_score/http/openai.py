@@ -35,7 +35,7 @@ from triton_score.llm.models import LanguageModel, LanguageModels
 from triton_score.llm.stops import StopScanner
 from triton_score.llm.text import ModelTextError
 from triton_score.llm.upstream import HttpGenerateStream, UpstreamError
-from triton_score.locations import find_model_repository
+from triton_score.repository.locations import find_model_repository
 
 blueprint = Blueprint("openai", __name__)
 

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from triton_score.metadata import ModelInfo
+from triton_score.model.info import ModelInfo
 
 
 @dataclass(frozen=True)

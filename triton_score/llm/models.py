@@ -15,7 +15,7 @@ from pathlib import Path
 from triton_score.errors import ScoringError
 from triton_score.llm.adapters import Adapter, choose_adapter
 from triton_score.llm.text import TOKENIZER_FILE, ModelText, ModelTextError
-from triton_score.metadata import ModelInfo
+from triton_score.model.info import ModelInfo
 
 
 @dataclass(frozen=True)
