@@ -22,27 +22,24 @@ itself (its gRPC endpoint can), so the model runs to its end.
 
 from __future__ import annotations
 
-import http.client
-from collections.abc import Generator, Mapping
-from typing import Any
+from collections.abc import Mapping
 from urllib.parse import quote
 
 import orjson
 from flask import Blueprint, Response, current_app, request
 
-from triton_score.errors import BadRequest, InvalidInput, ScoringError, TritonUnavailable
+from triton_score.errors import BadRequest, InvalidInput, ScoringError
 from triton_score.http.exchange import current
 from triton_score.http.responses import error_response, runtime
 from triton_score.http.v2_infer import REQUEST_PARAMETERS, ModelCatalog, ParameterRefused
 from triton_score.model.info import ModelInfo
-from triton_score.repository.locations import split_address
+from triton_score.triton.generate import TritonStream
 
 blueprint = Blueprint("generate", __name__)
 
 #: Keys of a generate request that are not inputs.
 GENERATE_KEYS = frozenset({"id", "parameters"})
 #: The most a read from Triton returns at once (an event is far smaller).
-READ_BYTES = 64 * 1024
 _NUMERIC = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 _FLOATS = {"FP16", "FP32", "FP64", "BF16"}
 
@@ -133,47 +130,3 @@ def generate(model: str, kind: str, version: str = "") -> Response:
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # no proxy in between may hold events back
     return response
-
-
-class TritonStream:
-    """One request to Triton's HTTP endpoint on a connection of its own, read as it arrives."""
-
-    def __init__(self, connection: http.client.HTTPConnection, answer: Any) -> None:
-        self._connection = connection
-        self._answer = answer
-        self.status: int = answer.status
-        self.content_type: str = answer.getheader("Content-Type") or "application/json"
-
-    @classmethod
-    def open(cls, url: str, path: str, body: bytes, *, timeout_s: float) -> TritonStream:
-        """:raises TritonUnavailable: Triton cannot be reached."""
-        host, port = split_address(url)
-        connection = http.client.HTTPConnection(host, port, timeout=timeout_s)
-        try:
-            connection.request(
-                "POST", path, body=body, headers={"Content-Type": "application/json"}
-            )
-            answer = connection.getresponse()
-        except OSError as exc:
-            connection.close()
-            raise TritonUnavailable(f"Triton is unreachable: {type(exc).__name__}") from exc
-        return cls(connection, answer)
-
-    def read_all(self) -> bytes:
-        try:
-            return bytes(self._answer.read())
-        finally:
-            self._connection.close()
-
-    def chunks(self) -> Generator[bytes]:
-        """What Triton sends, chunk by chunk; closing the iterator closes the connection."""
-        try:
-            while True:
-                chunk = self._answer.read1(READ_BYTES)
-                if not chunk:
-                    return
-                yield chunk
-        except OSError:  # Triton went away mid-stream: the stream ends
-            return
-        finally:
-            self._connection.close()

@@ -1,7 +1,7 @@
 """The one place the OpenAI front talks to Triton: ``generate_stream`` over HTTP.
 
 :class:`HttpGenerateStream` opens one request on a connection of its own
-(:class:`~triton_score.http.generate.TritonStream`, unbuffered) and yields each response of
+(:class:`~triton_score.triton.generate.TritonStream`, unbuffered) and yields each response of
 the stream as a JSON object as soon as its SSE event is complete. Events are split on bytes
 and decoded whole, so a read that ends inside a character never breaks it. Closing the
 iterator closes the connection. Over HTTP Triton cannot cancel the model's work; a gRPC
@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import orjson
 
-from triton_score.http.generate import TritonStream
+from triton_score.triton.generate import TritonStream
 
 
 class UpstreamError(Exception):

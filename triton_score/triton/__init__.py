@@ -8,6 +8,7 @@
 - :mod:`.shm`: large tensors through system shared memory;
 - :mod:`.pool`: a fair queue for a connection pool under gevent;
 - :mod:`.deadline`: the request deadline, and how a call survives it;
+- :mod:`.generate`: the generate extension over HTTP, streamed as it arrives;
 - :mod:`.handle`: the Triton a processor's ``predict()`` is given.
 
 This ``__init__`` imports nothing, so importing a processor module never imports
