@@ -1,7 +1,7 @@
 """The benchmark's report: the tables, issue 8's goals P1–P5 judged from the numbers, the plot.
 
 Everything here is pure: it reads measured cells (anything with the attributes of
-:class:`Measured`) and returns text or writes a PNG, so ``tests/test_bench.py`` checks the
+:class:`Measured`) and returns text or writes a PNG, so ``tests/unit/test_bench.py`` checks the
 verdicts on made-up numbers. The goals, as issue 8 states them (median of 3 runs, side by
 side, equal ``WORKER_COUNT``):
 

@@ -116,7 +116,7 @@ PERF_SECONDS = 20  # a rough upper bound per perf_analyzer run, for the estimate
 GOAL_P99_FACTOR, GOAL_P99_SLACK_MS = 1.1, 1.0
 
 #: azmlinfsrv's console script, bound to 127.0.0.1 instead of its hard-coded 0.0.0.0 (as in
-#: tests/test_azmlinfsrv.py: azmlinfsrv has no host option or variable).
+#: tests/compat/test_azmlinfsrv.py: azmlinfsrv has no host option or variable).
 AZMLINFSRV_LAUNCHER = """\
 import sys
 from importlib.metadata import entry_points

@@ -1,7 +1,7 @@
 """A small HTTP load generator: fixed concurrency, keep-alive connections, every request kept.
 
 ``wrk`` is not installable by the README's command; this is what the load and fault tests
-use (``tests/test_load.py``), and a command of its own::
+use (``tests/load/test_load.py``), and a command of its own::
 
     python benchmarks/loadgen.py http://127.0.0.1:5001/score/digits_onnx \\
         --body @request.json --concurrency 16 --requests 50000

@@ -12,7 +12,7 @@ holding a symlink named ``libcudart.so.12`` to it, put on ``LD_LIBRARY_PATH``, i
 
 :func:`run` measures one model at one concurrency and returns a :class:`PerfRow`; when
 anything is missing or fails the row's ``error`` says why in one line and the benchmark goes
-on. :func:`parse_csv` and :func:`parse_stdout` are pure (``tests/test_bench.py``).
+on. :func:`parse_csv` and :func:`parse_stdout` are pure (``tests/unit/test_bench.py``).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ readable image, 413 for what is too large.
 
 The preprocessing (:func:`preprocess_imagenet_image`) lives here, in the code directory, not
 beside the model: AzureML uploads the code directory and the model separately, and the
-model's own tests (``tests/test_imagenet_model.py``) import it from this file. It needs numpy
+model's own tests (``tests/unit/test_imagenet_model.py``) import it from this file. It needs numpy
 and Pillow only (the ``imagenet`` extra); without Pillow this file still loads, so the other
 models are served, and ``imagenet_lite0`` answers a 500 saying what to install.
 """

@@ -50,10 +50,17 @@ REAL_PROCESSES = frozenset(
 )
 
 
+#: The folders of the tests, by level; each test gets its folder's marker (``-m serve``).
+LEVELS = ("unit", "triton", "serve", "compat", "deployment", "load")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if REAL_PROCESSES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+        level = item.path.parent.name
+        if level in LEVELS:
+            item.add_marker(getattr(pytest.mark, level))
 
 
 def start_triton(repository: Path, **kwargs: object) -> LocalTriton:

@@ -231,7 +231,7 @@ def write_access(
 
     Once per request, so it skips what logging does per record (a ``LogRecord``, the
     caller's frame, the filters, ``%`` formatting) when our handler is the only one that
-    would see it; the line is the same either way (``tests/test_logs.py`` compares them).
+    would see it; the line is the same either way (``tests/unit/test_logs.py`` compares them).
     """
     handler = _only_handler(logger)
     if handler is None:

@@ -30,7 +30,7 @@ from triton_score.http.app import create_app
 from triton_score.local import LocalTriton
 from triton_score.settings import Settings
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 V2_PROCESSORS = FIXTURES / "v2_processors.py"
 
 

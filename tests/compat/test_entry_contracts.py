@@ -33,7 +33,7 @@ from test_azmlinfsrv import Azmlinfsrv, require_azmlinfsrv
 
 from triton_score.local import LocalTriton
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 ORIGIN = "https://app.example.com"
 CORS_ORIGINS = f"{ORIGIN}, https://admin.example.com"
 AZMLINFSRV_CLASS = "azureml_inference_server_http.api.aml_response.AMLResponse"

@@ -43,7 +43,7 @@ from conftest import free_port, stop_process_group
 
 from triton_score.local import LocalTriton
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ENTRY_SCRIPT = ROOT / "score" / "score.py"
 #: A user's own score.py that imports the runtime (see the fixture's docstring).
 WRAPPING_SCRIPT = ROOT / "tests" / "fixtures" / "wrapping_score.py"

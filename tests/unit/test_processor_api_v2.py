@@ -1,7 +1,7 @@
 """Processor API v2, unit by unit, with a fake Triton gateway (no server).
 
 Each feature is optional; a version-1 processor (preprocess/postprocess/outputs/load) is
-served exactly as before (tests/test_units.py, tests/test_app_inprocess.py).
+served exactly as before (tests/unit/test_units.py, tests/triton/test_app_inprocess.py).
 """
 
 from __future__ import annotations
@@ -425,7 +425,7 @@ def test_request_schema_is_compiled_once_at_load(monkeypatch) -> None:
 
 
 def test_version_1_schema_attributes_still_document_and_now_validate() -> None:
-    template = Path(__file__).resolve().parent.parent / "score" / "qa_processor.py"
+    template = Path(__file__).resolve().parents[2] / "score" / "qa_processor.py"
     from triton_score.processors.loading import load_processors
 
     registry = load_processors([str(template)], use_entry_points=False)

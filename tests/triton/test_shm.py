@@ -46,7 +46,7 @@ from triton_score.triton.shm import (
     shm_disabled_reason,
 )
 
-REPOSITORY = Path(__file__).parent / "fixtures" / "shm_repo"
+REPOSITORY = Path(__file__).parent.parent / "fixtures" / "shm_repo"
 MODEL = "shm_scale"
 IMAGE = 3 * 224 * 224  # floats in one 3x224x224 FP32 image: 602,112 bytes
 

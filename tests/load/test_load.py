@@ -5,8 +5,8 @@ worker killed.
 These are short versions (a few seconds each). The full versions are the same tests with
 bigger numbers, and they print their figures (``-s``)::
 
-    LOAD_SOAK_REQUESTS=50000 .venv/bin/python -m pytest tests/test_load.py -s -k soak
-    LOAD_FAULT_SECONDS=20 .venv/bin/python -m pytest tests/test_load.py -s -k 'not soak'
+    LOAD_SOAK_REQUESTS=50000 .venv/bin/python -m pytest tests/load/test_load.py -s -k soak
+    LOAD_FAULT_SECONDS=20 .venv/bin/python -m pytest tests/load/test_load.py -s -k 'not soak'
 """
 
 from __future__ import annotations

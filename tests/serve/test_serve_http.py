@@ -180,7 +180,7 @@ BAD_REQUESTS = [
     ("wrong inner dim", {"inputs": {"image": [[[0.0] * 7] * 8]}}, "image", "dimension 2 must be 8"),
     ("strings for FP32", {"inputs": {"image": [[["a"] * 8] * 8]}}, "image", "expected numbers"),
     ("ragged", {"inputs": {"image": [[[0.0] * 8] * 7 + [[0.0] * 3]]}}, "image", "rectangular"),
-    # More rows than max_batch_size are split, not refused: tests/test_batches_triton.py.
+    # More rows than max_batch_size are split, not refused: tests/triton/test_batches_triton.py.
     (
         "v2 wrong datatype",
         {"inputs": [{"name": "image", "shape": [1, 8, 8], "datatype": "INT32", "data": [0] * 64}]},

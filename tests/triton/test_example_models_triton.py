@@ -84,7 +84,7 @@ def test_qa_model_has_bidaf9_interface(client) -> None:
 @pytest.fixture(scope="module")
 def qa_processor(client):
     """score/qa_processor.py, loaded as ``score serve`` loads it (no download: see
-    tests/test_qa_tokenization.py), for the model Triton serves."""
+    tests/unit/test_qa_tokenization.py), for the model Triton serves."""
     module = load_file(ROOT / "score" / "qa_processor.py", "example_qa_processor")
     model = ModelInfo.from_triton(
         client.get_model_metadata("qa_lexical"), client.get_model_config("qa_lexical")

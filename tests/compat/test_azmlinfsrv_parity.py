@@ -35,7 +35,7 @@ from test_entry_contracts import started
 from triton_score import __version__
 from triton_score.local import LocalTriton
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 SCRIPT = FIXTURES / "environment_score.py"
 ORIGIN = "https://app.example.com"
 OURS = f"triton-score/{__version__}"

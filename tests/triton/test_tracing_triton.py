@@ -25,7 +25,7 @@ from triton_score.telemetry.tracing import MODEL, REQUEST_ID, STAGES
 
 pytestmark = pytest.mark.integration
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 PROBE = FIXTURES / "otel_probe_processor.py"
 TRITON_SERVICE = "triton-inference-server"
 REQUEST_SPAN = "POST /score/{model}"

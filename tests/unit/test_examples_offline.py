@@ -23,14 +23,14 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REPO = ROOT / "models" / "triton"
 BUILD_SCRIPT = ROOT / "models" / "build_examples.py"
 DIGITS_DIR = REPO / "digits_onnx"
 DIGITS_ONNX = DIGITS_DIR / "1" / "model.onnx"
 QA_DIR = REPO / "qa_lexical"
 QA_MODEL = QA_DIR / "1" / "model.py"
-QA_CASES = Path(__file__).resolve().parent / "qa_cases.json"
+QA_CASES = Path(__file__).resolve().parent.parent / "qa_cases.json"
 
 EXPECTED_LABELS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 TRITON_TO_ONNX = {"TYPE_FP32": onnx.TensorProto.FLOAT, "TYPE_STRING": onnx.TensorProto.STRING}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "triton_score"
+PACKAGE = Path(__file__).resolve().parents[2] / "triton_score"
 
 #: What the top level of triton_score/ may hold: every other module is in a layer's folder.
 TOP_LEVEL = {

@@ -51,7 +51,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10: pytest depends on tomli there
     import tomli as tomllib
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 CONSTRAINTS = ROOT / "constraints.txt"
@@ -588,7 +588,7 @@ def test_azureml_loader_rejects_a_broken_deployment(aml: ModuleType, tmp_path: P
 
 def test_deployment_collects_data_for_model_monitoring(deployment: Any) -> None:
     """The data_collector block as azure-ai-ml reads it: payload logging and the collections
-    a processor's Collector(name=...) logs to (tests/test_azureml_collector.py)."""
+    a processor's Collector(name=...) logs to (tests/compat/test_azureml_collector.py)."""
     collector = deployment.data_collector
     assert collector is not None, "environments/deployment.yml has no data_collector"
     assert 0 < collector.sampling_rate <= 1

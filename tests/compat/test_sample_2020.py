@@ -33,7 +33,7 @@ from test_azmlinfsrv import Azmlinfsrv, require_azmlinfsrv
 from triton_score.azureml.legacy_clients import install_legacy_clients
 from triton_score.local import LocalTriton
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 SAMPLE = FIXTURES / "sample_2020" / "score.py"
 MODEL = "dominant_colour"
 COLOURS = {"red": (210, 40, 30), "green": (20, 190, 60), "blue": (30, 50, 220)}

@@ -1,5 +1,5 @@
 """The azmlinfsrv drop-in's parts, in-process (no server started; the real servers are
-compared in tests/test_azmlinfsrv_parity.py): the legacy client modules, the Swagger 2.0
+compared in tests/compat/test_azmlinfsrv_parity.py): the legacy client modules, the Swagger 2.0
 document, the version header and the health port's guard."""
 
 from __future__ import annotations

@@ -329,7 +329,7 @@ def test_triton_metrics_are_proxied(fake_triton: FakeTriton) -> None:
 
 
 def test_the_settings_and_pages_are_documented() -> None:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     readme = (root / "README.md").read_text()
     security = (root / "docs" / "security.md").read_text()
     monitoring = (root / "docs" / "monitoring.md").read_text()

@@ -24,7 +24,7 @@ import requests
 
 from triton_score.local import LocalTriton
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MODEL_FILE = ROOT / "models" / "triton" / "tiny_lm" / "1" / "model.py"
 BUILDER_FILE = ROOT / "models" / "build_tiny_lm.py"
 

@@ -13,7 +13,7 @@ from helpers import held_out_digits
 
 from triton_score.local import LocalTriton
 
-SEED = Path(__file__).parent / "fixtures" / "seed_score.py"
+SEED = Path(__file__).parent.parent / "fixtures" / "seed_score.py"
 
 
 def port_is_free(port: int) -> bool:

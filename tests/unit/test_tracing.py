@@ -1,7 +1,7 @@
 """Tracing, unit by unit (no server): the switch, the OTEL_* configuration, the spans of the
 pipeline with an in-memory exporter, the traceparent handed to the gateway, Triton's flags.
 
-The real thing, with Gunicorn and Triton's own spans, is tests/test_tracing_triton.py.
+The real thing, with Gunicorn and Triton's own spans, is tests/triton/test_tracing_triton.py.
 """
 
 from __future__ import annotations
