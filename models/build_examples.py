@@ -2,6 +2,7 @@
 """Build the example ONNX model of the Triton model repository, deterministically.
 
     python models/build_examples.py [--out models/triton]
+    python models/build_examples.py --out REPO --version 2 --split-seed 1   # a retrained v2
 
 Builds ``digits_onnx``: a StandardScaler + LogisticRegression classifier trained on
 scikit-learn's bundled ``load_digits()`` 8x8 images (pixel values 0..16), exported with
@@ -16,6 +17,11 @@ Everything comes from data shipped inside scikit-learn (nothing is downloaded), 
 the solver are fixed (no randomness beyond ``SPLIT_RANDOM_STATE``), so rebuilding gives the same
 model. The held-out split is reproducible from the module-level constants below;
 ``held_out_digits()`` returns it for tests (load this file by path with importlib).
+
+``--version 2 --split-seed 1`` trains the same pipeline on another split (another
+"seed") and writes it as version 2 beside the first, with ``version_policy: { all { } }`` in
+the config so Triton serves both: a second version that mostly, not always, agrees with the
+first, as a retrained model does (``score replay``'s test compares the two).
 
 The other example model, ``qa_lexical`` (a Triton python-backend model), is plain source code
 committed under ``models/triton/qa_lexical`` and needs no build step.
@@ -82,8 +88,9 @@ instance_group [
 """
 
 
-def _split():
-    """Return (X_train, X_test, y_train, y_test, idx_train, idx_test) of the fixed split."""
+def _split(seed: int = SPLIT_RANDOM_STATE):
+    """Return (X_train, X_test, y_train, y_test, idx_train, idx_test) of the fixed split
+    (``seed``: another split, for a retrained version)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -96,7 +103,7 @@ def _split():
         y,
         idx,
         test_size=TEST_SIZE,
-        random_state=SPLIT_RANDOM_STATE,
+        random_state=seed,
         stratify=y if STRATIFY else None,
     )
     return x_tr, x_te, y_tr, y_te, i_tr, i_te
@@ -107,19 +114,19 @@ def held_out_indices() -> np.ndarray:
     return _split()[5]
 
 
-def held_out_digits() -> tuple[np.ndarray, np.ndarray]:
+def held_out_digits(seed: int = SPLIT_RANDOM_STATE) -> tuple[np.ndarray, np.ndarray]:
     """The held-out set: (images float32 [N, 8, 8] with values 0..16, labels int64 [N])."""
-    _, x_te, _, y_te, _, _ = _split()
+    _, x_te, _, y_te, _, _ = _split(seed)
     return x_te.reshape(-1, 8, 8).astype(np.float32), y_te
 
 
-def train():
+def train(seed: int = SPLIT_RANDOM_STATE):
     """Fit the sklearn pipeline on the training part of the fixed split."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    x_tr, _, y_tr, _, _, _ = _split()
+    x_tr, _, y_tr, _, _, _ = _split(seed)
     pipe = make_pipeline(StandardScaler(), LogisticRegression(C=LOGREG_C, max_iter=LOGREG_MAX_ITER))
     pipe.fit(x_tr, y_tr)
     return pipe
@@ -190,8 +197,17 @@ def run_onnx(model_path: Path, images: np.ndarray) -> np.ndarray:
     return sess.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images, np.float32)})[0]
 
 
-def build(out: Path = DEFAULT_OUT, verbose: bool = True) -> dict:
-    """Build digits_onnx into ``out``; return a summary dict (paths, accuracy, sizes, sha256)."""
+def build(
+    out: Path = DEFAULT_OUT,
+    verbose: bool = True,
+    *,
+    version: int = 1,
+    split_seed: int = SPLIT_RANDOM_STATE,
+) -> dict:
+    """Build digits_onnx into ``out``; return a summary dict (paths, accuracy, sizes, sha256).
+
+    ``version`` above 1 adds that version beside the others (trained on the split of
+    ``split_seed``) and makes the config serve every version."""
     import onnx
 
     def say(msg: str) -> None:
@@ -200,15 +216,15 @@ def build(out: Path = DEFAULT_OUT, verbose: bool = True) -> dict:
 
     out = Path(out)
     model_dir = out / MODEL_NAME
-    (model_dir / "1").mkdir(parents=True, exist_ok=True)
-    onnx_path = model_dir / "1" / "model.onnx"
+    (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
+    onnx_path = model_dir / str(version) / "model.onnx"
 
-    x_te, y_te = held_out_digits()
+    x_te, y_te = held_out_digits(split_seed)
     say(
         f"[digits_onnx] load_digits split: test_size={TEST_SIZE} "
-        f"random_state={SPLIT_RANDOM_STATE} stratify={STRATIFY} -> {len(y_te)} held-out samples"
+        f"random_state={split_seed} stratify={STRATIFY} -> {len(y_te)} held-out samples"
     )
-    pipe = train()
+    pipe = train(split_seed)
     skl_acc = float(pipe.score(x_te.reshape(-1, 64), y_te))
     say(f"[digits_onnx] trained StandardScaler+LogisticRegression(C={LOGREG_C}, lbfgs)")
     say(f"[digits_onnx]   held-out accuracy (sklearn)     = {skl_acc:.4f}")
@@ -216,7 +232,13 @@ def build(out: Path = DEFAULT_OUT, verbose: bool = True) -> dict:
     model = to_triton_onnx(pipe)
     onnx.save_model(model, str(onnx_path))
     (model_dir / "labels.txt").write_text("\n".join(LABELS) + "\n", encoding="utf-8")
-    (model_dir / "config.pbtxt").write_text(CONFIG_PBTXT, encoding="utf-8")
+    config = CONFIG_PBTXT
+    if version > 1:  # serve every version, not only the latest (Triton's default policy)
+        config = config.replace(
+            f"max_batch_size: {MAX_BATCH_SIZE}\n",
+            f"max_batch_size: {MAX_BATCH_SIZE}\nversion_policy: {{ all {{ }} }}\n",
+        )
+    (model_dir / "config.pbtxt").write_text(config, encoding="utf-8")
 
     # Verify with onnxruntime: full held-out set, batch 1 and a full batch of MAX_BATCH_SIZE.
     probs = run_onnx(onnx_path, x_te)
@@ -247,7 +269,7 @@ def build(out: Path = DEFAULT_OUT, verbose: bool = True) -> dict:
         "onnx_bytes": len(data),
         "onnx_sha256": hashlib.sha256(data).hexdigest(),
     }
-    for name in ("1/model.onnx", "labels.txt", "config.pbtxt"):
+    for name in (f"{version}/model.onnx", "labels.txt", "config.pbtxt"):
         path = model_dir / name
         say(f"[digits_onnx] wrote {path} ({path.stat().st_size} bytes)")
     say(f"[digits_onnx] model.onnx sha256 {summary['onnx_sha256']}")
@@ -259,8 +281,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help=f"model repository (default {DEFAULT_OUT})"
     )
+    parser.add_argument(
+        "--version",
+        type=int,
+        default=1,
+        help="the version to write (default 1; above 1: "
+        "added beside the others, and the config serves every version)",
+    )
+    parser.add_argument(
+        "--split-seed",
+        type=int,
+        default=SPLIT_RANDOM_STATE,
+        help=f"the train/test split's random_state (default {SPLIT_RANDOM_STATE})",
+    )
     args = parser.parse_args(argv)
-    build(args.out)
+    if args.version < 1:
+        parser.error("--version must be 1 or more")
+    build(args.out, version=args.version, split_seed=args.split_seed)
     return 0
 
 

@@ -1,6 +1,7 @@
 """The ``score`` command: ``score triton`` runs a local Triton, ``score serve`` the scorer,
 ``score build`` generates the models that the repository does not commit, ``score new``
-writes a processor and its test for a model, ``score check`` finds what would fail.
+writes a processor and its test for a model, ``score check`` finds what would fail,
+``score replay`` sends captured requests to another model version and compares.
 
 Each sub-command is a small function over parsed arguments; the exit code is returned, never
 ``sys.exit``-ed from deep inside, so the commands are callable from tests.
@@ -434,6 +435,147 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if report.problems else 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Replay a capture against a model (version); exit 1 beyond ``--max-disagreement``."""
+    from triton_score.errors import ScoringError
+    from triton_score.kit.replay import Progress, ReplayReport, capture_size, render_report, replay
+    from triton_score.local import TritonStartError
+    from triton_score.runtime import build_runtime
+    from triton_score.settings import Settings
+    from triton_score.telemetry.capture import capture_files, read_records
+
+    if not Path(args.capture_dir).is_dir() or not capture_files(args.capture_dir):
+        _say(f"error: no capture files (capture-*.jsonl) in {args.capture_dir}")
+        return 2
+    try:
+        repository = _repository(args)
+    except FileNotFoundError as exc:
+        _say(f"error: {exc}")
+        return 2
+    overrides: dict[str, Any] = {"capture": (), "model_repository": str(repository or "")}
+    if args.processors is not None:
+        overrides["processors"] = tuple(p.strip() for p in args.processors.split(",") if p.strip())
+    if args.code_dir is not None:
+        overrides["code_directory"] = args.code_dir
+    try:
+        with _triton(args, repository) as url:
+            # Never AZUREML_ENTRY_SCRIPT's run(): it hands back no tensors to compare.
+            settings = Settings.from_env(None, triton_url=url, entry_script="", **overrides)
+            runtime = build_runtime(settings)
+            assert runtime.scorer is not None
+            try:
+                scorer = runtime.scorer
+                scorer.ensure_loaded()
+                if args.version:
+                    version = scorer.catalog.pin(args.model, args.version).version
+                else:
+                    version = scorer.plan(args.model).model.version
+                report = ReplayReport(
+                    args.model,
+                    version,
+                    url,
+                    compare=args.compare,
+                    atol=args.atol,
+                    rtol=args.rtol,
+                    max_disagreement=args.max_disagreement,
+                )
+                replay(
+                    scorer,
+                    read_records(args.capture_dir),
+                    report,
+                    captured_model=args.captured_model or args.model,
+                    limit=args.limit,
+                    progress=Progress(capture_size(args.capture_dir)),
+                )
+            finally:
+                runtime.close()
+    except (CommandError, TritonStartError) as exc:
+        _say(f"error: Triton: {exc}")
+        return 2
+    except ScoringError as exc:
+        _say(f"error: {exc.message}")
+        return 2
+    render_report(report)
+    if args.report:
+        import orjson
+
+        Path(args.report).write_bytes(
+            orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+        )
+        _say(f"replay: wrote {args.report}")
+    if not report.replayed:
+        _say(f"error: the capture holds no request to {args.captured_model or args.model}")
+        return 2
+    return 0 if report.passed else 1
+
+
+def _share_argument(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a share from 0 to 1")
+    return value
+
+
+def _tolerance_argument(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} is not a tolerance (0 or more)")
+    return value
+
+
+def _add_replay_parser(commands: Any) -> None:
+    from triton_score.kit.replay import COMPARE_MODES
+
+    replay = commands.add_parser(
+        "replay",
+        help="send the requests a capture recorded (SCORE_CAPTURE) to a model version through "
+        "the same processors, compare with what was captured; exit 1 beyond "
+        "--max-disagreement",
+    )
+    replay.add_argument("capture_dir", help="the capture directory (SCORE_CAPTURE_DIR)")
+    replay.add_argument("--model", required=True, help="the model to replay against")
+    replay.add_argument(
+        "--version", default="", help="its version (default: the one Triton serves by default)"
+    )
+    replay.add_argument(
+        "--captured-model",
+        default="",
+        help="replay the captured requests of this model (default: --model)",
+    )
+    replay.add_argument(
+        "--compare",
+        choices=COMPARE_MODES,
+        default="auto",
+        help="what makes a request disagree: auto (top-1 where an output ranks classes, "
+        "values elsewhere) or values (any element beyond the tolerance)",
+    )
+    replay.add_argument("--atol", type=_tolerance_argument, default=1e-5, help="(1e-5)")
+    replay.add_argument("--rtol", type=_tolerance_argument, default=1e-3, help="(1e-3)")
+    replay.add_argument(
+        "--max-disagreement",
+        type=_share_argument,
+        default=0.0,
+        help="the share of disagreeing requests (0..1) allowed before exit 1 (default 0)",
+    )
+    replay.add_argument("--limit", type=_positive, default=0, help="replay at most N requests")
+    replay.add_argument("--report", default=None, help="write the JSON report there")
+    replay.add_argument(
+        "--processors",
+        default=None,
+        help="processor modules or .py files, comma-separated (default: $SCORE_PROCESSORS)",
+    )
+    _add_code_dir_argument(replay, "the processors' code directory")
+    _add_triton_arguments(replay)
+    _add_triton_url_argument(replay, "to replay against", "for the replay")
+    replay.set_defaults(func=cmd_replay)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="score", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -574,6 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_code_dir_argument(check, "the code directory")
     _add_triton_url_argument(check, "to check against", "for the check")
     check.set_defaults(func=cmd_check)
+    _add_replay_parser(commands)
     return parser
 
 

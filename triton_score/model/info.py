@@ -80,6 +80,9 @@ class ModelInfo:
     :param directory: the model's folder in the model repository (the original one, never a
         generated copy), to read files that ship with the model; ``None`` when Triton is not
         on this machine or the repository is unknown.
+    :param pinned: every inference names :attr:`version` (``/v2/models/<m>/versions/<v>/infer``),
+        as ``score replay --version`` needs; by default Triton's version policy chooses, so a
+        worker follows the version Triton serves without being told.
     """
 
     name: str
@@ -92,6 +95,7 @@ class ModelInfo:
     dynamic_batching: bool = False
     parameters: Mapping[str, str] = field(default_factory=dict, hash=False)
     directory: Path | None = None
+    pinned: bool = False
 
     @property
     def batching(self) -> bool:

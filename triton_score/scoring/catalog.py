@@ -109,6 +109,21 @@ class Catalog:
         self.helpers = {**self.helpers, name: found}
         return found
 
+    def pin(self, name: str, version: str) -> ModelInfo:
+        """Serve model ``name`` at ``version`` from now on: its metadata at that version, and
+        every inference names it (``score replay --version``: another version than the one
+        Triton's policy serves by default).
+
+        :raises ModelNotFound: Triton does not serve that model at that version.
+        """
+        models = self.ensure_loaded()
+        if name not in models:
+            raise ModelNotFound(f"unknown model {name!r}; served models: {sorted(models)}")
+        found = self.gateway.model_info(name, version=version)
+        pinned = replace(self._located(found), version=version, pinned=True)
+        self.models = {**models, name: pinned}  # a new dict: the plans are made again
+        return pinned
+
     # -- a request's model -----------------------------------------------------------------
     def plan(self, name: str | None) -> ModelPlan:
         """The plan of model ``name``, or of the default model when ``name`` is empty: one

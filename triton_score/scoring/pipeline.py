@@ -212,30 +212,41 @@ class Scorer:
         *,
         encode: bool,
     ) -> Any:
-        """The stages for a request that ``capture`` records: the same stages, which also
-        hand back the tensors they sent and got; then the capture is queued (never waited
-        for). ``encode``: render the answer, as :meth:`handle` does."""
+        """The stages for a request that ``capture`` records (:meth:`recorded`); then the
+        capture is queued, never waited for."""
+        entry = self.recorded(plan, request, telemetry, encode=encode)
+        capture.submit(entry)
+        return entry.answer
+
+    def recorded(
+        self,
+        plan: ModelPlan,
+        request: Request,
+        telemetry: RequestTelemetry,
+        *,
+        encode: bool = True,
+    ) -> Captured:
+        """The stages for one decoded request, which also hand back the tensors they sent
+        to Triton and got from it: what a capture records, and what ``score replay``
+        compares. ``encode``: render the answer, as :meth:`handle` does."""
         tensors: list[Mapping[str, Any]] = []
         answer = self._stages(plan, request, telemetry, tensors)
         if encode:
             with telemetry.stage("encode"):
                 answer = render(answer)
         inputs, outputs = tensors
-        capture.submit(
-            Captured(
-                plan.name,
-                plan.model.version,
-                request,
-                inputs,
-                outputs,
-                answer,
-                telemetry.trace_id,
-                dict(telemetry.timings),
-                telemetry.elapsed(),
-                time.time(),
-            )
+        return Captured(
+            plan.name,
+            plan.model.version,
+            request,
+            inputs,
+            outputs,
+            answer,
+            telemetry.trace_id,
+            dict(telemetry.timings),
+            telemetry.elapsed(),
+            time.time(),
         )
-        return answer
 
     def score(
         self,

@@ -4,7 +4,8 @@
 one in a hundred to any other model, each as one JSON line (:func:`encode_record`) holding
 what a model monitor or a replay needs: the client's payload, the tensors sent to Triton,
 Triton's outputs, the answer, the request id, the trace id, the model's name and version,
-and the stage timings. ``score replay`` (:mod:`triton_score.replay`) sends them again.
+and the stage timings. ``score replay`` (:mod:`triton_score.kit.replay`) sends them again;
+:func:`read_records`, :func:`record_request` and :func:`record_tensor` read them back.
 
 How it stays off the request's way:
 
@@ -40,7 +41,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,7 +50,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from triton_score.codecs.request import Request, is_json_media_type
+from triton_score.codecs.binary import HEADER_LENGTH
+from triton_score.codecs.request import Request, decode_request, header, is_json_media_type
 from triton_score.codecs.response import Encoded, render
 from triton_score.codecs.v2 import DATATYPES
 from triton_score.serve.worker import gevent_patched
@@ -168,10 +170,11 @@ def encode_record(entry: Captured, redact: frozenset[str] = frozenset()) -> byte
     """One capture as a JSON line (with its newline).
 
     Fields: ``format`` (:data:`FORMAT`), ``time`` (UTC, ISO 8601), ``request_id``,
-    ``trace_id``, ``model``, ``version``, ``request`` (``content_type``, ``query``, and the
-    body as ``json`` or ``base64``), ``inputs`` and ``outputs`` (name -> ``datatype``,
-    ``shape``, ``data``), ``answer`` (``status``, ``content_type``, ``json`` or ``base64``),
-    ``timings_ms`` (``preprocess``, ``infer``, ``postprocess``, ``total``).
+    ``trace_id``, ``model``, ``version``, ``request`` (``content_type``, ``query``, the
+    body as ``json`` or ``base64``, and ``header_length`` for a v2 binary-extension body),
+    ``inputs`` and ``outputs`` (name -> ``datatype``, ``shape``, ``data``), ``answer``
+    (``status``, ``content_type``, ``json`` or ``base64``), ``timings_ms`` (``preprocess``,
+    ``infer``, ``postprocess``, ``total``).
     """
     request = entry.request
     answer = entry.answer if isinstance(entry.answer, Encoded) else render(entry.answer)
@@ -185,6 +188,9 @@ def encode_record(entry: Captured, redact: frozenset[str] = frozenset()) -> byte
         if redact and "json" in payload:
             payload["json"] = _redacted(payload["json"], redact)
     payload["query"] = {k: REDACTED if k in redact else v for k, v in request.query.items()}
+    binary_header = header(request.headers, HEADER_LENGTH)
+    if binary_header:  # a v2 binary-extension body cannot be read again without it
+        payload["header_length"] = binary_header
     answered = {"status": answer.status, **_body(answer.body, answer.content_type, redact)}
     timings = {stage: round(seconds * 1000, 3) for stage, seconds in entry.timings.items()}
     timings["total"] = round(entry.total_s * 1000, 3)
@@ -202,6 +208,98 @@ def encode_record(entry: Captured, redact: frozenset[str] = frozenset()) -> byte
         "timings_ms": timings,
     }
     return orjson.dumps(record, option=_DUMPS)
+
+
+# -- reading records back (score replay) -------------------------------------------------------
+class RecordError(ValueError):
+    """A capture line that is not a record this version can read."""
+
+
+def read_records(
+    directory: str | Path,
+) -> Iterator[tuple[str, int, dict[str, Any] | RecordError]]:
+    """Every line of the capture files under ``directory``, oldest file first, as
+    ``(where, size, record)``; a line that is not a readable record comes as a
+    :class:`RecordError` instead (the caller counts and names it; one bad line, a file cut
+    short by a crash, never hides the rest). ``where`` is ``file:line``, ``size`` the line's
+    bytes (for progress over :func:`capture_files`' total size)."""
+    for path in capture_files(directory):
+        with path.open("rb") as lines:
+            for number, line in enumerate(lines, 1):
+                where = f"{path.name}:{number}"
+                size = len(line)
+                if not line.strip():
+                    continue
+                try:
+                    record = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    yield where, size, RecordError(f"{where}: not JSON ({exc})")
+                    continue
+                if not isinstance(record, dict) or record.get("format") != FORMAT:
+                    found = record.get("format") if isinstance(record, dict) else None
+                    yield where, size, RecordError(f"{where}: format {found!r} is not {FORMAT!r}")
+                    continue
+                yield where, size, record
+
+
+def is_redacted(value: Any) -> bool:
+    """Whether ``value`` (parsed JSON) holds a redacted field anywhere."""
+    if value == REDACTED:
+        return True
+    if isinstance(value, dict):
+        return any(is_redacted(item) for item in value.values())
+    if isinstance(value, list):
+        return any(is_redacted(item) for item in value)
+    return False
+
+
+def record_request(record: Mapping[str, Any], request_id: str = "") -> Request:
+    """The client's request of ``record``, decoded again as the server decoded it.
+
+    Headers were never captured (they carry credentials): the request gets its content
+    type, and a binary-extension body its ``Inference-Header-Content-Length``.
+
+    :raises RecordError: the record holds no body.
+    """
+    payload = record.get("request")
+    if not isinstance(payload, Mapping):
+        raise RecordError("the record has no request")
+    content_type = str(payload.get("content_type") or "")
+    if "json" in payload:
+        body = orjson.dumps(payload["json"])
+    elif "base64" in payload:
+        body = base64.b64decode(payload["base64"])
+    else:
+        raise RecordError("the record's request has no body")
+    headers = {"content-type": content_type} if content_type else {}
+    if payload.get("header_length"):
+        headers[HEADER_LENGTH] = str(payload["header_length"])
+    query = {str(k): str(v) for k, v in (payload.get("query") or {}).items()}
+    return decode_request(body, content_type, headers, request_id, query=query)
+
+
+def record_tensor(entry: Mapping[str, Any]) -> np.ndarray | None:
+    """A tensor of a record as an array (BYTES: an object array of ``bytes``); ``None`` when
+    it was redacted.
+
+    :raises RecordError: the entry is not a tensor (no shape, data of another size).
+    """
+    data = entry.get("data")
+    if data == REDACTED:
+        return None
+    try:
+        shape = tuple(int(d) for d in entry["shape"])
+        if entry.get("datatype") == "BYTES":
+            if entry.get("encoding") == "base64":
+                items = [base64.b64decode(v) for v in data]
+            else:
+                items = [str(v).encode("utf-8") for v in data]
+            flat = np.empty(len(items), dtype=object)
+            flat[:] = items
+            return flat.reshape(shape)
+        return np.asarray(data, dtype=np.float64).reshape(shape)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RecordError(f"not a tensor: {exc}") from None
 
 
 # -- files --------------------------------------------------------------------------------

@@ -33,6 +33,11 @@ log = logging.getLogger(__name__)
 OutputRequest = Mapping[str, int]
 
 
+def _pinned(model: ModelInfo) -> str:
+    """The version an inference on ``model`` names: its own when pinned, else none."""
+    return model.version if model.pinned else ""
+
+
 def _is_timeout(exc: BaseException) -> bool:
     name = type(exc).__name__.lower()
     return isinstance(exc, TimeoutError) or "timeout" in name
@@ -213,7 +218,9 @@ class TritonGateway:
             model, inputs, wanted, request_id=request_id, timeout_us=self._timeout_us
         )
         with translate_errors(f"inference on model {model.name!r}", request_id):
-            return self._hop.infer(model.name, body, header_length, headers, wanted)
+            return self._hop.infer(
+                model.name, body, header_length, headers, wanted, version=_pinned(model)
+            )
 
     def _infer_shared_memory(
         self,
@@ -246,7 +253,9 @@ class TritonGateway:
             )
             try:
                 with translate_errors(f"inference on model {model.name!r}", request_id):
-                    return self._hop.infer(model.name, body, header_length, headers, wanted)
+                    return self._hop.infer(
+                        model.name, body, header_length, headers, wanted, version=_pinned(model)
+                    )
             except (TritonError, ModelNotFound) as exc:
                 # Triton restarted and lost the registration (it answers 404 "Unable to find
                 # shared memory region"): register it again next time, and let this request

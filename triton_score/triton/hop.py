@@ -226,8 +226,12 @@ class Hop:
         header_length: int,
         headers: Mapping[str, str] | None,
         outputs: Mapping[str, int],
+        *,
+        version: str = "",
     ) -> dict[str, np.ndarray]:
         """POST one encoded request; the outputs named in ``outputs``, decoded.
+
+        :param version: the model version to run; empty: the one Triton's policy chooses.
 
         :raises InferenceServerException: Triton answered with an error status (its message
             and status), for :func:`triton_score.triton.gateway.translate_errors` to map.
@@ -238,7 +242,8 @@ class Hop:
         }
         if headers:
             request_headers.update(headers)
-        path = f"/v2/models/{quote(model, safe='')}/infer"
+        path = f"/v2/models/{quote(model, safe='')}"
+        path += f"/versions/{quote(version, safe='')}/infer" if version else "/infer"
 
         def exchange() -> tuple[int, bytes, Any]:
             # Whole, in one greenlet (triton_score.triton.deadline): a deadline abandons the call
