@@ -272,7 +272,8 @@ class LocalTriton:
             except (urllib.error.URLError, OSError):
                 status, index = 0, None
             models = index if isinstance(index, list) else []
-            ready = sorted(m.get("name", "?") for m in models if m.get("state") == "READY")
+            # The index lists each version of a model: a model is named once.
+            ready = sorted({m.get("name", "?") for m in models if m.get("state") == "READY"})
             report = f"{len(ready)}/{len(models)} models ready" if models else "starting"
             if status == 200:
                 self.progress(

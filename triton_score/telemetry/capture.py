@@ -153,6 +153,14 @@ def _tensor(name: str, value: Any, redact: frozenset[str]) -> dict[str, Any]:
     return entry
 
 
+def _names_tensor(v2_header: Any, names: frozenset[str]) -> bool:
+    """Whether a v2 request header lists an input or output of one of ``names``."""
+    if not isinstance(v2_header, dict):
+        return False
+    tensors = [*(v2_header.get("inputs") or []), *(v2_header.get("outputs") or [])]
+    return any(isinstance(t, dict) and t.get("name") in names for t in tensors)
+
+
 def _body(body: bytes, content_type: str, redact: frozenset[str]) -> dict[str, Any]:
     """A body as ``{"content_type", "json"}`` when it is JSON, else ``{..., "base64"}``."""
     media = content_type.split(";", 1)[0].strip().lower()
@@ -178,7 +186,10 @@ def encode_record(entry: Captured, redact: frozenset[str] = frozenset()) -> byte
     """
     request = entry.request
     answer = entry.answer if isinstance(entry.answer, Encoded) else render(entry.answer)
-    if request.json is not None:
+    # A v2 binary-extension body is its JSON header then tensor bytes: kept whole, with the
+    # header's length, or it could not be read again.
+    binary_header = header(request.headers, HEADER_LENGTH)
+    if request.json is not None and not binary_header:
         payload: dict[str, Any] = {
             "content_type": request.content_type,
             "json": _redacted(request.json, redact),
@@ -188,9 +199,10 @@ def encode_record(entry: Captured, redact: frozenset[str] = frozenset()) -> byte
         if redact and "json" in payload:
             payload["json"] = _redacted(payload["json"], redact)
     payload["query"] = {k: REDACTED if k in redact else v for k, v in request.query.items()}
-    binary_header = header(request.headers, HEADER_LENGTH)
-    if binary_header:  # a v2 binary-extension body cannot be read again without it
+    if binary_header:
         payload["header_length"] = binary_header
+        if redact and _names_tensor(request.json, redact):  # its bytes hold that tensor
+            payload["base64"] = REDACTED
     answered = {"status": answer.status, **_body(answer.body, answer.content_type, redact)}
     timings = {stage: round(seconds * 1000, 3) for stage, seconds in entry.timings.items()}
     timings["total"] = round(entry.total_s * 1000, 3)
@@ -267,6 +279,8 @@ def record_request(record: Mapping[str, Any], request_id: str = "") -> Request:
     content_type = str(payload.get("content_type") or "")
     if "json" in payload:
         body = orjson.dumps(payload["json"])
+    elif payload.get("base64") == REDACTED:
+        raise RecordError("the record's body was redacted (SCORE_CAPTURE_REDACT)")
     elif "base64" in payload:
         body = base64.b64decode(payload["base64"])
     else:
