@@ -101,6 +101,12 @@ FEATURES: dict[str, tuple[str, dict[str, str]]] = {
     "api-keys": ("API keys on (Authorization: Bearer)", {"SCORE_API_KEYS": FEATURE_KEY}),
     "coalesce-off": ("coalescing off (SCORE_COALESCE=off)", {"SCORE_COALESCE": "off"}),
     "shedding-off": ("shedding off (SCORE_MAX_IN_FLIGHT=0)", {"SCORE_MAX_IN_FLIGHT": "0"}),
+    # Data capture at 10 % sampling (the budget: <= +5 % CPU per request), into the scratch
+    # folder: "{scratch}" is filled in when the server starts.
+    "capture-10pct": (
+        "data capture of 10 % of requests (SCORE_CAPTURE=*=0.1)",
+        {"SCORE_CAPTURE": "*=0.1", "SCORE_CAPTURE_DIR": "{scratch}/capture"},
+    ),
     "tracing-on": (
         "tracing on, nothing exported (SCORE_TRACING=otel, OTEL_TRACES_EXPORTER=none)",
         {"SCORE_TRACING": "otel", "OTEL_TRACES_EXPORTER": "none"},
@@ -770,6 +776,7 @@ class Bench:
             server = start_floor(self.scratch, url, args.workers, app="bare")
         elif kind.startswith("feature:"):
             _, env = FEATURES[kind.partition(":")[2]]
+            env = {key: value.format(scratch=self.scratch) for key, value in env.items()}
             server = start_score_serve(f"score-{kind[8:]}", self.scratch, url, args.models,
                                        args.workers, "--processors", "none",
                                        env_extra=env)  # fmt: skip
