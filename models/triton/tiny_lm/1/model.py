@@ -11,9 +11,12 @@ interface, so that a real vLLM model can replace it without changing clients or 
     output   text_output BYTES [-1]
 
 The model is *decoupled* (``model_transaction_policy { decoupled: true }``): ``execute``
-hands each request to a thread of its own and returns at once, and the thread sends its
-responses through the request's response sender, the last one flagged final. So one model
-instance serves many streams at a time, as vLLM's engine does.
+queues each request and returns at once; one scheduler thread advances every generation in
+flight by a word per step, as vLLM's engine steps its running batch, and sends each one's
+responses through its request's response sender, the last one flagged final. So one model
+instance serves many streams at a time. One thread, not one per request: the python
+backend's calls (``send``, ``is_cancelled``, metrics) made from many threads at once
+crashed Triton's backend process under 16 concurrent streams.
 
 What it knows: which word follows which in the English text of the Python standard library's
 ``pydoc_data.topics`` (the help pages, ~65,000 words), read when the model loads (nothing is
@@ -29,15 +32,17 @@ raised to ``1 / temperature``, cut to the ``top_p`` nucleus, and drawn with
 that might begin a stop string is held back until it cannot), or when the request is
 cancelled (Triton's gRPC endpoint cancels a request whose client went away).
 
-Each step sleeps ``step_delay_ms`` (the config's parameter) first, so a stream is slow enough
-to watch. Steps and cancellations are counted in Triton's own metrics endpoint, as
-``tiny_lm_steps_total`` and ``tiny_lm_cancelled_total``: a test sees a cancelled stream stop.
+Each step sleeps ``step_delay_ms`` (the config's parameter) first, once for all the
+generations in flight, so a stream is slow enough to watch. Steps and cancellations are
+counted in Triton's own metrics endpoint, as ``tiny_lm_steps_total`` and
+``tiny_lm_cancelled_total``: a test sees a cancelled stream stop.
 """
 
 from __future__ import annotations
 
 import bisect
 import json
+import queue
 import random
 import re
 import threading
@@ -235,8 +240,7 @@ class TritonPythonModel:
         self.step_delay_s = float(delay) / 1000.0
         self.lm = TinyLM.from_stdlib()
         self.closing = threading.Event()
-        self.threads: set[threading.Thread] = set()
-        self.lock = threading.Lock()
+        self.arrived: queue.SimpleQueue = queue.SimpleQueue()
         self.steps = self.cancelled = None
         if hasattr(pb_utils, "MetricFamily"):  # custom metrics: Triton 23.05 and later
             steps = pb_utils.MetricFamily(
@@ -253,16 +257,41 @@ class TritonPythonModel:
             self.families = (steps, cancelled)
             self.steps = steps.Metric(labels=labels)
             self.cancelled = cancelled.Metric(labels=labels)
+        self.scheduler = threading.Thread(target=self._schedule, name="tiny_lm", daemon=True)
+        self.scheduler.start()
 
     def execute(self, requests):
         for request in requests:
-            thread = threading.Thread(target=self._serve, args=(request,), daemon=True)
-            with self.lock:
-                self.threads.add(thread)
-            thread.start()
+            self.arrived.put(request)
         return None  # decoupled: the responses go through each request's sender
 
-    def _serve(self, request):
+    def _schedule(self):
+        """The one thread that talks to the backend: take the requests that arrived, then
+        advance every generation in flight by one step, until the model is unloaded."""
+        running = []
+        while not self.closing.is_set():
+            try:  # idle: wait for a request; busy: only take what is there
+                request = self.arrived.get(timeout=0.1 if not running else 0)
+            except queue.Empty:
+                request = None
+            while request is not None:
+                generation = self._generate(request)
+                if next(generation, StopIteration) is not StopIteration:
+                    running.append(generation)
+                try:
+                    request = self.arrived.get_nowait()
+                except queue.Empty:
+                    request = None
+            if not running:
+                continue
+            time.sleep(self.step_delay_s)
+            running = [g for g in running if next(g, StopIteration) is not StopIteration]
+        for generation in running:  # unloading: each one ends (cancelled) at its next step
+            next(generation, None)
+
+    def _generate(self, request):
+        """One request's generation, a step per ``next()``: it yields after reading the
+        request and after each word, and returns when its final response is sent."""
         sender = request.get_response_sender()
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         try:
@@ -280,7 +309,7 @@ class TritonPythonModel:
             for step, word in enumerate(self.lm.words(prompt, sampling)):
                 if step >= sampling.max_tokens or watch.stopped:
                     break
-                time.sleep(self.step_delay_s)
+                yield  # the scheduler's step delay
                 if self.closing.is_set() or request.is_cancelled():
                     if self.cancelled is not None:
                         self.cancelled.increment(1)
@@ -304,9 +333,6 @@ class TritonPythonModel:
         except Exception as exc:  # noqa: BLE001 -- an answer, never a stream left open
             error = pb_utils.InferenceResponse(error=pb_utils.TritonError(repr(exc)))
             sender.send(error, flags=final)
-        finally:
-            with self.lock:
-                self.threads.discard(threading.current_thread())
 
     @staticmethod
     def _response(text: str):
@@ -315,7 +341,4 @@ class TritonPythonModel:
 
     def finalize(self):
         self.closing.set()
-        with self.lock:
-            threads = list(self.threads)
-        for thread in threads:
-            thread.join(timeout=5)
+        self.scheduler.join(timeout=5)
