@@ -68,6 +68,16 @@ def _address(variable: str, text: str, environ: Mapping[str, str]) -> str:
     return text.removeprefix("http://")
 
 
+def _grpc_address(variable: str, text: str, environ: Mapping[str, str]) -> str:
+    address = text.strip().removeprefix("grpc://").removeprefix("http://")
+    if address:
+        try:
+            split_address(address)
+        except ValueError:
+            raise ValueError(f"{variable} must look like host:port, got {text!r}") from None
+    return address
+
+
 def _number(kind: type) -> Reader:
     def read(variable: str, text: str, environ: Mapping[str, str]) -> Any:
         try:
@@ -250,6 +260,14 @@ class Settings:
 
     #: Triton's HTTP endpoint, ``host:port`` (``TRITON_URL``).
     triton_url: str = setting("TRITON_URL", "localhost:8000", _address)
+    #: Triton's gRPC endpoint, ``host:port`` (``SCORE_TRITON_GRPC_URL``): streams to decoupled
+    #: models (the OpenAI front) go there, and a client that goes away cancels the model's
+    #: work; empty (the default unless ``score serve`` starts Triton itself): over HTTP,
+    #: where Triton cannot cancel.
+    triton_grpc_url: str = setting("SCORE_TRITON_GRPC_URL", "", _grpc_address)
+    #: The longest wait for a stream's next response from Triton, in seconds
+    #: (``SCORE_STREAM_IDLE_S``); past it the stream ends with an error event.
+    stream_idle_s: float = setting("SCORE_STREAM_IDLE_S", 60.0, _number(float), blank_is_unset=True)
     #: The model ``/score`` serves; empty means "the only model" (``SCORE_MODEL``).
     default_model: str = setting("SCORE_MODEL", "")
     #: Processor modules, ``.py`` files or ``module:Class`` (``SCORE_PROCESSORS``).
@@ -434,6 +452,8 @@ class Settings:
             raise ValueError("SCORE_CAPTURE_MAX_FILES and SCORE_CAPTURE_QUEUE: use 1 or more")
         if self.llm_max_tokens < 1:
             raise ValueError("SCORE_LLM_MAX_TOKENS: use 1 or more")
+        if not self.stream_idle_s > 0:  # also refuses nan
+            raise ValueError(f"SCORE_STREAM_IDLE_S={self.stream_idle_s}: use more than 0")
         adapters = sorted({kind for _, kind in self.llm_adapters} - set(LLM_ADAPTERS))
         if adapters:
             raise ValueError(

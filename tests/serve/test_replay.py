@@ -192,9 +192,13 @@ def test_replay_counts_lines_it_cannot_read_and_goes_on(
     damaged = tmp_path / "damaged"
     shutil.copytree(capture, damaged)
     newest = capture_files(damaged)[-1]
+    refused = orjson.loads(newest.read_bytes().splitlines()[0])
+    refused["request"]["json"] = {"image": [1, 2, 3]}  # the processor refuses this one: 400
+    refused["request_id"] = "refused-one"
     with newest.open("ab") as file:
         file.write(b'{"format": "triton-score-capture/1", "model": "digits_onnx", "requ')
         file.write(b"\n" + orjson.dumps({"format": "another/9"}) + b"\n")
+        file.write(orjson.dumps(refused) + b"\n")
     report_path = tmp_path / "damaged.json"
     code, out, err = _replay(
         str(damaged),
@@ -208,9 +212,12 @@ def test_replay_counts_lines_it_cannot_read_and_goes_on(
         repository=repository,
     )
     report = orjson.loads(report_path.read_bytes())
-    assert code == 0, out + err
-    assert report["replayed"] == SENT and report["unreadable"] == 2
-    assert "2 unreadable" in out and "not JSON" in out
+    assert code == 1, out + err  # one request disagrees: it failed
+    assert report["replayed"] == SENT + 1 and report["unreadable"] == 2
+    assert report["failed"] == {"400": 1} and report["disagreeing"] == 1
+    assert report["examples"][0]["request_id"] == "refused-one"
+    assert "answered 400" in report["examples"][0]["why"]
+    assert "2 unreadable" in out and "not JSON" in out and "failed: 1 x 400" in out
 
     code, out, err = _replay(
         str(damaged),

@@ -34,7 +34,7 @@ from triton_score.llm.adapters import AdapterError, Generation
 from triton_score.llm.models import LanguageModel, LanguageModels
 from triton_score.llm.stops import StopScanner
 from triton_score.llm.text import ModelTextError
-from triton_score.llm.upstream import HttpGenerateStream, UpstreamError
+from triton_score.llm.upstream import GenerateStream, UpstreamError, upstream_for
 from triton_score.repository.locations import find_model_repository
 
 blueprint = Blueprint("openai", __name__)
@@ -180,7 +180,7 @@ def _serve(chat: bool) -> Response:
     try:
         call = _read_call(chat)
         settings = runtime().settings
-        upstream = HttpGenerateStream(settings.triton_url, settings.scoring_timeout_ms / 1000)
+        upstream = upstream_for(settings)
         outcome = Outcome(prompt_tokens=call.model.text.count(call.generation.prompt))
         pieces = _pieces(call, upstream, outcome)
         first = next(pieces, None)  # Triton's refusals become an answer, not a broken stream
@@ -209,11 +209,11 @@ def _serve(chat: bool) -> Response:
     return _json(shape.whole(text, outcome))
 
 
-def _pieces(call: Call, upstream: HttpGenerateStream, outcome: Outcome) -> Generator[str]:
+def _pieces(call: Call, upstream: GenerateStream, outcome: Outcome) -> Generator[str]:
     """The completion's text as it comes: stop sequences cut, counts kept in ``outcome``."""
     generation = call.generation
     scanner = StopScanner(generation.stop)
-    events = upstream.events(call.model.name, call.model.adapter.body(generation))
+    events = upstream.events(call.model.info, call.model.adapter.body(generation))
     produced: list[str] = []
     try:
         for event in events:
@@ -227,7 +227,8 @@ def _pieces(call: Call, upstream: HttpGenerateStream, outcome: Outcome) -> Gener
         if rest:
             yield rest
     finally:
-        events.close()  # a stop sequence, or the client gone: Triton's connection closes
+        events.close()  # a stop sequence, or the client gone: Triton's request is cancelled
+        # (over gRPC; over HTTP only its connection closes)
         kept = "".join(produced)
         outcome.completion_tokens = call.model.text.count(kept)
         if scanner.stopped:

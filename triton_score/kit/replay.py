@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -297,7 +297,7 @@ class Replay:
         try:
             result = self.scorer.recorded(self.plan, request, telemetry)
         except ScoringError as exc:
-            status = str(exc.status)
+            status = str(exc.status_code)
             report.failed[status] = report.failed.get(status, 0) + 1
             self._disagrees(where, request_id, f"replay answered {status}: {exc.message}")
             return
@@ -407,7 +407,9 @@ def render_report(report: ReplayReport, out: Callable[[str], None] = print) -> N
         skipped.append(f"{report.redacted_payloads} with redacted fields, replayed as captured")
     if skipped:
         out("records: " + "; ".join(skipped))
-    rows = [("output", "compared", "top-1 agree", "max |diff|", "max rel diff", "beyond tol")]
+    rows: list[tuple[str, ...]] = [
+        ("output", "compared", "top-1 agree", "max |diff|", "max rel diff", "beyond tol")
+    ]
     for name, comparison in report.outputs.items():
         rows.append(
             (
@@ -445,7 +447,7 @@ def render_report(report: ReplayReport, out: Callable[[str], None] = print) -> N
     )
 
 
-def _table(rows: list[tuple[str, ...]], out: Callable[[str], None]) -> None:
+def _table(rows: Sequence[tuple[str, ...]], out: Callable[[str], None]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]

@@ -23,6 +23,8 @@ class LanguageModel:
     name: str
     text: ModelText
     adapter: Adapter
+    #: Triton's metadata of the model (its inputs, for a gRPC request).
+    info: ModelInfo
 
 
 @dataclass
@@ -62,6 +64,7 @@ class LanguageModels:
             name,
             ModelText.load(name, self.folder / name),
             choose_adapter(info, self.declared.get(name, "")),
+            info,
         )
         self._loaded[name] = model
         return model

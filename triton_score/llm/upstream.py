@@ -1,23 +1,34 @@
-"""The one place the OpenAI front talks to Triton: ``generate_stream`` over HTTP.
+"""The one place the OpenAI front talks to Triton: a stream of generate responses.
 
-:class:`HttpGenerateStream` opens one request on a connection of its own
-(:class:`~triton_score.triton.generate.TritonStream`, unbuffered) and yields each response of
-the stream as a JSON object as soon as its SSE event is complete. Events are split on bytes
-and decoded whole, so a read that ends inside a character never breaks it. Closing the
-iterator closes the connection. Over HTTP Triton cannot cancel the model's work; a gRPC
-upstream that can is meant to replace this class behind the same :meth:`events` call.
+Two upstreams, one call (:meth:`events`), chosen by :func:`upstream_for`:
+
+- :class:`GrpcGenerateStream` (when ``SCORE_TRITON_GRPC_URL`` is set; ``score serve`` sets it
+  for the Triton it starts): Triton's gRPC stream
+  (:mod:`triton_score.triton.grpc_stream`). Closing the iterator (the client went away, a
+  stop sequence was met) **cancels Triton's request**, so the model stops generating.
+- :class:`HttpGenerateStream`: ``generate_stream`` over HTTP, one request on a connection of
+  its own (:class:`~triton_score.triton.generate.TritonStream`, unbuffered), each response
+  yielded as soon as its SSE event is complete. Events are split on bytes and decoded whole,
+  so a read that ends inside a character never breaks it. Closing the iterator closes the
+  connection, but over HTTP Triton cannot cancel the model's work: it runs to its end.
+
+Neither buffers: a response is read from Triton when the client has taken the one before, so
+a slow reader holds back its own stream only (and Triton's flow control holds the rest).
 """
 
 from __future__ import annotations
 
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import orjson
 
+from triton_score.model.info import ModelInfo
+from triton_score.settings import Settings
 from triton_score.triton.generate import TritonStream
+from triton_score.triton.grpc_stream import GrpcGenerate, GrpcGenerateError
 
 
 class UpstreamError(Exception):
@@ -29,20 +40,63 @@ class UpstreamError(Exception):
         self.status = status
 
 
+class GenerateStream(Protocol):
+    """Where a generation's responses come from."""
+
+    @property
+    def cancels(self) -> bool:
+        """Whether closing :meth:`events` early cancels the model's work at Triton."""
+        ...
+
+    def events(self, model: ModelInfo, body: Mapping[str, Any]) -> Generator[dict[str, Any]]:
+        """Each response of the model's stream, as it arrives.
+
+        :raises UpstreamError: Triton answered with an error, before or during the stream.
+        :raises TritonUnavailable: Triton cannot be reached.
+        """
+        ...
+
+
+def upstream_for(settings: Settings) -> GenerateStream:
+    """gRPC when ``SCORE_TRITON_GRPC_URL`` names Triton's gRPC endpoint, else HTTP."""
+    if settings.triton_grpc_url:
+        return GrpcGenerateStream(settings.triton_grpc_url, settings.stream_idle_s)
+    return HttpGenerateStream(settings.triton_url, settings.stream_idle_s)
+
+
+@dataclass(frozen=True)
+class GrpcGenerateStream:
+    """Triton's gRPC endpoint, ``host:port``, and the time allowed between two responses."""
+
+    url: str
+    timeout_s: float
+    cancels: bool = True
+
+    def events(self, model: ModelInfo, body: Mapping[str, Any]) -> Generator[dict[str, Any]]:
+        events = GrpcGenerate(self.url, idle_s=self.timeout_s).events(model, body)
+        try:
+            yield from events
+        except GrpcGenerateError as exc:
+            raise UpstreamError(exc.message, exc.status) from None
+        finally:
+            events.close()  # cancels Triton's request when it is not finished
+
+
 @dataclass(frozen=True)
 class HttpGenerateStream:
     """Triton's HTTP endpoint, ``host:port``, and the time allowed between two reads."""
 
     url: str
     timeout_s: float
+    cancels: bool = False
 
-    def events(self, model: str, body: Mapping[str, Any]) -> Generator[dict[str, Any]]:
+    def events(self, model: ModelInfo, body: Mapping[str, Any]) -> Generator[dict[str, Any]]:
         """Each response of the model's stream, as it arrives.
 
         :raises UpstreamError: Triton answered with an error, before or during the stream.
         :raises TritonUnavailable: Triton cannot be reached.
         """
-        path = f"/v2/models/{quote(model, safe='')}/generate_stream"
+        path = f"/v2/models/{quote(model.name, safe='')}/generate_stream"
         stream = TritonStream.open(self.url, path, orjson.dumps(body), timeout_s=self.timeout_s)
         if stream.status != 200:
             raise UpstreamError(_triton_message(stream.read_all()), stream.status)

@@ -345,9 +345,10 @@ class Supervisor:
             env["SCORE_MODEL_REPOSITORY"] = str(repository)
         if opts.health_port is not None:
             env["HEALTH_PORT"] = str(opts.health_port)
-        if self.triton is not None:  # ours: its metrics port, for /metrics/triton
+        if self.triton is not None:  # ours: its metrics port (/metrics/triton), its gRPC port
             host = split_address(self.triton.url)[0]
             env["SCORE_TRITON_METRICS_URL"] = f"{host}:{self.triton.metrics_port}"
+            env.setdefault("SCORE_TRITON_GRPC_URL", f"{host}:{self.triton.grpc_port}")
         if opts.workers is not None:
             env["WORKER_COUNT"] = str(opts.workers)
         if opts.processors:

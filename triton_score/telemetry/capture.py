@@ -298,9 +298,11 @@ def record_tensor(entry: Mapping[str, Any]) -> np.ndarray | None:
 
     :raises RecordError: the entry is not a tensor (no shape, data of another size).
     """
-    data = entry.get("data")
+    data: Any = entry.get("data")
     if data == REDACTED:
         return None
+    if not isinstance(data, list):
+        raise RecordError("not a tensor: its data is not a list")
     try:
         shape = tuple(int(d) for d in entry["shape"])
         if entry.get("datatype") == "BYTES":
