@@ -261,9 +261,9 @@ class Settings:
     #: Triton's HTTP endpoint, ``host:port`` (``TRITON_URL``).
     triton_url: str = setting("TRITON_URL", "localhost:8000", _address)
     #: Triton's gRPC endpoint, ``host:port`` (``SCORE_TRITON_GRPC_URL``): streams to decoupled
-    #: models (the OpenAI front) go there, and a client that goes away cancels the model's
-    #: work; empty (the default unless ``score serve`` starts Triton itself): over HTTP,
-    #: where Triton cannot cancel.
+    #: models (the OpenAI front) go there, where Triton documents that a client that goes away
+    #: cancels the model's work; empty (the default unless ``score serve`` starts Triton
+    #: itself): over HTTP (which Triton 2.51 cancels too when the connection closes).
     triton_grpc_url: str = setting("SCORE_TRITON_GRPC_URL", "", _grpc_address)
     #: The longest wait for a stream's next response from Triton, in seconds
     #: (``SCORE_STREAM_IDLE_S``); past it the stream ends with an error event.

@@ -4,6 +4,10 @@ A Triton of its own serves two copies of ``tiny_lm`` whose tokenizer the committ
 writes: ``tiny_lm`` (ChatML, from ``tokenizer_config.json``) and ``tiny_plain`` (another
 layout, from a ``chat_template.jinja`` file), so the two get different prompts. The gateway
 requires an API key, which the official ``openai`` client sends as ``Authorization: Bearer``.
+
+The gateway streams from Triton over gRPC (``SCORE_TRITON_GRPC_URL``), as ``score serve`` does
+with a Triton of its own: a client that goes away cancels the model's work. One more gateway
+over HTTP shows that Triton 2.51 cancels there too, when the connection to it closes.
 """
 
 from __future__ import annotations
@@ -73,7 +77,13 @@ def llm_server(llm_triton: LocalTriton, llm_repository: Path) -> Iterator[ScoreS
         llm_triton.url,
         "--processors",
         "none",
-        env={"SCORE_LLM_FOLDER": str(llm_repository), "SCORE_API_KEYS": KEY},
+        "--workers",
+        "1",  # every stream through one worker: it holds a greenlet each, not a worker
+        env={
+            "SCORE_LLM_FOLDER": str(llm_repository),
+            "SCORE_API_KEYS": KEY,
+            "SCORE_TRITON_GRPC_URL": f"127.0.0.1:{llm_triton.grpc_port}",
+        },
     )
     try:
         yield server.wait_ready()
@@ -353,3 +363,115 @@ def test_a_tensorrt_llm_model_gets_its_own_inputs_and_the_gateway_stops_it(
     pieces = [chunk.choices[0] for chunk in chunks]
     assert "".join(p.text for p in pieces) == " alpha be"
     assert pieces[-1].finish_reason == "stop"
+
+
+# -- a client that goes away; many streams at once ----------------------------------------------
+def _triton_metric(triton: LocalTriton, name: str) -> float:
+    text = requests.get(f"http://127.0.0.1:{triton.metrics_port}/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")
+    )
+
+
+def _leave_after_three_words(url: str) -> None:
+    """A streamed chat of up to 2000 words, left after its third; the connection closed."""
+    response = requests.post(
+        f"{url}/v1/chat/completions",
+        json={"model": "tiny_lm", "messages": MESSAGES, "max_tokens": 2000, "stream": True},
+        headers={"Authorization": f"Bearer {KEY}"},
+        stream=True,
+        timeout=60,
+    )
+    assert response.status_code == 200
+    words = 0
+    for line in response.iter_lines():
+        if line.startswith(b"data: {") and json.loads(line[6:])["choices"][0]["delta"].get(
+            "content"
+        ):
+            words += 1
+            if words == 3:
+                break
+    response.close()
+
+
+def _steps_after_leaving(triton: LocalTriton, url: str) -> tuple[float, float, float]:
+    """(steps the model took after the client left, cancellations counted, steps still
+    being taken a second later)."""
+    cancelled = _triton_metric(triton, "tiny_lm_cancelled_total")
+    steps = _triton_metric(triton, "tiny_lm_steps_total")
+    _leave_after_three_words(url)
+    time.sleep(1.0)
+    after = _triton_metric(triton, "tiny_lm_steps_total")
+    time.sleep(0.5)
+    still = _triton_metric(triton, "tiny_lm_steps_total") - after
+    return after - steps, _triton_metric(triton, "tiny_lm_cancelled_total") - cancelled, still
+
+
+def test_a_client_that_goes_away_cancels_the_models_work(
+    llm_server: ScoreServer, llm_triton: LocalTriton
+) -> None:
+    taken, cancelled, still = _steps_after_leaving(llm_triton, llm_server.url)
+    assert cancelled == 1
+    assert still == 0, "the model went on generating after the cancellation"
+    assert taken < 3 + 10, f"{taken} steps: 2000 asked; at 20 ms a step, a few more at most"
+
+
+def test_over_http_triton_cancels_too_when_its_connection_closes(
+    llm_triton: LocalTriton, llm_repository: Path
+) -> None:
+    server = ScoreServer(
+        "--triton-url",
+        llm_triton.url,
+        "--processors",
+        "none",
+        env={"SCORE_LLM_FOLDER": str(llm_repository), "SCORE_API_KEYS": KEY},
+    )
+    try:
+        server.wait_ready()
+        taken, cancelled, still = _steps_after_leaving(llm_triton, server.url)
+    finally:
+        server.stop()
+    # Triton's docs name only gRPC (and the C API) for cancellation; Triton 2.51 also cancels a
+    # generate_stream whose HTTP connection closes. This pins what docs/llm.md says of it.
+    assert cancelled == 1 and still == 0
+    assert taken < 3 + 10
+
+
+def test_64_streams_on_one_worker_complete_and_a_slow_reader_stalls_none(
+    llm_server: ScoreServer,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def stream(index: int) -> tuple[int, float]:
+        started = time.monotonic()
+        response = requests.post(
+            f"{llm_server.url}/v1/completions",
+            json={
+                "model": "tiny_lm",
+                "prompt": "a class",
+                "max_tokens": 20,
+                "seed": index,
+                "stream": True,
+            },
+            headers={"Authorization": f"Bearer {KEY}"},
+            stream=True,
+            timeout=120,
+        )
+        assert response.status_code == 200
+        pieces = 0
+        for line in response.iter_lines():
+            if line == b"data: [DONE]":
+                return pieces, time.monotonic() - started
+            if line.startswith(b"data: {"):
+                if index == 0:
+                    time.sleep(0.25)  # the slow reader
+                pieces += bool(json.loads(line[6:])["choices"][0]["text"])
+        raise AssertionError(f"stream {index} ended without [DONE]")
+
+    with ThreadPoolExecutor(64) as pool:
+        results = list(pool.map(stream, range(64)))
+    assert all(pieces >= 15 for pieces, _ in results), results
+    slow = results[0][1]
+    others = sorted(seconds for _, seconds in results[1:])
+    assert slow > 4.0  # ~21 events at 0.25 s each
+    assert others[-1] < slow / 2, "the other streams waited for the slow reader"

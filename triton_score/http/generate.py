@@ -16,8 +16,8 @@ Streaming: each stream gets its own connection to Triton, and every chunk Triton
 which writes it to the client at once (Gunicorn's gevent workers write each chunk of a
 streamed body as it is yielded): nothing buffers an event. A stream holds a greenlet and a
 socket, not a worker. When the client goes away, the WSGI server closes the body's iterator
-and the connection to Triton is closed; Triton's HTTP endpoint cannot cancel the request
-itself (its gRPC endpoint can), so the model runs to its end.
+and the connection to Triton is closed: Triton 2.51 then cancels the request (measured by
+``tests/serve/test_openai_front.py``, though its documentation promises that for gRPC only).
 """
 
 from __future__ import annotations

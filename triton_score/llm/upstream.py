@@ -10,7 +10,8 @@ Two upstreams, one call (:meth:`events`), chosen by :func:`upstream_for`:
   its own (:class:`~triton_score.triton.generate.TritonStream`, unbuffered), each response
   yielded as soon as its SSE event is complete. Events are split on bytes and decoded whole,
   so a read that ends inside a character never breaks it. Closing the iterator closes the
-  connection, but over HTTP Triton cannot cancel the model's work: it runs to its end.
+  connection; Triton 2.51 then cancels the request too, though its documentation promises
+  that for gRPC only.
 
 Neither buffers: a response is read from Triton when the client has taken the one before, so
 a slow reader holds back its own stream only (and Triton's flow control holds the rest).

@@ -1,8 +1,9 @@
 """Triton's gRPC stream (``ModelStreamInfer``), for decoupled models: the one way to cancel.
 
-Triton cancels a request only when it hears so over gRPC (or its C API); over HTTP a client
-that goes away leaves the model generating to the end. So streams to decoupled models can go
-over gRPC (``SCORE_TRITON_GRPC_URL``): :meth:`GrpcGenerate.events` sends one request as the
+Triton's documentation names gRPC (and its C API) as the way to cancel a request; Triton 2.51
+also cancels a ``generate_stream`` whose HTTP connection closes (measured in
+``tests/serve/test_openai_front.py``), but older releases and other frontends need not. So
+streams to decoupled models can go over gRPC (``SCORE_TRITON_GRPC_URL``): :meth:`GrpcGenerate.events` sends one request as the
 generate extension would (a JSON body's keys that name inputs become tensors, the others
 request parameters), yields each response as the generate extension's JSON would look, and
 when the caller stops reading (the client went away, a stop sequence) cancels the call, and
