@@ -472,6 +472,7 @@ class Photos:
         ("", True),  # no content type stated: let through (curl --data-binary)
         ("application/x-www-form-urlencoded", True),  # curl's default
         ("application/json", False),
+        ("text/plain", False),  # JSON's stand-in only where JSON is accepted
         ("audio/wav", False),
     ],
 )
@@ -492,6 +493,36 @@ def test_request_content_types_refuse_other_media_with_a_415(
         registry.for_model("digits").check_request(request)
     assert info.value.status_code == 415
     assert info.value.to_dict()["accepted"] == ["image/png", "image/*"]
+
+
+@processor("digits")
+class JsonOrCsv:
+    request_content_types = ("application/json", "text/csv")
+
+    def preprocess(self, request, model):
+        return {"image": np.zeros((1, 8, 8))}
+
+
+@pytest.mark.parametrize(
+    "content_type, accepted",
+    [
+        ("application/json", True),
+        ("text/csv", True),
+        ("text/plain", True),  # AzureML's clients send JSON as text/plain
+        ("", True),
+        ("application/x-www-form-urlencoded", True),
+        ("image/png", False),
+    ],
+)
+def test_a_declaration_with_json_lets_text_plain_through(content_type: str, accepted: bool) -> None:
+    registry = ProcessorRegistry()
+    registry.register(JsonOrCsv, "test")
+    request = json_request(b'{"a": 1}', content_type)
+    if accepted:
+        registry.for_model("digits").check_request(request)
+        return
+    with pytest.raises(UnsupportedMediaType, match="send one of"):
+        registry.for_model("digits").check_request(request)
 
 
 def test_openapi_uses_the_declared_content_types() -> None:
