@@ -617,6 +617,21 @@ def test_refresh_swaps_changed_models_and_loads_the_processor_again(caplog) -> N
     ]
 
 
+@processor("digits", "absent")
+class ServesTwo:
+    def preprocess(self, request, model):
+        return {"image": np.zeros((1, 8, 8))}
+
+
+def test_a_processor_model_triton_does_not_serve_is_logged_at_debug_only(caplog) -> None:
+    with caplog.at_level(logging.DEBUG, logger="triton_score.scoring.catalog"):
+        scorer_for(ServesTwo, FakeGateway(DIGITS))
+    unused = [r for r in caplog.records if "does not serve (unused)" in r.getMessage()]
+    assert [(r.levelno, r.getMessage()) for r in unused] == [
+        (logging.DEBUG, "processors for models Triton does not serve (unused): ['absent']")
+    ]
+
+
 def test_refresh_adds_new_models_and_keeps_unreadable_ones(caplog) -> None:
     gateway = FakeGateway(DIGITS)
     scorer = scorer_for(None, gateway)
