@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 import requests
 import tritonclient.http as httpclient
@@ -88,6 +89,18 @@ def test_json_out_a_202_and_a_415(app) -> None:
     assert refused.status_code == 415
     assert refused.json["code"] == "unsupported_media_type"
     assert refused.json["accepted"] == ["image/png", "image/jpeg"]
+    # curl --data-binary @photo.png states the form type: let through. text/plain is JSON's
+    # stand-in only where JSON is accepted, so this image processor refuses it.
+    curl = client.post(
+        "/score/digits_onnx", data=photo, content_type="application/x-www-form-urlencoded"
+    )
+    assert curl.status_code == 200 and curl.json == {"digit": int(labels[0])}
+    as_text = client.post(
+        "/score/digits_onnx", data=photo, content_type="text/plain; charset=utf-8"
+    )
+    assert as_text.status_code == 415, as_text.text
+    assert "'text/plain'" in as_text.json["error"]
+    assert as_text.json["accepted"] == ["image/png", "image/jpeg"]
     metrics = client.get("/metrics").text
     assert 'score_requests_total{code="202",model="digits_onnx"}' in metrics
 
@@ -117,6 +130,14 @@ def test_a_pipeline_of_two_models_in_one_request(app) -> None:
         assert response.status_code == 200, response.text
         assert response.json["context"] == f"There are {label} apples on the table."
         assert response.json["answer"] == str(label)
+    # A JSON processor takes JSON sent as text/plain, as AzureML's clients send it.
+    as_text = client.post(
+        "/score/qa_lexical",
+        data=orjson.dumps({"image": images[0].tolist(), "question": "How many apples are there?"}),
+        content_type="text/plain; charset=utf-8",
+    )
+    assert as_text.status_code == 200, as_text.text
+    assert as_text.json["answer"] == str(labels[0])
 
 
 def test_calls_inside_predict_are_validated_and_mapped(app) -> None:

@@ -14,7 +14,14 @@ import numpy as np
 import pytest
 from helpers import ROOT
 
-from triton_score.kit.check import check_tensors, load_processor, preprocess_example
+from triton_score.kit.check import (
+    Report,
+    check_processors,
+    check_tensors,
+    load_processor,
+    preprocess_example,
+    render,
+)
 from triton_score.kit.scaffold import render_processor, render_test, write_scaffold
 from triton_score.local.onnx_check import check_model
 from triton_score.local.onnx_wrapper import (
@@ -24,6 +31,7 @@ from triton_score.local.onnx_wrapper import (
 )
 from triton_score.model.config import ModelConfigError, _normalise, _Parser, parse_model_config
 from triton_score.model.info import ModelInfo, TensorSpec
+from triton_score.processors import ProcessorRegistry, processor
 
 EXAMPLES = ROOT / "models" / "triton"
 
@@ -214,6 +222,31 @@ def test_preprocess_example_runs_a_processor_as_the_server_would() -> None:
                 "digits_onnx", max_batch_size=16, inputs=(TensorSpec("image", "FP32", (-1, 4)),)
             ),
         )
+
+
+@processor("digits_onnx", "digits_large")
+class TwoModels:
+    def preprocess(self, request, model):
+        return {"image": np.zeros((1, 8, 8), dtype=np.float32)}
+
+
+@processor("digts_onnx")
+class Misspelt(TwoModels):
+    pass
+
+
+def test_check_is_quiet_about_a_model_its_processor_serves_beside_another() -> None:
+    registry = ProcessorRegistry()
+    registry.register(TwoModels, "test")
+    registry.register(Misspelt, "test")
+    digits = ModelInfo.from_config_file(EXAMPLES / "digits_onnx")
+    rows = check_processors(registry, {"digits_onnx": digits})
+    # digits_large is not served, by design: no row, no problem. A processor that serves
+    # nothing is a misspelt model name.
+    assert {row.model: row.status for row in rows} == {"digits_onnx": "warn", "digts_onnx": "FAIL"}
+    printed: list[str] = []
+    render(Report(processors=rows), "score check", printed.append)
+    assert not any("digits_large" in line for line in printed), printed
 
 
 # -- score new -------------------------------------------------------------------------------

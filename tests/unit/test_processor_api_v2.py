@@ -472,6 +472,7 @@ class Photos:
         ("", True),  # no content type stated: let through (curl --data-binary)
         ("application/x-www-form-urlencoded", True),  # curl's default
         ("application/json", False),
+        ("text/plain", False),  # JSON's stand-in only where JSON is accepted
         ("audio/wav", False),
     ],
 )
@@ -492,6 +493,36 @@ def test_request_content_types_refuse_other_media_with_a_415(
         registry.for_model("digits").check_request(request)
     assert info.value.status_code == 415
     assert info.value.to_dict()["accepted"] == ["image/png", "image/*"]
+
+
+@processor("digits")
+class JsonOrCsv:
+    request_content_types = ("application/json", "text/csv")
+
+    def preprocess(self, request, model):
+        return {"image": np.zeros((1, 8, 8))}
+
+
+@pytest.mark.parametrize(
+    "content_type, accepted",
+    [
+        ("application/json", True),
+        ("text/csv", True),
+        ("text/plain", True),  # AzureML's clients send JSON as text/plain
+        ("", True),
+        ("application/x-www-form-urlencoded", True),
+        ("image/png", False),
+    ],
+)
+def test_a_declaration_with_json_lets_text_plain_through(content_type: str, accepted: bool) -> None:
+    registry = ProcessorRegistry()
+    registry.register(JsonOrCsv, "test")
+    request = json_request(b'{"a": 1}', content_type)
+    if accepted:
+        registry.for_model("digits").check_request(request)
+        return
+    with pytest.raises(UnsupportedMediaType, match="send one of"):
+        registry.for_model("digits").check_request(request)
 
 
 def test_openapi_uses_the_declared_content_types() -> None:
@@ -583,6 +614,21 @@ def test_refresh_swaps_changed_models_and_loads_the_processor_again(caplog) -> N
     assert lines == [
         "model digits: Triton reloaded it (version 1 -> 2, parameters changed); "
         "processor Loads loaded again"
+    ]
+
+
+@processor("digits", "absent")
+class ServesTwo:
+    def preprocess(self, request, model):
+        return {"image": np.zeros((1, 8, 8))}
+
+
+def test_a_processor_model_triton_does_not_serve_is_logged_at_debug_only(caplog) -> None:
+    with caplog.at_level(logging.DEBUG, logger="triton_score.scoring.catalog"):
+        scorer_for(ServesTwo, FakeGateway(DIGITS))
+    unused = [r for r in caplog.records if "does not serve (unused)" in r.getMessage()]
+    assert [(r.levelno, r.getMessage()) for r in unused] == [
+        (logging.DEBUG, "processors for models Triton does not serve (unused): ['absent']")
     ]
 
 

@@ -93,8 +93,11 @@ def test_class_count_on_bytes_output_is_refused_before_triton() -> None:
 
 # -- codecs ------------------------------------------------------------------------------
 def test_decode_request_json_and_bytes() -> None:
-    assert decode_request(b'{"a": 1}', "application/json; charset=utf-8").json == {"a": 1}
+    stated = decode_request(b'{"a": 1}', "Application/JSON; charset=utf-8")
+    assert stated.json == {"a": 1}
+    assert stated.content_type == "application/json"  # lower-case, parameters dropped
     assert decode_request(b'{"a": 1}', "").json == {"a": 1}  # AzureML clients omit it
+    assert decode_request(b'{"a": 1}', "text/plain").json == {"a": 1}  # or send text/plain
     # curl -d and urllib send application/x-www-form-urlencoded unless told otherwise
     assert decode_request(b'{"a": 1}', "application/x-www-form-urlencoded").json == {"a": 1}
     raw = decode_request(b"\x89PNG", "image/png")

@@ -12,7 +12,12 @@ import orjson
 from triton_score.codecs.binary import HEADER_LENGTH, header_length, parse_header
 from triton_score.errors import BadRequest
 
-_SNIFFED_MEDIA_TYPES = {"", "text/plain", "application/x-www-form-urlencoded"}
+#: Media types that say nothing about the body: none at all, and the form type that curl
+#: (``-d``, ``--data-binary``) and urllib (``data=``) send when not told otherwise.
+UNSTATED_MEDIA_TYPES = frozenset({"", "application/x-www-form-urlencoded"})
+#: Bodies of these types are tried as JSON, and stay raw bytes if they do not parse: the
+#: unstated ones, and ``text/plain``, which AzureML's clients send JSON as.
+SNIFFED_MEDIA_TYPES = UNSTATED_MEDIA_TYPES | {"text/plain"}
 
 
 @dataclass(frozen=True)
@@ -20,7 +25,8 @@ class Request:
     """One scoring request, as a preprocessor sees it.
 
     :param body: the raw body bytes.
-    :param content_type: the media type, lower-case, without parameters (``application/json``).
+    :param content_type: the media type, lower-case, without parameters: ``application/json``
+        for ``Application/JSON; charset=utf-8`` (the whole header stays in ``headers``).
     :param headers: request headers (case-insensitive lookup through :meth:`header`).
     :param id: the request id (``x-request-id``), also sent back to the client.
     :param json: the parsed JSON body, or ``None`` when the body is not JSON.
@@ -106,9 +112,7 @@ def decode_request(
         parsed = parse_header(body, header_length(binary_header, len(body)))
     elif is_json_media_type(media_type):
         parsed = _parse_json(body, strict=True)
-    elif media_type in _SNIFFED_MEDIA_TYPES:
-        # AzureML clients often send JSON without a content type, as text/plain, or as
-        # curl's and urllib's default for -d / data=, application/x-www-form-urlencoded.
+    elif media_type in SNIFFED_MEDIA_TYPES:
         parsed = _parse_json(body, strict=False)
     return Request(
         body=body,

@@ -289,6 +289,11 @@ def check_processors(
 ) -> list[Row]:
     """One row per model that has a processor or is served; see :func:`check_processor`.
 
+    A model Triton does not serve whose processor serves another one (``@processor("a", "b")``
+    with only ``a`` in the repository) gets no row: that is by design, not a problem, and a
+    row about it on every run would only be noise. A processor none of whose models is served
+    fails (a misspelt model name?).
+
     :param not_loaded: models deliberately not loaded (the repository check refused them).
     """
     rows = []
@@ -302,20 +307,11 @@ def check_processors(
                     Row(name, subject, SKIP, "not checked: the model's repository check failed")
                 )
                 continue
-            siblings = (
-                [
-                    m
-                    for m in getattr(type(processor.implementation), MODELS_ATTRIBUTE, ())
-                    if m in models
-                ]
-                if processor is not None
-                else []
+            names = (
+                getattr(type(processor.implementation), MODELS_ATTRIBUTE, ()) if processor else ()
             )
-            if siblings:
-                rows.append(
-                    Row(name, subject, SKIP, f"not served; the processor serves {siblings}")
-                )
-                continue
+            if any(m in models for m in names):
+                continue  # its processor serves another model: nothing to report
             problem = (
                 f"Triton serves no model {name!r}; it serves {served} (a model name misspelt in "
                 "@processor(...)? a model folder missing from the repository?)"

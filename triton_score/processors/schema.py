@@ -12,7 +12,9 @@ times — to refuse bad requests, to document them in ``/swagger.json``, and for
 ``request_schema`` is compiled once per worker, when the processor is loaded; a JSON request
 that does not match it is a 400 naming the field (``{"error": "field 'image': ...", "code":
 "invalid_request", "field": "image"}``) before ``preprocess`` runs. With
-``request_content_types``, a request stating another content type is a 415.
+``request_content_types``, a request stating another content type is a 415; one that states
+none (:data:`UNSTATED_MEDIA_TYPES`) is let through, and so is ``text/plain`` when the
+declaration includes JSON (AzureML's clients send JSON as text/plain).
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from triton_score.codecs.request import Request, is_json_media_type
+from triton_score.codecs.request import (
+    SNIFFED_MEDIA_TYPES,
+    UNSTATED_MEDIA_TYPES,
+    Request,
+    is_json_media_type,
+)
 from triton_score.errors import InvalidRequest, UnsupportedMediaType
 
-#: Media types clients send when they state none in particular (curl -d, urllib, AzureML's
-#: clients): the request goes through, and JSON in it is recognised.
-UNSTATED_MEDIA_TYPES = {"", "text/plain", "application/x-www-form-urlencoded"}
 JSON_CONTENT_TYPES = ("application/json",)
 _JSON_TYPES = {
     dict: "object",
@@ -130,6 +134,9 @@ class RequestContract:
         self.response_content_types = content_types(owner, "response_content_types")
         self.schema = getattr(owner, "request_schema", None)
         self.example = getattr(owner, "request_example", None)
+        #: Types let through without matching the declaration: text/plain only where JSON is
+        #: accepted, since JSON is what it carries then (an image processor refuses it).
+        self._let_through = SNIFFED_MEDIA_TYPES if self.accepts_json else UNSTATED_MEDIA_TYPES
         self._validator: Any = None
         if self.schema is not None:
             if not isinstance(self.schema, dict):
@@ -180,7 +187,7 @@ class RequestContract:
         media_type = request.content_type
         if (
             self.content_types is not None
-            and media_type not in UNSTATED_MEDIA_TYPES
+            and media_type not in self._let_through
             and not media_type_matches(media_type, self.content_types)
         ):
             raise UnsupportedMediaType(

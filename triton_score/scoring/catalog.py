@@ -54,8 +54,8 @@ class Catalog:
                 for name, info in self.gateway.load_models(self.settings.models).items()
             }
             missing = [m for m in self.processors.models() if m not in models]
-            if missing:
-                log.info("processors for models Triton does not serve (unused): %s", missing)
+            if missing:  # by design often (a processor that names several models): no noise
+                log.debug("processors for models Triton does not serve (unused): %s", missing)
             for model in models.values():
                 processor = self.processors.for_model(model.name)
                 processor.load(model)
