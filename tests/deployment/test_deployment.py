@@ -779,25 +779,67 @@ def test_deployment_settings(deployment: Any, environment: Any, image: Image) ->
     assert deployment.liveness_probe is not None and deployment.readiness_probe is not None
 
 
-def test_the_model_upload_carries_the_built_imagenet_model(deployment: Any) -> None:
-    """``az ml online-deployment create`` uploads models/ minus an ignore file *inside* it
-    (none): the git-ignored imagenet_lite0 goes up once `score build` has written it, stamp
-    included, so the container's build step finds it current and never writes to the mount."""
-    from azure.ai.ml._utils._asset_utils import get_ignore_file, get_upload_files_from_folder
+def folder_upload(folder: Path) -> tuple[Any, set[str]]:
+    """What ``az ml`` uploads of ``folder`` (a deployment's model or code): the ignore file
+    it finds there and the paths of the files it sends, by azure-ai-ml's own functions (those
+    its upload_directory and content hash use)."""
+    assets = quietly(require, "azure.ai.ml._utils._asset_utils", "azure-ai-ml")
+    ignore = assets.get_ignore_file(folder)
+    listed = assets.get_upload_files_from_folder(folder, ignore_file=ignore)
+    return ignore, {remote for _, remote in listed}
 
+
+def is_bytecode(path: str) -> bool:
+    return "__pycache__" in PurePosixPath(path).parts or path.endswith((".pyc", ".pyo"))
+
+
+def test_the_model_upload_is_the_built_repository_without_noise(deployment: Any) -> None:
+    """``az ml online-deployment create`` uploads models/ minus models/.amlignore (an ignore
+    file *inside* it is the only one that applies): the git-ignored imagenet_lite0 goes up once
+    `score build` has written it, stamp included; bytecode of the python-backend models and
+    the scripts beside the repository stay here."""
     from triton_score.repository.builds import run_builds
 
     model_path = Path(deployment.model.path).resolve()
     run_builds(model_path / "triton", strict=True, progress=print)
-    uploaded = {
-        remote
-        for _, remote in get_upload_files_from_folder(
-            model_path, ignore_file=get_ignore_file(model_path)
-        )
-    }
+    # The bytecode a local run leaves (Triton's python backend, the builders), made here so
+    # that the upload has some to leave out.
+    made = [
+        model_path / "triton" / "qa_lexical" / "1" / "__pycache__" / "model.cpython-311.pyc",
+        model_path / "__pycache__" / "build_imagenet.cpython-311.pyc",
+    ]
+    fresh = [p for p in made if not p.exists()]
+    for path in fresh:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"")
+    try:
+        ignore, uploaded = folder_upload(model_path)
+    finally:
+        for path in fresh:
+            path.unlink()
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()
+    assert ignore.path and Path(ignore.path) == model_path / ".amlignore", "no models/.amlignore"
     for name in ("1/model.onnx", "config.pbtxt", "labels.txt", ".build-stamp.json"):
         assert f"triton/imagenet_lite0/{name}" in uploaded, sorted(uploaded)
-    assert "build_imagenet.py" in uploaded
+    for name in ("config.pbtxt", "1/model.onnx", "labels.txt"):
+        assert f"triton/digits_onnx/{name}" in uploaded, sorted(uploaded)
+    assert {"triton/qa_lexical/config.pbtxt", "triton/qa_lexical/1/model.py"} <= uploaded
+    # The whole repository but its bytecode...
+    repository = {
+        p.relative_to(model_path).as_posix()
+        for p in (model_path / "triton").rglob("*")
+        if p.is_file() and not is_bytecode(p.relative_to(model_path).as_posix())
+    }
+    assert repository <= uploaded, sorted(repository - uploaded)
+    # ... and nothing else: no bytecode, no builder or export script.
+    assert not [u for u in uploaded if is_bytecode(u)], sorted(uploaded)
+    outside = {u for u in uploaded if not u.startswith("triton/")}
+    assert outside <= {".amlignore", "processors.py"}, sorted(outside)
+    for noise in ("build_imagenet.py", "export_iris.py", "triton/iris/1/__pycache__/m.pyc"):
+        assert ignore.is_file_excluded(model_path / noise), f"models/{noise} would be uploaded"
+    for kept in ("triton/iris/1/model.py", "processors.py"):
+        assert not ignore.is_file_excluded(model_path / kept), f"models/{kept} left out"
 
 
 def test_deployment_code_is_the_code_directory(deployment: Any, image: Image) -> None:
@@ -846,11 +888,23 @@ def test_environment_upload_is_what_the_dockerfile_uses(aml: ModuleType, image: 
 
 
 def test_code_upload_is_the_code_directory_without_noise(aml: ModuleType) -> None:
-    ignore, uploaded = azureml_upload(aml, CODE_DIR)
-    assert Path(ignore.path) == CODE_DIR / ".amlignore", "score/ has no .amlignore"
+    made = CODE_DIR / "__pycache__" / "processors.cpython-311.pyc"  # what a local run leaves
+    fresh = not made.exists()
+    if fresh:
+        made.parent.mkdir(exist_ok=True)
+        made.write_bytes(b"")
+    try:
+        ignore, uploaded = folder_upload(CODE_DIR)
+    finally:
+        if fresh:
+            made.unlink()
+            with contextlib.suppress(OSError):
+                made.parent.rmdir()
+    assert ignore.path and Path(ignore.path) == CODE_DIR / ".amlignore", "no score/.amlignore"
     # The entry script, the processors and their requirements (which the image installs).
-    assert {"score.py", "processors.py", "requirements.txt"} <= set(uploaded)
-    assert {p.name for p in CODE_DIR.glob("*.py")} <= set(uploaded)
+    assert {"score.py", "processors.py", "requirements.txt"} <= uploaded
+    assert {p.name for p in CODE_DIR.glob("*.py")} <= uploaded
+    assert not [u for u in uploaded if is_bytecode(u)], sorted(uploaded)
     for noise in ("__pycache__/processors.cpython-311.pyc", ".pytest_cache/README.md"):
         assert ignore.is_file_excluded(CODE_DIR / noise), f"score/{noise} would be uploaded"
 
