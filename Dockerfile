@@ -29,6 +29,13 @@ RUN mkdir triton_score \
     && python3 -m pip install --no-cache-dir -c constraints.txt "./[qa,imagenet]" \
     && python3 -m pip uninstall --yes triton-score
 
+# The processors' own dependencies: score/requirements.txt, the code directory's (empty of
+# requirements in the template), with the same pins. Its own layer, so that adding a line
+# there does not reinstall the package's dependencies above. AzureML uploads the code
+# directory with each deployment but installs nothing from it: a new line here is a new image.
+COPY score/requirements.txt ./score-requirements.txt
+RUN python3 -m pip install --no-cache-dir -c constraints.txt -r score-requirements.txt
+
 # Source layer: the package itself, without touching the dependencies installed above. The
 # empty README.md made above stays: it is only the package's long description, and leaving
 # the real one out keeps README edits from rebuilding this layer.

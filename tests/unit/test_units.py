@@ -182,6 +182,32 @@ def test_loading_errors_name_the_spec(tmp_path: Path) -> None:
         load_processors([str(empty)], use_entry_points=False)
 
 
+def test_a_missing_import_names_the_code_directorys_requirements(tmp_path: Path) -> None:
+    """A package that is not installed: the message names it and requirements.txt beside the
+    processor; a missing submodule of an installed package or sibling helper gets no such
+    advice (no requirement would fix it)."""
+    processor = tmp_path / "x_processor.py"
+    processor.write_text("import frame_tools_not_installed\n")
+    with pytest.raises(ProcessorLoadError) as raised:
+        load_processors([str(processor)], use_entry_points=False)
+    message = str(raised.value)
+    assert "No module named 'frame_tools_not_installed'" in message
+    assert "add the package that provides 'frame_tools_not_installed' to " in message
+    assert "requirements.txt, then pip install -c constraints.txt -r " in message
+    (tmp_path / "requirements.txt").write_text("# ours\nframe-tools-not-installed==1.0\n")
+    with pytest.raises(ProcessorLoadError, match="lists 'frame_tools_not_installed', but it"):
+        load_processors([str(processor)], use_entry_points=False)
+    processor.write_text("import triton_score.no_such_module\n")
+    with pytest.raises(ProcessorLoadError) as raised:
+        load_processors([str(processor)], use_entry_points=False)
+    assert "requirements.txt" not in str(raised.value)
+    (tmp_path / "helpers").mkdir()
+    processor.write_text("import helpers.missing\n")
+    with pytest.raises(ProcessorLoadError) as raised:
+        load_processors([str(processor)], use_entry_points=False)
+    assert "requirements.txt" not in str(raised.value)
+
+
 def test_conventional_processors_file_beside_the_repository(tmp_path: Path) -> None:
     (tmp_path / "triton").mkdir()
     (tmp_path / "processors.py").write_text(

@@ -23,6 +23,8 @@ import hashlib
 import importlib
 import importlib.util
 import itertools
+import os
+import re
 import sys
 from collections.abc import Iterable
 from importlib.metadata import entry_points
@@ -76,6 +78,58 @@ def import_file(path: Path, *, fresh: bool = False) -> ModuleType:
     return module
 
 
+#: The code directory's list of the processors' own dependencies, which the image installs.
+REQUIREMENTS_FILE = "requirements.txt"
+
+
+def _shown(path: Path) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:  # another drive
+        return str(path)
+
+
+def _requirement_names(requirements: Path) -> set[str]:
+    """The project names a requirements file lists, normalised (PEP 503), options skipped."""
+    names = set()
+    lines = requirements.read_text(errors="replace").splitlines() if requirements.is_file() else []
+    for line in lines:
+        match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line.split("#", 1)[0])
+        if match:
+            names.add(re.sub(r"[-_.]+", "-", match.group(1)).lower())
+    return names
+
+
+def missing_module_hint(exc: ModuleNotFoundError, path: Path | None) -> str:
+    """What to do about a processor import that is not installed: for a processor file of a
+    code directory, its ``requirements.txt`` (what the image installs beyond triton_score).
+
+    Empty when the missing module is no top-level package of its own (a submodule of an
+    installed package, a sibling file of the processor), which no requirement would fix."""
+    if not exc.name:
+        return ""
+    top = exc.name.partition(".")[0]
+    folder = path.resolve().parent if path is not None else None
+    if folder is not None and ((folder / top).is_dir() or (folder / f"{top}.py").is_file()):
+        return ""
+    try:
+        if top != exc.name and importlib.util.find_spec(top) is not None:
+            return ""
+    except (ImportError, ValueError):
+        pass
+    if folder is None:
+        return f". {top!r} is not installed here: install the package that provides it"
+    requirements = folder / REQUIREMENTS_FILE
+    install = f"pip install -c constraints.txt -r {_shown(requirements)}"
+    if re.sub(r"[-_.]+", "-", top).lower() in _requirement_names(requirements):
+        return f". {_shown(requirements)} lists {top!r}, but it is not installed here: {install}"
+    return (
+        f". {top!r} is not installed here, and the image has only triton_score (with the "
+        f"examples' extras) and what {_shown(requirements)} lists: add the package that "
+        f"provides {top!r} to {_shown(requirements)}, then {install}"
+    )
+
+
 def load_spec(registry: ProcessorRegistry, spec: str, *, required: bool = True) -> int:
     """Load one spec into ``registry``; returns the number of processor classes found.
 
@@ -95,6 +149,11 @@ def load_spec(registry: ProcessorRegistry, spec: str, *, required: bool = True) 
         raise
     except ProcessorDefinitionError as exc:
         raise ProcessorLoadError(f"processor {spec!r}: {exc}") from exc
+    except ModuleNotFoundError as exc:
+        hint = missing_module_hint(exc, Path(target) if target.endswith(".py") else None)
+        raise ProcessorLoadError(
+            f"processor {spec!r} failed to import: {type(exc).__name__}: {exc}{hint}"
+        ) from exc
     except Exception as exc:
         raise ProcessorLoadError(
             f"processor {spec!r} failed to import: {type(exc).__name__}: {exc}"
