@@ -354,6 +354,7 @@ def cmd_new(args: argparse.Namespace) -> int:
             repository=repository if repository is not None else Path("models/triton"),
             command=command,
             force=args.force,
+            template=args.template,
         )
     except (CommandError, FileNotFoundError, ScaffoldError, TritonStartError) as exc:
         _say(f"error: {exc}")
@@ -363,6 +364,8 @@ def cmd_new(args: argparse.Namespace) -> int:
         return 1
     _say(f"new: wrote {_shown(written.processor)} (the processor of model {model_name!r})")
     _say(f"new: wrote {_shown(written.test)} (its test)")
+    if written.todo:
+        _say(f"next: {written.todo}")
     _say(f"next: python -m pytest {_shown(written.test)}")
     return 0
 
@@ -435,6 +438,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from triton_score.kit.scaffold import TEMPLATES  # a tuple of names: no heavy import
+
     parser = argparse.ArgumentParser(prog="score", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -556,6 +561,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_code_dir_argument(new, "where the processor goes")
     new.add_argument("--tests", default="tests", help="where its test goes (default: ./tests)")
     _add_triton_url_argument(new, "to read the metadata from", "for the moment it takes")
+    new.add_argument(
+        "--template",
+        choices=TEMPLATES,
+        default="instance",
+        help="what the processor takes: 'instance' (default), the model's inputs by name, one "
+        "instance a request; 'tabular', records of named fields as JSON or CSV, a prediction "
+        "each",
+    )
     new.add_argument("--force", action="store_true", help="overwrite files that exist")
     new.set_defaults(func=cmd_new)
 
