@@ -173,7 +173,7 @@ def test_the_tutorial_from_an_onnx_export_to_a_passing_generated_test(tmp_path: 
         generated.write("\n\n" + extra + curl_claims_test())
     tested = run(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", test_file, cwd=tmp_path)
     assert tested.returncode == 0, tested.stdout + tested.stderr
-    assert re.search(r"\b4 passed\b", tested.stdout), tested.stdout
+    assert re.search(r"\b5 passed\b", tested.stdout), tested.stdout
 
     checked = run(SCORE, "check", cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -338,7 +338,7 @@ def test_score_new_never_overwrites_without_force(tmp_path: Path) -> None:
     test = (tmp_path / "tests" / "test_iris_processor.py").read_text()
     assert 'PROCESSOR = HERE / ".." / "score" / "iris_processor.py"' in test
     assert "test_preprocess_fits_the_model_config" not in test  # no config.pbtxt: live only
-    assert render_test(IRIS, "iris", Path("a.py"), Path("t.py"), Path("."), "x").count("def ") == 2
+    assert render_test(IRIS, "iris", Path("a.py"), Path("t.py"), Path("."), "x").count("def ") == 3
 
 
 # -- what a client sees of Triton's failures -------------------------------------------------

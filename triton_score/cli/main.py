@@ -355,6 +355,7 @@ def cmd_new(args: argparse.Namespace) -> int:
             repository=repository if repository is not None else Path("models/triton"),
             command=command,
             force=args.force,
+            template=args.template,
         )
     except (CommandError, FileNotFoundError, ScaffoldError, TritonStartError) as exc:
         _say(f"error: {exc}")
@@ -364,6 +365,8 @@ def cmd_new(args: argparse.Namespace) -> int:
         return 1
     _say(f"new: wrote {_shown(written.processor)} (the processor of model {model_name!r})")
     _say(f"new: wrote {_shown(written.test)} (its test)")
+    if written.todo:
+        _say(f"next: {written.todo}")
     _say(f"next: python -m pytest {_shown(written.test)}")
     return 0
 
@@ -577,6 +580,8 @@ def _add_replay_parser(commands: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from triton_score.kit.scaffold import TEMPLATES  # a tuple of names: no heavy import
+
     parser = argparse.ArgumentParser(prog="score", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -698,6 +703,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_code_dir_argument(new, "where the processor goes")
     new.add_argument("--tests", default="tests", help="where its test goes (default: ./tests)")
     _add_triton_url_argument(new, "to read the metadata from", "for the moment it takes")
+    new.add_argument(
+        "--template",
+        choices=TEMPLATES,
+        default="instance",
+        help="what the processor takes: 'instance' (default), the model's inputs by name, one "
+        "instance a request; 'tabular', records of named fields as JSON or CSV, a prediction "
+        "each",
+    )
     new.add_argument("--force", action="store_true", help="overwrite files that exist")
     new.set_defaults(func=cmd_new)
 

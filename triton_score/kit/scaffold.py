@@ -46,12 +46,18 @@ class ScaffoldError(ValueError):
     """The files cannot be written (a bad name, a file that exists)."""
 
 
+#: ``score new --template``: what the processor takes. ``instance``: the model's inputs by
+#: name, one instance a request; ``tabular``: records of named fields, as JSON or CSV.
+TEMPLATES = ("instance", "tabular")
+
+
 @dataclass(frozen=True)
 class Scaffold:
-    """What ``score new`` writes."""
+    """What ``score new`` writes, and what the author is to do next (if anything)."""
 
     processor: Path
     test: Path
+    todo: str = ""
 
 
 def literal(value: Any, level: int = 0, prefix: int = 0) -> str:
@@ -332,16 +338,11 @@ class {cls}:
 def render_test(
     model: ModelInfo, name: str, processor: Path, test: Path, repository: Path, command: str
 ) -> str:
-    """The pytest file that tests the processor, offline and through the real Triton."""
-    here = test.parent.resolve()
-
-    def relative(path: Path) -> str:
-        text = os.path.relpath(path.resolve(), here)
-        return " / ".join(_inline(part) for part in Path(text).parts)
-
-    has_config = model.directory is not None and (model.directory / "config.pbtxt").is_file()
+    """The pytest file that tests the processor, offline and through the real Triton: that
+    its request_example is answered, and that a request without a required field is a 400
+    naming it (never the raw output names, which the processor's answer is free to drop)."""
+    has_config = _has_config(model)
     inputs = sorted(t.name for t in model.inputs if not t.optional)
-    outputs = sorted(t.name for t in model.outputs)
     offline = f'''
 
 def test_preprocess_fits_the_model_config(triton_score_model_info, triton_score_preprocess):
@@ -349,27 +350,70 @@ def test_preprocess_fits_the_model_config(triton_score_model_info, triton_score_
     tensors = triton_score_preprocess(PROCESSOR, triton_score_model_info(MODEL))
     assert sorted(tensors) == {_inline(inputs)}
 '''
-    about = textwrap.fill(
-        (
-            "The first test needs no server: it reads the model's config.pbtxt. The other starts "
-            if has_config
-            else "It starts "
-        )
-        + "a local Triton on the model repository (once per test session: a few seconds) and "
-        f"posts the processor's request_example to /score/{model.name}, as a client would.",
-        width=92,
+    missing = '''
+
+def test_a_missing_field_is_a_400(triton_score_client, triton_score_processor):
+    """Through the real Triton: the request_example without its first field is refused."""
+    example = dict(triton_score_processor(PROCESSOR, MODEL).request_example)
+    field = next(iter(example))
+    del example[field]
+    response = triton_score_client(PROCESSOR).post(f"/score/{MODEL}", json=example)
+    assert response.status_code == 400, response.get_json()
+    assert field in response.get_json()["error"]
+'''
+    about = (
+        "The first test needs no server: it reads the model's config.pbtxt. The others start "
+        if has_config
+        else "The tests start "
+    ) + (
+        "a local Triton on the model repository (once per test session: a few seconds) and "
+        f"post requests to /score/{model.name}, as a client would."
     )
+    return f'''{test_preamble(model, name, processor, test, repository, command, about)}\
+{offline if has_config else ""}
+
+def test_example_request_is_scored(triton_score_client, triton_score_processor):
+    """Through the real Triton: the request_example is answered."""
+    example = triton_score_processor(PROCESSOR, MODEL).request_example
+    response = triton_score_client(PROCESSOR).post(f"/score/{{MODEL}}", json=example)
+    assert response.status_code == 200, response.get_json()
+    assert response.get_data()
+{missing if inputs else ""}'''
+
+
+def _has_config(model: ModelInfo) -> bool:
+    return model.directory is not None and (model.directory / "config.pbtxt").is_file()
+
+
+def test_preamble(
+    model: ModelInfo,
+    name: str,
+    processor: Path,
+    test: Path,
+    repository: Path,
+    command: str,
+    about: str,
+    imports: str = "",
+) -> str:
+    """A generated test file's start: its docstring, imports, PROCESSOR, MODEL and the
+    ``triton_score_repository`` fixture; ``imports``: standard-library modules it needs."""
+    here = test.parent.resolve()
+
+    def relative(path: Path) -> str:
+        text = os.path.relpath(path.resolve(), here)
+        return " / ".join(_inline(part) for part in Path(text).parts)
+
     return f'''"""Tests of the processor of model {model.name!r}: yours to edit.
 
 Written by: {command}
 Run with:   python -m pytest {os.path.relpath(test)}
 
-{about}
+{textwrap.fill(about, width=92)}
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+{imports}from pathlib import Path
 
 import pytest
 
@@ -384,14 +428,6 @@ MODEL = {_inline(model.name)}
 def triton_score_repository() -> Path:
     """The model repository the local Triton serves."""
     return (HERE / {relative(repository)}).resolve()
-{offline if has_config else ""}
-
-def test_example_request_is_scored(triton_score_client, triton_score_processor):
-    """Through the real Triton: the request_example is answered with every output."""
-    example = triton_score_processor(PROCESSOR, MODEL).request_example
-    response = triton_score_client(PROCESSOR).post(f"/score/{{MODEL}}", json=example)
-    assert response.status_code == 200, response.get_json()
-    assert sorted(response.get_json()) == {literal(outputs, 1, 38)}
 '''
 
 
@@ -404,11 +440,14 @@ def write_scaffold(
     repository: Path,
     command: str,
     force: bool = False,
+    template: str = "instance",
 ) -> Scaffold:
     """Write ``<code_directory>/<name>_processor.py`` and its test,
-    ``<tests_directory>/test_<name>_processor.py``.
+    ``<tests_directory>/test_<name>_processor.py``, from ``template`` (one of
+    :data:`TEMPLATES`).
 
-    :raises ScaffoldError: a file exists already (and not ``force``).
+    :raises ScaffoldError: a file exists already (and not ``force``), an unknown template, or
+        a model the template does not fit.
     """
     module = module_name(name)
     paths = Scaffold(
@@ -420,10 +459,24 @@ def write_scaffold(
         raise ScaffoldError(
             f"{existing[0]} exists already: choose another name, or --force to overwrite it"
         )
+    todo = ""
+    if template == "instance":
+        processor = render_processor(model, name, command)
+        test = render_test(model, name, paths.processor, paths.test, repository, command)
+    elif template == "tabular":
+        from triton_score.kit import tabular
+
+        try:
+            processor = tabular.render_processor(model, name, command)
+        except ValueError as exc:
+            raise ScaffoldError(str(exc)) from None
+        test = tabular.render_test(model, name, paths.processor, paths.test, repository, command)
+        if tabular.layout(model).placeholders:
+            todo = f"name the columns of the model's input: FEATURES in {paths.processor}"
+    else:
+        raise ScaffoldError(f"no template {template!r}; the templates are {list(TEMPLATES)}")
     code_directory.mkdir(parents=True, exist_ok=True)
     tests_directory.mkdir(parents=True, exist_ok=True)
-    paths.processor.write_text(render_processor(model, name, command))
-    paths.test.write_text(
-        render_test(model, name, paths.processor, paths.test, repository, command)
-    )
-    return paths
+    paths.processor.write_text(processor)
+    paths.test.write_text(test)
+    return Scaffold(paths.processor, paths.test, todo)
