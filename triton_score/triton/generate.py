@@ -4,8 +4,9 @@ One request on a connection of its own (``http.client``, which gevent makes coop
 its answer read with ``read1``: each chunk Triton has sent, never waiting for more, so a
 server-sent event goes on the moment it arrives. Used by the ``/v2`` generate forwarder
 (:mod:`triton_score.http.generate`) and the OpenAI front's upstream
-(:mod:`triton_score.llm.upstream`). Closing the stream closes the connection (Triton 2.51 then cancels a ``generate_stream``
-request too; its documentation promises cancellation over gRPC only: :mod:`.grpc_stream`).
+(:mod:`triton_score.llm.upstream`). Closing the stream closes the connection (Triton 2.51
+then cancels a ``generate_stream`` request too; its documentation promises cancellation over
+gRPC only: :mod:`.grpc_stream`).
 """
 
 from __future__ import annotations
