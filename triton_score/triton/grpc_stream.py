@@ -1,13 +1,13 @@
-"""Triton's gRPC stream (``ModelStreamInfer``), for decoupled models: the one way to cancel.
+"""Triton's gRPC stream (``ModelStreamInfer``), for decoupled models: the documented way to cancel.
 
 Triton's documentation names gRPC (and its C API) as the way to cancel a request; Triton 2.51
 also cancels a ``generate_stream`` whose HTTP connection closes (measured in
 ``tests/serve/test_openai_front.py``), but older releases and other frontends need not. So
 streams to decoupled models can go over gRPC (``SCORE_TRITON_GRPC_URL``):
-:meth:`GrpcGenerate.events` sends one request as the generate extension would (a JSON body's keys that name inputs become tensors, the others
-request parameters), yields each response as the generate extension's JSON would look, and
-when the caller stops reading (the client went away, a stop sequence) cancels the call, and
-Triton the request.
+:meth:`GrpcGenerate.events` sends one request as the generate extension would (a JSON body's
+keys that name inputs become tensors, the others request parameters), yields each response
+as the generate extension's JSON would look, and when the caller stops reading (the client
+went away, a stop sequence) cancels the call, and Triton the request.
 
 **Under gevent.** gRPC's own threads must cooperate with the worker's event loop:
 ``grpc.experimental.gevent.init_gevent()`` is called once per process before its first
