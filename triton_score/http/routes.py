@@ -41,7 +41,7 @@ from triton_score.http.body import read_body
 from triton_score.http.exchange import Exchange, current
 from triton_score.http.forward import INFER, TritonForwarder, TritonMetrics
 from triton_score.http.responses import error_response, json_response, runtime, send
-from triton_score.http.score_route import ScoreRoute
+from triton_score.http.score_route import ScoreRoute, Streamed
 from triton_score.http.v2_infer import ModelCatalog, check_infer_request
 from triton_score.runtime import Runtime
 from triton_score.scoring import RequestTelemetry
@@ -152,6 +152,10 @@ def score(model: str | None = None) -> Response:
         if script is None
         else lambda telemetry: _run_entry_script(script, seen.request_id, telemetry),
     )
+    if isinstance(answer, Streamed):
+        return Response(
+            answer.chunks, answer.status, headers=answer.headers, content_type=answer.content_type
+        )
     return send(answer) if isinstance(answer, Encoded) else answer
 
 

@@ -17,7 +17,8 @@ a native deployment serves every ``POST /score``):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -25,7 +26,7 @@ from flask import Response
 from werkzeug.datastructures import EnvironHeaders
 from werkzeug.exceptions import HTTPException
 
-from triton_score.codecs.response import Encoded, encode_error
+from triton_score.codecs.response import Encoded, encode_error, encode_json, render
 from triton_score.codecs.tensors import is_raw_tensor
 from triton_score.errors import (
     Overloaded,
@@ -53,6 +54,53 @@ RULE, MODEL_RULE = "/score", "/score/<model>"
 
 #: An entry script's run(), given the request's telemetry: a Flask response.
 ScriptCall = Callable[[RequestTelemetry], Response]
+#: What a client sends in ``Accept`` to have a decoupled model's answer streamed.
+EVENT_STREAM = "text/event-stream"
+
+
+@dataclass(eq=False)
+class Streamed:
+    """An answer sent as server-sent events, one per value of a decoupled model's stream
+    (:meth:`~triton_score.scoring.Scorer.stream`): ``data: <JSON>``, then the end of the
+    body. A failure once the stream has begun is one ``event: error`` with the error's JSON.
+
+    The request stays in flight, and its telemetry open, until the stream ends: finished,
+    failed, or its client gone (the WSGI server then closes :attr:`chunks`).
+    """
+
+    chunks: Iterator[bytes]
+    status: int = 200
+    content_type: str = EVENT_STREAM
+    headers: dict[str, str] = field(
+        default_factory=lambda: {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+
+
+def wants_events(environ: dict[str, Any]) -> bool:
+    return EVENT_STREAM in environ.get("HTTP_ACCEPT", "")
+
+
+def _events(
+    values: Iterator[Any], request_id: str, done: Callable[[int, str], None]
+) -> Generator[bytes]:
+    """The SSE body of ``values``; ``done(status, triton_failure)`` once it ends."""
+    status, failure = 200, ""
+    try:
+        for value in values:
+            yield b"data: " + encode_json(value) + b"\n\n"
+    except ScoringError as exc:
+        failure = TRITON_FAILURES.get(type(exc), "")
+        yield b"event: error\ndata: " + encode_error(exc, request_id).body + b"\n\n"
+    except Exception as exc:  # noqa: BLE001 - a bug ends the stream, the worker serves on
+        yield b"event: error\ndata: " + encode_error(unexpected(exc), request_id).body + b"\n\n"
+    except GeneratorExit:  # the client went away
+        status = 499
+        raise
+    finally:
+        close = getattr(values, "close", None)
+        if close is not None:
+            close()  # ends Triton's request
+        done(status, failure)
 
 
 def query_args(environ: dict[str, Any]) -> dict[str, str]:
@@ -81,7 +129,7 @@ class ScoreRoute:
 
     def answer(
         self, exchange: Exchange, model: str | None, script: ScriptCall | None = None
-    ) -> Encoded | Response:
+    ) -> Encoded | Response | Streamed:
         """The answer to one scoring request (never raises).
 
         :param model: the model named in the path; ``None``: the default one.
@@ -91,12 +139,15 @@ class ScoreRoute:
         # Shed at once, before the body is read: waiting in a full worker ends in a 504 anyway.
         if not in_flight.enter():
             return self.shed(exchange, model)
+        answered: Encoded | Response | Streamed | None = None
         try:  # at once: nothing between enter() and here can raise and keep the slot
-            return self._admitted(exchange, model, script)
+            answered = self._admitted(exchange, model, script)
+            return answered
         except Exception as exc:  # noqa: BLE001 - a bug answers 500 and the worker serves on
             return encode_error(unexpected(exc), exchange.request_id)
         finally:
-            in_flight.leave()
+            if not isinstance(answered, Streamed):  # a stream leaves when it ends
+                in_flight.leave()
 
     def model_label(self, model: str | None) -> str:
         """The model's label in metrics and the access line (``unknown`` for a model that
@@ -126,7 +177,7 @@ class ScoreRoute:
 
     def _admitted(
         self, exchange: Exchange, model: str | None, script: ScriptCall | None
-    ) -> Encoded | Response:
+    ) -> Encoded | Response | Streamed:
         rt = self.runtime
         scorer = rt.scorer
         environ = exchange.environ
@@ -171,6 +222,29 @@ class ScoreRoute:
                 # A raw tensor's limit is exact; known from the headers, before the body.
                 raw = is_raw_tensor(content_type, headers)
                 body = read_body(environ, *plan.body_limit(raw=raw))
+                if plan.model.decoupled:
+                    values = scorer.handle_stream(
+                        plan,
+                        body,
+                        content_type,
+                        dict(headers),
+                        telemetry,
+                        query=query_args(environ),
+                    )
+                    if not wants_events(environ):  # the whole stream, as one JSON list
+                        encoded = render(list(values))
+                        status = encoded.status
+                        return encoded
+                    finish = telemetry.finish
+                    in_flight = self.in_flight
+
+                    def done(final: int, failure: str) -> None:
+                        finish(final, label, failure)
+                        in_flight.leave()
+
+                    streamed = Streamed(_events(values, exchange.request_id, done))
+                    telemetry = None  # type: ignore[assignment]  # done() finishes it
+                    return streamed
                 encoded = scorer.handle(
                     plan,
                     body,
@@ -190,4 +264,5 @@ class ScoreRoute:
             status = failure.status_code
             return encode_error(failure, exchange.request_id)
         finally:
-            telemetry.finish(status, label, triton_failure)
+            if telemetry is not None:  # a stream's is finished when it ends
+                telemetry.finish(status, label, triton_failure)

@@ -28,7 +28,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 from triton_score.http.envelope import Envelope
 from triton_score.http.exchange import request_path
 from triton_score.http.responses import send
-from triton_score.http.score_route import MODEL_RULE, RULE, ScoreRoute
+from triton_score.http.score_route import MODEL_RULE, RULE, ScoreRoute, Streamed
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 _PREFIX = "/score/"
@@ -83,6 +83,14 @@ class ScoreWSGI:
             if answer is None:
                 scored = self.route.answer(exchange, model)
                 assert not isinstance(scored, Response)  # only entry scripts answer those
+                if isinstance(scored, Streamed):
+                    # A decoupled model's events: sent as they come (chunked, no length);
+                    # the access line is written now, when the stream begins.
+                    headers = Headers(scored.headers)
+                    headers["Content-Type"] = scored.content_type
+                    envelope.close(exchange, scored.status, headers)
+                    start_response(_STATUS_LINES[scored.status], headers.to_wsgi_list())
+                    return scored.chunks
                 answer = scored
             status = answer.status
             if (

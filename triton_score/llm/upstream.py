@@ -22,14 +22,11 @@ from __future__ import annotations
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import quote
-
-import orjson
 
 from triton_score.model.info import ModelInfo
 from triton_score.settings import Settings
-from triton_score.triton.generate import TritonStream
-from triton_score.triton.grpc_stream import GrpcGenerate, GrpcGenerateError
+from triton_score.triton.generate import StreamError, generate_events
+from triton_score.triton.grpc_stream import GrpcGenerate
 
 
 class UpstreamError(Exception):
@@ -43,11 +40,6 @@ class UpstreamError(Exception):
 
 class GenerateStream(Protocol):
     """Where a generation's responses come from."""
-
-    @property
-    def cancels(self) -> bool:
-        """Whether closing :meth:`events` early cancels the model's work at Triton."""
-        ...
 
     def events(self, model: ModelInfo, body: Mapping[str, Any]) -> Generator[dict[str, Any]]:
         """Each response of the model's stream, as it arrives.
@@ -71,13 +63,12 @@ class GrpcGenerateStream:
 
     url: str
     timeout_s: float
-    cancels: bool = True
 
     def events(self, model: ModelInfo, body: Mapping[str, Any]) -> Generator[dict[str, Any]]:
         events = GrpcGenerate(self.url, idle_s=self.timeout_s).events(model, body)
         try:
             yield from events
-        except GrpcGenerateError as exc:
+        except StreamError as exc:
             raise UpstreamError(exc.message, exc.status) from None
         finally:
             events.close()  # cancels Triton's request when it is not finished
@@ -89,53 +80,12 @@ class HttpGenerateStream:
 
     url: str
     timeout_s: float
-    cancels: bool = False
 
     def events(self, model: ModelInfo, body: Mapping[str, Any]) -> Generator[dict[str, Any]]:
-        """Each response of the model's stream, as it arrives.
-
-        :raises UpstreamError: Triton answered with an error, before or during the stream.
-        :raises TritonUnavailable: Triton cannot be reached.
-        """
-        path = f"/v2/models/{quote(model.name, safe='')}/generate_stream"
-        stream = TritonStream.open(self.url, path, orjson.dumps(body), timeout_s=self.timeout_s)
-        if stream.status != 200:
-            raise UpstreamError(_triton_message(stream.read_all()), stream.status)
-        chunks = stream.chunks()  # a generator: closing it closes the connection
+        events = generate_events(self.url, model.name, body, timeout_s=self.timeout_s)
         try:
-            pending = b""
-            for chunk in chunks:
-                pending += chunk
-                *events, pending = pending.replace(b"\r\n", b"\n").split(b"\n\n")
-                for event in events:
-                    found = _data(event)
-                    if found is not None:
-                        yield found
-            found = _data(pending)
-            if found is not None:
-                yield found
+            yield from events
+        except StreamError as exc:
+            raise UpstreamError(exc.message, exc.status) from None
         finally:
-            chunks.close()  # the connection to Triton is closed, even when abandoned
-
-
-def _data(event: bytes) -> dict[str, Any] | None:
-    lines = [line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:")]
-    if not lines:
-        return None
-    try:
-        found = orjson.loads(b"\n".join(lines))
-    except orjson.JSONDecodeError:
-        raise UpstreamError("Triton sent an event that is not JSON") from None
-    if not isinstance(found, dict):
-        raise UpstreamError("Triton sent an event that is not a JSON object")
-    if "error" in found:
-        raise UpstreamError(str(found["error"]), 400)
-    return found
-
-
-def _triton_message(body: bytes) -> str:
-    try:
-        found = orjson.loads(body)
-        return str(found.get("error", found)) if isinstance(found, dict) else str(found)
-    except orjson.JSONDecodeError:
-        return body.decode("utf-8", "replace")[:500]
+            events.close()  # the connection to Triton is closed, even when abandoned

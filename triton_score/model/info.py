@@ -80,6 +80,9 @@ class ModelInfo:
     :param directory: the model's folder in the model repository (the original one, never a
         generated copy), to read files that ship with the model; ``None`` when Triton is not
         on this machine or the repository is unknown.
+    :param decoupled: the config's ``model_transaction_policy { decoupled: true }``: the model
+        answers a request with any number of responses (a language model's tokens), so
+        ``/score`` streams them (:meth:`triton_score.scoring.Scorer.stream`).
     :param pinned: every inference names :attr:`version` (``/v2/models/<m>/versions/<v>/infer``),
         as ``score replay --version`` needs; by default Triton's version policy chooses, so a
         worker follows the version Triton serves without being told.
@@ -96,6 +99,7 @@ class ModelInfo:
     parameters: Mapping[str, str] = field(default_factory=dict, hash=False)
     directory: Path | None = None
     pinned: bool = False
+    decoupled: bool = False
 
     @property
     def batching(self) -> bool:
@@ -135,6 +139,10 @@ class ModelInfo:
             inputs=tuple(spec(i, config_inputs.get(i["name"], {})) for i in metadata["inputs"]),
             outputs=tuple(spec(o, config_outputs.get(o["name"], {})) for o in metadata["outputs"]),
             dynamic_batching="dynamic_batching" in config,
+            decoupled=str(
+                (config.get("model_transaction_policy") or {}).get("decoupled", "")
+            ).lower()
+            == "true",
             parameters={
                 str(key): str(value.get("string_value", "")) if isinstance(value, Mapping) else ""
                 for key, value in (config.get("parameters") or {}).items()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import Any
 
 from triton_score.codecs.request import REQUEST_ID, Request, decode_request, header
@@ -27,6 +27,7 @@ from triton_score.errors import (
     BodyTooLarge,
     ProcessorError,
     ScoringError,
+    TritonError,
 )
 from triton_score.model.info import ModelInfo
 from triton_score.model.validation import validate_inputs, validate_outputs
@@ -42,6 +43,7 @@ from triton_score.triton.batches import Batches
 from triton_score.triton.coalesce import Coalescer
 from triton_score.triton.gateway import TritonGateway
 from triton_score.triton.handle import Triton
+from triton_score.triton.streams import StreamError, Streams
 
 #: Bodies from this size on are decoded in the offload pool (:meth:`Scorer.decode`): orjson
 #: reads ~1 GB/s, so below it the worker's loop is held for about a millisecond at most, less
@@ -87,6 +89,10 @@ class Scorer:
         self.catalog = Catalog(settings, gateway, processors, models=dict(models or {}))
         #: Runs CPU-heavy processor stages in threads (``SCORE_OFFLOAD``); see :meth:`_call`.
         self.offloader = Offloader(settings.offload, settings.offload_threads)
+        #: Where a decoupled model's streams go (:meth:`stream`).
+        self.streams = Streams(
+            settings.triton_url, settings.triton_grpc_url, settings.stream_idle_s
+        )
 
     # -- the catalog's, for the callers of a scorer -------------------------------------------
     @property
@@ -331,6 +337,95 @@ class Scorer:
             tensors += (inputs, outputs)
         return result
 
+    def handle_stream(
+        self,
+        plan: ModelPlan,
+        body: bytes,
+        content_type: str,
+        headers: dict[str, str],
+        telemetry: RequestTelemetry,
+        *,
+        query: Mapping[str, str] | None = None,
+    ) -> Iterator[Any]:
+        """:meth:`handle` for a decoupled model: decode, then :meth:`stream`."""
+        with telemetry.stage("decode"):
+            request = self.decode(body, content_type, headers, telemetry.request_id, query=query)
+        return self.stream(plan, request, telemetry)
+
+    def stream(
+        self, plan: ModelPlan, request: Request, telemetry: RequestTelemetry
+    ) -> Iterator[Any]:
+        """The stages for a *decoupled* model (one request, many responses: a language
+        model's tokens): preprocess and validate once, then ``postprocess`` once per response
+        of the model, each value it returns (``None``: nothing) one item of the stream.
+
+        The request reaches Triton before this returns, and its first value is ready, so a
+        refusal (Triton's or the processor's) raises here, before an answer has begun;
+        later failures raise from the iterator. Closing the iterator ends Triton's request.
+        """
+        telemetry.model = plan.name
+        processor = plan.processor
+        model_info = plan.model
+        if processor.has_predict:
+            raise ProcessorError(
+                f"processor {processor.name} has predict(), which cannot stream: model "
+                f"{plan.name} is decoupled; use preprocess() and postprocess()"
+            )
+        with telemetry.stage("preprocess"):
+            processor.check_request(request)
+            raw_inputs = self._call(
+                processor, "preprocess", processor.preprocess, request, model_info
+            )
+            _expect(
+                processor, "preprocess", raw_inputs, Mapping, "a mapping of input name to array"
+            )
+        with telemetry.stage("validate"):
+            inputs = validate_inputs(model_info, raw_inputs, rows=plan.rows)
+        values = self._streamed(processor, plan, request, inputs, telemetry)
+        first = next(values, _END)  # the request's refusals, before an answer begins
+        return _prepend(first, values)
+
+    def _streamed(
+        self,
+        processor: Processor,
+        plan: ModelPlan,
+        request: Request,
+        inputs: Mapping[str, Any],
+        telemetry: RequestTelemetry,
+    ) -> Generator[Any]:
+        responses = self.streams.tensors(plan.model, inputs, request.id)
+        waited = 0.0
+        try:
+            while True:
+                started = time.perf_counter()
+                try:
+                    outputs = next(responses, None)
+                except StreamError as exc:
+                    status = exc.status if 400 <= exc.status < 500 else 500
+                    log.error("stream of model %s failed: %s", plan.name, exc.message)
+                    raise TritonError(
+                        exc.message if status < 500 else f"model {plan.name}'s stream failed",
+                        status,
+                    ) from None
+                finally:
+                    waited += time.perf_counter() - started
+                if outputs is None:
+                    return
+                with telemetry.stage("postprocess"):
+                    value = self._call(
+                        processor,
+                        "postprocess",
+                        processor.postprocess,
+                        outputs,
+                        request,
+                        plan.model,
+                    )
+                if value is not None:
+                    yield value
+        finally:
+            responses.close()
+            telemetry.add("infer", waited)
+
     @property
     def _inference(self) -> Batches:
         """Where inference calls go: split into calls of ``max_batch_size`` rows when larger
@@ -377,6 +472,20 @@ class Scorer:
                 f"request id {request_id}",
                 details={"request_id": request_id},
             ) from exc
+
+
+_END = object()
+
+
+def _prepend(first: Any, rest: Generator[Any]) -> Generator[Any]:
+    """``first`` (unless the stream had nothing: :data:`_END`), then ``rest``; closing
+    this closes ``rest``."""
+    try:
+        if first is not _END:
+            yield first
+            yield from rest
+    finally:
+        rest.close()
 
 
 def _expect(processor: Processor, stage: str, value: Any, kind: type, what: str) -> None:

@@ -12,8 +12,11 @@ gRPC only: :mod:`.grpc_stream`).
 from __future__ import annotations
 
 import http.client
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from typing import Any
+from urllib.parse import quote
+
+import orjson
 
 from triton_score.errors import TritonUnavailable
 from triton_score.repository.locations import split_address
@@ -64,3 +67,68 @@ class TritonStream:
             return
         finally:
             self._connection.close()
+
+
+class StreamError(Exception):
+    """Triton refused or failed a streamed request, before or during the stream: its
+    message, and an HTTP-like status (Triton's own, or 502)."""
+
+    def __init__(self, message: str, status: int = 502) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def generate_events(
+    url: str, model: str, body: Mapping[str, Any], *, timeout_s: float
+) -> Generator[dict[str, Any]]:
+    """Each response of ``generate_stream`` of ``model`` to ``body``, as a JSON object, as
+    soon as its server-sent event is complete. Events are split on bytes and decoded whole,
+    so a read that ends inside a character never breaks it. Closing the generator closes the
+    connection.
+
+    :raises StreamError: Triton answered with an error, before or during the stream.
+    :raises TritonUnavailable: Triton cannot be reached.
+    """
+    path = f"/v2/models/{quote(model, safe='')}/generate_stream"
+    stream = TritonStream.open(url, path, orjson.dumps(body), timeout_s=timeout_s)
+    if stream.status != 200:
+        raise StreamError(_triton_message(stream.read_all()), stream.status)
+    chunks = stream.chunks()  # a generator: closing it closes the connection
+    try:
+        pending = b""
+        for chunk in chunks:
+            pending += chunk
+            *events, pending = pending.replace(b"\r\n", b"\n").split(b"\n\n")
+            for event in events:
+                found = _data(event)
+                if found is not None:
+                    yield found
+        found = _data(pending)
+        if found is not None:
+            yield found
+    finally:
+        chunks.close()  # the connection to Triton is closed, even when abandoned
+
+
+def _data(event: bytes) -> dict[str, Any] | None:
+    lines = [line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:")]
+    if not lines:
+        return None
+    try:
+        found = orjson.loads(b"\n".join(lines))
+    except orjson.JSONDecodeError:
+        raise StreamError("Triton sent an event that is not JSON") from None
+    if not isinstance(found, dict):
+        raise StreamError("Triton sent an event that is not a JSON object")
+    if "error" in found:
+        raise StreamError(str(found["error"]), 400)
+    return found
+
+
+def _triton_message(body: bytes) -> str:
+    try:
+        found = orjson.loads(body)
+        return str(found.get("error", found)) if isinstance(found, dict) else str(found)
+    except orjson.JSONDecodeError:
+        return body.decode("utf-8", "replace")[:500]

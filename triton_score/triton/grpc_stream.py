@@ -37,19 +37,11 @@ from triton_score.codecs.v2 import WIRE_DTYPES, decode_bytes, tensor_bytes
 from triton_score.errors import TritonUnavailable
 from triton_score.model.info import NUMPY_DTYPES, ModelInfo
 from triton_score.serve.worker import gevent_patched
+from triton_score.triton.generate import StreamError
 
 _lock = threading.Lock()
 _channels: dict[tuple[int, str], Any] = {}
 _gevent_ready = False
-
-
-class GrpcGenerateError(Exception):
-    """Triton refused or failed the request: its message, and an HTTP-like status."""
-
-    def __init__(self, message: str, status: int = 502) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
 
 
 def _stub(url: str) -> Any:
@@ -90,18 +82,18 @@ def _tensor_value(value: Any, datatype: str, shape: tuple[int, ...]) -> tuple[li
     else:
         numpy_type = NUMPY_DTYPES.get(datatype)
         if numpy_type is None or datatype not in WIRE_DTYPES:
-            raise GrpcGenerateError(f"input datatype {datatype} is not supported here", 400)
+            raise StreamError(f"input datatype {datatype} is not supported here", 400)
         try:
             array = np.asarray(value, dtype=numpy_type).reshape(-1)
         except (TypeError, ValueError):
-            raise GrpcGenerateError(f"{value!r} is not {datatype}", 400) from None
+            raise StreamError(f"{value!r} is not {datatype}", 400) from None
     known = [d for d in shape if d > 0]
     count = int(np.prod(known)) if known else 1
     dims = [d if d > 0 else 1 for d in shape] or [1]
     if count and array.size != count and shape.count(-1) == 1:
         dims[shape.index(-1)] = array.size // count if array.size % count == 0 else array.size
     if int(np.prod(dims)) != array.size:
-        raise GrpcGenerateError(f"{array.size} values do not fit shape {list(shape)}", 400)
+        raise StreamError(f"{array.size} values do not fit shape {list(shape)}", 400)
     return dims, tensor_bytes(array, datatype)
 
 
@@ -144,6 +136,41 @@ def build_request(model: ModelInfo, body: Mapping[str, Any], request_id: str = "
     return request
 
 
+def build_tensor_request(
+    model: ModelInfo, inputs: Mapping[str, np.ndarray], request_id: str = ""
+) -> Any:
+    """A ``ModelInferRequest`` of validated input tensors (``/score``'s stream)."""
+    from tritonclient.grpc import service_pb2
+
+    request = service_pb2.ModelInferRequest(model_name=model.name, id=request_id)
+    if model.pinned:
+        request.model_version = model.version
+    datatypes = {spec.name: spec.datatype for spec in model.inputs}
+    for name, array in inputs.items():
+        datatype = datatypes[name]
+        entry = request.inputs.add()
+        entry.name, entry.datatype = name, datatype
+        entry.shape.extend(int(d) for d in np.shape(array))
+        request.raw_input_contents.append(tensor_bytes(np.asarray(array), datatype))
+    request.parameters["triton_enable_empty_final_response"].bool_param = True
+    return request
+
+
+def response_tensors(response: Any) -> dict[str, np.ndarray]:
+    """A ``ModelInferResponse``'s outputs as arrays (BYTES: object arrays of ``bytes``)."""
+    found: dict[str, np.ndarray] = {}
+    for output, raw in zip(response.outputs, response.raw_output_contents, strict=False):
+        shape = [int(d) for d in output.shape]
+        count = int(np.prod(shape)) if shape else 1
+        if output.datatype == "BYTES":
+            found[output.name] = decode_bytes(raw, 0, len(raw), count).reshape(shape)
+            continue
+        dtype = WIRE_DTYPES.get(output.datatype)
+        if dtype is not None:
+            found[output.name] = np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
+    return found
+
+
 def _value(output: Any, raw: bytes) -> Any:
     """One output of a response as the generate extension's JSON has it."""
     shape = [int(d) for d in output.shape]
@@ -183,12 +210,31 @@ class GrpcGenerate:
         """Each response of the model to ``body``, as it arrives; closing the generator
         cancels Triton's request.
 
-        :raises GrpcGenerateError: Triton refused or failed the request.
+        :raises StreamError: Triton refused or failed the request.
         :raises TritonUnavailable: Triton cannot be reached.
         """
+        responses = self.responses(build_request(model, body, request_id))
+        try:
+            for response in responses:
+                yield response_json(response)
+        finally:
+            responses.close()
+
+    def tensors(
+        self, model: ModelInfo, inputs: Mapping[str, np.ndarray], request_id: str = ""
+    ) -> Generator[dict[str, np.ndarray]]:
+        """:meth:`events` for input tensors, each response's outputs as arrays."""
+        responses = self.responses(build_tensor_request(model, inputs, request_id))
+        try:
+            for response in responses:
+                yield response_tensors(response)
+        finally:
+            responses.close()
+
+    def responses(self, request: Any) -> Generator[Any]:
+        """Each ``ModelInferResponse`` with outputs to ``request``, until the final one."""
         import grpc
 
-        request = build_request(model, body, request_id)
         call = _stub(self.url).ModelStreamInfer(iter((request,)))
         timeout = _Idle(self.idle_s)
         try:
@@ -201,10 +247,10 @@ class GrpcGenerate:
                 except grpc.RpcError as exc:
                     raise _error(exc) from None
                 if answer.error_message:
-                    raise GrpcGenerateError(answer.error_message, 400)
+                    raise StreamError(answer.error_message, 400)
                 response = answer.infer_response
                 if response.outputs:
-                    yield response_json(response)
+                    yield response
                 final = response.parameters.get("triton_final_response")
                 if final is not None and final.bool_param:
                     return
@@ -231,9 +277,7 @@ class _Idle:
             self._timeout.close()
             self._timeout = None
         if isinstance(error, _IdleTimeout):
-            raise GrpcGenerateError(
-                f"Triton sent nothing for {self.seconds:g} s", status=504
-            ) from None
+            raise StreamError(f"Triton sent nothing for {self.seconds:g} s", status=504) from None
 
 
 class _IdleTimeout(Exception):
@@ -248,7 +292,7 @@ def _error(exc: Any) -> Exception:
     if code == grpc.StatusCode.UNAVAILABLE:
         return TritonUnavailable(f"Triton's gRPC endpoint is unreachable: {details}")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return GrpcGenerateError(f"Triton did not answer in time: {details}", 504)
+        return StreamError(f"Triton did not answer in time: {details}", 504)
     if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
-        return GrpcGenerateError(str(details), 400)
-    return GrpcGenerateError(f"Triton failed the stream: {details}", 502)
+        return StreamError(str(details), 400)
+    return StreamError(f"Triton failed the stream: {details}", 502)
