@@ -475,3 +475,18 @@ def test_64_streams_on_one_worker_complete_and_a_slow_reader_stalls_none(
     others = sorted(seconds for _, seconds in results[1:])
     assert slow > 4.0  # ~21 events at 0.25 s each
     assert others[-1] < slow / 2, "the other streams waited for the slow reader"
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(
+        f"{llm_server.url}/metrics", headers={"Authorization": f"Bearer {KEY}"}, timeout=10
+    ).text
+    samples = {
+        (sample.name, sample.labels.get("model"), sample.labels.get("outcome")): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    assert samples[("score_llm_output_tokens_total", "tiny_lm", None)] >= 64 * 15
+    assert samples[("score_streams_total", "tiny_lm", "completed")] >= 64
+    assert samples[("score_streams_in_flight", "tiny_lm", None)] == 0
+    assert samples[("score_stream_first_response_seconds_count", "tiny_lm", None)] >= 64

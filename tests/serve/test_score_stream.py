@@ -145,3 +145,31 @@ def test_a_client_that_goes_away_cancels_the_models_work(
     taken = _quiet_steps(triton) - before
     assert _metric(triton, "tiny_lm_cancelled_total") == cancelled + 1
     assert taken < 3 + 15, f"{taken} steps of 2000: the model went on after the client left"
+
+
+def _ours(server: ScoreServer, name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(f"{server.url}/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def test_streams_are_metered_by_how_they_ended(streaming: ScoreServer) -> None:
+    # After the tests above (module order): completed, failed and cancelled streams.
+    model = {"model": "tiny_lm"}
+    assert _ours(streaming, "score_streams_total", outcome="completed", **model) >= 1
+    assert _ours(streaming, "score_streams_total", outcome="failed", **model) >= 1
+    assert _ours(streaming, "score_streams_total", outcome="cancelled", **model) >= 1
+    assert _ours(streaming, "score_streams_in_flight", **model) == 0
+    first = _ours(streaming, "score_stream_first_response_seconds_count", **model)
+    gaps = _ours(streaming, "score_stream_inter_response_seconds_count", **model)
+    sent = _ours(streaming, "score_stream_responses_total", **model)
+    assert first >= 3 and gaps >= 24 and sent == first + gaps
+    # Each word takes ~20 ms: the mean gap between two events says so.
+    mean_gap = _ours(streaming, "score_stream_inter_response_seconds_sum", **model) / gaps
+    assert 0.01 < mean_gap < 0.2

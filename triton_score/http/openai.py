@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from triton_score.llm.stops import StopScanner
 from triton_score.llm.text import ModelTextError
 from triton_score.llm.upstream import GenerateStream, UpstreamError, upstream_for
 from triton_score.repository.locations import find_model_repository
+from triton_score.telemetry.metrics import StreamMeter
 
 blueprint = Blueprint("openai", __name__)
 
@@ -184,6 +185,10 @@ def _serve(chat: bool) -> Response:
         outcome = Outcome(prompt_tokens=call.model.text.count(call.generation.prompt))
         pieces = _pieces(call, upstream, outcome)
         first = next(pieces, None)  # Triton's refusals become an answer, not a broken stream
+        seen = current()
+        started = seen.started if seen is not None else time.perf_counter()
+        if seen is not None:  # the access line's time to the first token
+            seen.record_stage("first_token", time.perf_counter() - started)
     except OpenAIError as exc:
         return exc.response()
     except UpstreamError as exc:
@@ -194,8 +199,11 @@ def _serve(chat: bool) -> Response:
         return OpenAIError(exc.message, status=exc.status_code, kind="api_error").response()
     ident = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
     shape = _Shape(ident, int(time.time()), call.model.name, chat)
+    metrics = runtime().metrics
     if call.stream:
-        body = _sse(shape, call, first, pieces, outcome)
+        body = _sse(
+            shape, call, first, pieces, outcome, lambda: metrics.stream(call.model.name, started)
+        )
         response = Response(body, 200, content_type="text/event-stream")
         response.headers["Cache-Control"] = "no-cache"
         response.headers["X-Accel-Buffering"] = "no"
@@ -206,6 +214,7 @@ def _serve(chat: bool) -> Response:
         return OpenAIError(
             f"the model failed: {exc.message}", status=502, kind="api_error"
         ).response()
+    metrics.child(metrics.llm_tokens, call.model.name).inc(outcome.completion_tokens)
     return _json(shape.whole(text, outcome))
 
 
@@ -282,31 +291,49 @@ class _Shape:
 
 
 def _sse(
-    shape: _Shape, call: Call, first: str | None, pieces: Generator[str], outcome: Outcome
+    shape: _Shape,
+    call: Call,
+    first: str | None,
+    pieces: Generator[str],
+    outcome: Outcome,
+    metered: Callable[[], StreamMeter],
 ) -> Iterator[bytes]:
-    """The SSE body: OpenAI's chunks as the pieces come, the finish, the usage, ``[DONE]``."""
+    """The SSE body: OpenAI's chunks as the pieces come, the finish, the usage, ``[DONE]``;
+    each piece a response of the stream's meter (made when the body is first read: a body
+    never read, its client gone first, leaves no stream in flight)."""
+    meter = metered()
 
     def event(payload: Mapping[str, Any]) -> bytes:
         if call.include_usage and "usage" not in payload:
             payload = {**payload, "usage": None}
         return b"data: " + orjson.dumps(payload) + b"\n\n"
 
+    def text(piece: str) -> bytes:
+        meter.response()
+        return event(shape.chunk({"content": piece} if shape.chat else piece, None))
+
+    ended = "cancelled"  # unless it gets to the end
     try:
         if shape.chat:
             yield event(shape.chunk({"role": "assistant", "content": ""}, None))
         if first:
-            yield event(shape.chunk({"content": first} if shape.chat else first, None))
+            yield text(first)
         for piece in pieces:
-            yield event(shape.chunk({"content": piece} if shape.chat else piece, None))
+            yield text(piece)
         yield event(shape.chunk({} if shape.chat else "", outcome.finish_reason))
         if call.include_usage:
             last = {**shape.chunk({}, None), "choices": [], "usage": outcome.usage()}
             yield event(last)
+        ended = "completed"
     except UpstreamError as exc:  # mid-stream: an error event, then the stream ends cleanly
+        ended = "failed"
         error = OpenAIError(f"the model failed: {exc.message}", status=502, kind="api_error")
         yield b"data: " + orjson.dumps(error.body()) + b"\n\n"
     finally:
         pieces.close()
+        meter.end(ended)
+        metrics = meter.metrics
+        metrics.child(metrics.llm_tokens, call.model.name).inc(outcome.completion_tokens)
     yield b"data: [DONE]\n\n"
 
 

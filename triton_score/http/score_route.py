@@ -41,6 +41,7 @@ from triton_score.http.responses import http_failure, unexpected
 from triton_score.http.shedding import InFlightLimit
 from triton_score.runtime import Runtime
 from triton_score.scoring import ModelPlan, RequestTelemetry
+from triton_score.telemetry.metrics import StreamMeter
 from triton_score.triton.deadline import request_deadline
 
 #: Failures counted in score_triton_errors_total, by kind.
@@ -81,25 +82,32 @@ def wants_events(environ: dict[str, Any]) -> bool:
 
 
 def _events(
-    values: Iterator[Any], request_id: str, done: Callable[[int, str], None]
+    values: Iterator[Any],
+    request_id: str,
+    meter: StreamMeter,
+    done: Callable[[int, str], None],
 ) -> Generator[bytes]:
     """The SSE body of ``values``; ``done(status, triton_failure)`` once it ends."""
-    status, failure = 200, ""
+    status, failure, outcome = 200, "", "completed"
     try:
         for value in values:
-            yield b"data: " + encode_json(value) + b"\n\n"
+            event = b"data: " + encode_json(value) + b"\n\n"
+            meter.response()
+            yield event
     except ScoringError as exc:
-        failure = TRITON_FAILURES.get(type(exc), "")
+        failure, outcome = TRITON_FAILURES.get(type(exc), ""), "failed"
         yield b"event: error\ndata: " + encode_error(exc, request_id).body + b"\n\n"
     except Exception as exc:  # noqa: BLE001 - a bug ends the stream, the worker serves on
+        outcome = "failed"
         yield b"event: error\ndata: " + encode_error(unexpected(exc), request_id).body + b"\n\n"
     except GeneratorExit:  # the client went away
-        status = 499
+        status, outcome = 499, "cancelled"
         raise
     finally:
         close = getattr(values, "close", None)
         if close is not None:
             close()  # ends Triton's request
+        meter.end(outcome)
         done(status, failure)
 
 
@@ -115,6 +123,41 @@ def query_args(environ: dict[str, Any]) -> dict[str, str]:
     for name, value in parse_qsl(query, keep_blank_values=True, errors="replace"):
         args.setdefault(name, value)
     return args
+
+
+class _Ending:
+    """The stream's body as the WSGI server gets it: the events, and a ``close()`` that ends
+    the stream's request even when the server never started reading it (a client gone
+    before the first write): a generator that never ran has no ``finally`` to run."""
+
+    def __init__(
+        self,
+        events: Generator[bytes],
+        values: Iterator[Any],
+        meter: StreamMeter,
+        done: Callable[[int, str], None],
+    ) -> None:
+        self._events = events
+        self._values = values
+        self._meter = meter
+        self._done = done
+        self._started = False
+
+    def __iter__(self) -> _Ending:
+        return self
+
+    def __next__(self) -> bytes:
+        self._started = True
+        return next(self._events)
+
+    def close(self) -> None:
+        self._events.close()
+        if not self._started:
+            close = getattr(self._values, "close", None)
+            if close is not None:
+                close()
+            self._meter.end("cancelled")
+            self._done(499, "")
 
 
 class ScoreRoute:
@@ -242,7 +285,9 @@ class ScoreRoute:
                         finish(final, label, failure)
                         in_flight.leave()
 
-                    streamed = Streamed(_events(values, exchange.request_id, done))
+                    meter = rt.metrics.stream(label, exchange.started)
+                    events = _events(values, exchange.request_id, meter, done)
+                    streamed = Streamed(_Ending(events, values, meter, done))
                     telemetry = None  # type: ignore[assignment]  # done() finishes it
                     return streamed
                 encoded = scorer.handle(

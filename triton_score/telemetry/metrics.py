@@ -37,6 +37,14 @@ Names:
   was behind (its queue full) or could not write. Dropping is by design (a request never
   waits for the disk); steadily above zero: a lower rate or a larger ``SCORE_CAPTURE_QUEUE``.
 
+- streams (a decoupled model through ``/score``, the OpenAI front's ``stream: true``), per
+  model: ``score_streams_in_flight{model}``, ``score_streams_total{model,outcome}``
+  (``completed``, ``cancelled``: the client went away, ``failed``),
+  ``score_stream_first_response_seconds{model}`` (time to first token, from the request's
+  start), ``score_stream_inter_response_seconds{model}`` (between two responses: inter-token
+  latency), ``score_stream_responses_total{model}`` (events sent) and
+  ``score_llm_output_tokens_total{model}`` (the OpenAI front's completion tokens).
+
 Triton's own metrics (``nv_inference_*``) are at ``/metrics/triton``.
 """
 
@@ -44,6 +52,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -160,6 +169,51 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.streams_in_flight = Gauge(
+            "score_streams_in_flight",
+            "Streamed answers being sent now.",
+            ["model"],
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.streams = Counter(
+            "score_streams",
+            "Streamed answers by how they ended (completed, cancelled by the client, failed).",
+            ["model", "outcome"],
+            registry=self.registry,
+        )
+        self.stream_first = Histogram(
+            "score_stream_first_response_seconds",
+            "Time from a streamed request's start to its first response (time to first token).",
+            ["model"],
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self.stream_gap = Histogram(
+            "score_stream_inter_response_seconds",
+            "Time between two responses of a stream (inter-token latency).",
+            ["model"],
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self.stream_responses = Counter(
+            "score_stream_responses",
+            "Responses (events) sent in streams.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.llm_tokens = Counter(
+            "score_llm_output_tokens",
+            "Completion tokens the OpenAI front returned.",
+            ["model"],
+            registry=self.registry,
+        )
+
+    def stream(self, model: str, started: float) -> StreamMeter:
+        """The meter of one stream of ``model`` that began at ``started``
+        (``time.perf_counter()``)."""
+        return StreamMeter(self, model, started)
+
     def capture_written(self, model: str) -> None:
         self.child(self.captured, model).inc()
 
@@ -208,6 +262,37 @@ class Metrics:
 
 #: How often a worker samples its connection pools into ``score_triton_connections_free``.
 CONNECTIONS_SAMPLE_S = 1.0
+
+
+class StreamMeter:
+    """One stream's metrics: in flight from its making, :meth:`response` per response sent,
+    :meth:`end` once."""
+
+    def __init__(self, metrics: Metrics, model: str, started: float) -> None:
+        self.metrics = metrics
+        self.model = model
+        self.started = started
+        self.last = 0.0
+        self.ended = False
+        metrics.child(metrics.streams_in_flight, model).inc()
+
+    def response(self) -> None:
+        metrics, now = self.metrics, time.perf_counter()
+        if self.last:
+            metrics.child(metrics.stream_gap, self.model).observe(now - self.last)
+        else:
+            metrics.child(metrics.stream_first, self.model).observe(now - self.started)
+        self.last = now
+        metrics.child(metrics.stream_responses, self.model).inc()
+
+    def end(self, outcome: str) -> None:
+        """``completed``, ``cancelled`` (the client went away) or ``failed``."""
+        if self.ended:
+            return
+        self.ended = True
+        metrics = self.metrics
+        metrics.child(metrics.streams_in_flight, self.model).dec()
+        metrics.child(metrics.streams, self.model, outcome).inc()
 
 
 def start_connection_sampler(
