@@ -173,3 +173,16 @@ def test_streams_are_metered_by_how_they_ended(streaming: ScoreServer) -> None:
     # Each word takes ~20 ms: the mean gap between two events says so.
     mean_gap = _ours(streaming, "score_stream_inter_response_seconds_sum", **model) / gaps
     assert 0.01 < mean_gap < 0.2
+
+
+def test_every_metric_the_dashboards_stream_panels_query_is_served(
+    streaming: ScoreServer,
+) -> None:
+    from test_monitoring import metric_names, queries, served_names
+
+    served = served_names(requests.get(f"{streaming.url}/metrics", timeout=10).text)
+    stream_panels = [(title, expr) for title, expr in queries() if title.startswith("Streams")]
+    assert len(stream_panels) >= 4
+    for title, expr in stream_panels:
+        missing = metric_names(expr) - served
+        assert not missing, f"panel {title!r} queries {sorted(missing)}, which nothing serves"
