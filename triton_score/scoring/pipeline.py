@@ -290,14 +290,7 @@ class Scorer:
         telemetry.model = plan.name
         processor = plan.processor
         model_info = plan.model
-        with telemetry.stage("preprocess"):
-            processor.check_request(request)
-            raw_inputs = self._call(
-                processor, "preprocess", processor.preprocess, request, model_info
-            )
-            _expect(
-                processor, "preprocess", raw_inputs, Mapping, "a mapping of input name to array"
-            )
+        raw_inputs = self._preprocess(processor, request, model_info, telemetry)
         if processor.has_predict:
             inputs, wanted = dict(raw_inputs), None  # predict() validates each of its calls
         else:
@@ -371,14 +364,7 @@ class Scorer:
                 f"processor {processor.name} has predict(), which cannot stream: model "
                 f"{plan.name} is decoupled; use preprocess() and postprocess()"
             )
-        with telemetry.stage("preprocess"):
-            processor.check_request(request)
-            raw_inputs = self._call(
-                processor, "preprocess", processor.preprocess, request, model_info
-            )
-            _expect(
-                processor, "preprocess", raw_inputs, Mapping, "a mapping of input name to array"
-            )
+        raw_inputs = self._preprocess(processor, request, model_info, telemetry)
         with telemetry.stage("validate"):
             inputs = validate_inputs(model_info, raw_inputs, rows=plan.rows)
         values = self._streamed(processor, plan, request, inputs, telemetry)
@@ -425,6 +411,25 @@ class Scorer:
         finally:
             responses.close()
             telemetry.add("infer", waited)
+
+    def _preprocess(
+        self,
+        processor: Processor,
+        request: Request,
+        model_info: ModelInfo,
+        telemetry: RequestTelemetry,
+    ) -> Mapping[str, Any]:
+        """The preprocess stage: the request's media type checked, ``preprocess`` called,
+        what it returned checked to be a mapping."""
+        with telemetry.stage("preprocess"):
+            processor.check_request(request)
+            raw_inputs = self._call(
+                processor, "preprocess", processor.preprocess, request, model_info
+            )
+            _expect(
+                processor, "preprocess", raw_inputs, Mapping, "a mapping of input name to array"
+            )
+        return raw_inputs  # type: ignore[no-any-return]
 
     @property
     def _inference(self) -> Batches:
