@@ -429,7 +429,7 @@ class Scorer:
             _expect(
                 processor, "preprocess", raw_inputs, Mapping, "a mapping of input name to array"
             )
-        return raw_inputs  # type: ignore[no-any-return]
+        return raw_inputs
 
     @property
     def _inference(self) -> Batches:
