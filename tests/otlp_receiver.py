@@ -35,6 +35,9 @@ class Span:
     attributes: dict[str, Any] = field(default_factory=dict)
     events: tuple[str, ...] = ()
     status_code: int = 0
+    #: Start and end, in nanoseconds since the epoch.
+    start_ns: int = 0
+    end_ns: int = 0
 
 
 def _value(value: Any) -> Any:
@@ -78,6 +81,8 @@ def decode_json(body: bytes) -> list[Span]:
                         attributes=_json_attributes(span.get("attributes", [])),
                         events=tuple(event["name"] for event in span.get("events", [])),
                         status_code=int(span.get("status", {}).get("code", 0)),
+                        start_ns=int(span.get("startTimeUnixNano", 0)),
+                        end_ns=int(span.get("endTimeUnixNano", 0)),
                     )
                 )
     return spans
@@ -102,6 +107,8 @@ def decode(body: bytes) -> list[Span]:
                         attributes=_attributes(span.attributes),
                         events=tuple(event.name for event in span.events),
                         status_code=span.status.code,
+                        start_ns=span.start_time_unix_nano,
+                        end_ns=span.end_time_unix_nano,
                     )
                 )
     return spans

@@ -27,6 +27,8 @@ pytestmark = pytest.mark.integration
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 PROBE = FIXTURES / "otel_probe_processor.py"
+STREAMING = FIXTURES / "stream_processor.py"
+TINY_LM = Path(__file__).parent.parent.parent / "models" / "triton" / "tiny_lm"
 TRITON_SERVICE = "triton-inference-server"
 REQUEST_SPAN = "POST /score/{model}"
 
@@ -71,6 +73,7 @@ def receiver() -> Iterator[OtlpReceiver]:
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repository = tmp_path_factory.mktemp("tracing") / "models"
     shutil.copytree(FIXTURES / "scaler", repository / "scaler")
+    shutil.copytree(TINY_LM, repository / "tiny_lm", ignore=shutil.ignore_patterns("*.json"))
     return repository
 
 
@@ -109,8 +112,12 @@ def traced_server(
 ) -> Iterator[ScoreServer]:
     server = ScoreServer(
         *("--triton-url", traced_triton.url, "--models", str(repository)),
-        *("--processors", str(PROBE), "--workers", "1"),
-        env=otel_env(receiver, SCORE_TRACING="otel"),
+        *("--processors", f"{PROBE},{STREAMING}", "--workers", "1"),
+        env=otel_env(
+            receiver,
+            SCORE_TRACING="otel",
+            SCORE_TRITON_GRPC_URL=f"127.0.0.1:{traced_triton.grpc_port}",
+        ),
     )
     try:
         yield server.wait_ready()
@@ -161,6 +168,42 @@ def test_a_callers_trace_holds_our_spans_and_tritons_under_our_infer_span(
     assert model_span.parent_span_id == triton_request.span_id
     assert model_span.attributes["triton.request_id"] == "traced-1"
     assert only(spans, "compute", TRITON_SERVICE).parent_span_id == model_span.span_id
+
+
+def test_a_streams_request_span_lasts_the_stream_and_tritons_spans_join_it(
+    traced_server: ScoreServer, receiver: OtlpReceiver
+) -> None:
+    trace_id, caller_span, header = traceparent()
+    response = requests.post(
+        f"{traced_server.url}/score/tiny_lm",
+        json={"prompt": "a class", "max_tokens": 10},
+        headers={"traceparent": header, "Accept": "text/event-stream", "x-request-id": "streamed"},
+        stream=True,
+        timeout=60,
+    )
+    assert response.status_code == 200
+    assert len([line for line in response.iter_lines() if line.startswith(b"data: ")]) == 10
+
+    def streamed(spans: list[Span]) -> bool:
+        found = in_trace(spans, trace_id)
+        return any(s.name == REQUEST_SPAN for s in found) and any(
+            s.name == "InferRequest" and s.service == TRITON_SERVICE for s in found
+        )
+
+    spans = in_trace(receiver.wait_for(streamed), trace_id)
+    request_span = only(spans, REQUEST_SPAN, "triton-score")
+    assert request_span.parent_span_id == caller_span
+    assert request_span.attributes[MODEL] == "tiny_lm"
+    assert request_span.attributes["http.response.status_code"] == 200
+    # Open until the last event: ten words at 20 ms a step.
+    assert request_span.end_ns - request_span.start_ns > 0.18e9
+    # Triton's span of the request, reached over gRPC, in the same trace under ours.
+    triton_request = only(spans, "InferRequest", TRITON_SERVICE)
+    assert triton_request.parent_span_id == request_span.span_id
+    # and a postprocess span per response, under the request span
+    postprocess = [s for s in spans if s.name == "postprocess" and s.service == "triton-score"]
+    assert len(postprocess) == 10
+    assert {s.parent_span_id for s in postprocess} == {request_span.span_id}
 
 
 def test_without_a_traceparent_our_request_span_starts_the_trace_triton_joins(

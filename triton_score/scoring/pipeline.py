@@ -379,7 +379,8 @@ class Scorer:
         inputs: Mapping[str, Any],
         telemetry: RequestTelemetry,
     ) -> Generator[Any]:
-        responses = self.streams.tensors(plan.model, inputs, request.id)
+        # The request's span is current here: Triton's spans of the stream go under it.
+        responses = self.streams.tensors(plan.model, inputs, request.id, self.tracing.headers())
         waited = 0.0
         try:
             while True:

@@ -35,13 +35,24 @@ class TritonStream:
         self.content_type: str = answer.getheader("Content-Type") or "application/json"
 
     @classmethod
-    def open(cls, url: str, path: str, body: bytes, *, timeout_s: float) -> TritonStream:
+    def open(
+        cls,
+        url: str,
+        path: str,
+        body: bytes,
+        *,
+        timeout_s: float,
+        headers: Mapping[str, str] | None = None,
+    ) -> TritonStream:
         """:raises TritonUnavailable: Triton cannot be reached."""
         host, port = split_address(url)
         connection = http.client.HTTPConnection(host, port, timeout=timeout_s)
         try:
             connection.request(
-                "POST", path, body=body, headers={"Content-Type": "application/json"}
+                "POST",
+                path,
+                body=body,
+                headers={"Content-Type": "application/json", **(headers or {})},
             )
             answer = connection.getresponse()
         except OSError as exc:
@@ -80,7 +91,12 @@ class StreamError(Exception):
 
 
 def generate_events(
-    url: str, model: str, body: Mapping[str, Any], *, timeout_s: float
+    url: str,
+    model: str,
+    body: Mapping[str, Any],
+    *,
+    timeout_s: float,
+    headers: Mapping[str, str] | None = None,
 ) -> Generator[dict[str, Any]]:
     """Each response of ``generate_stream`` of ``model`` to ``body``, as a JSON object, as
     soon as its server-sent event is complete. Events are split on bytes and decoded whole,
@@ -91,7 +107,7 @@ def generate_events(
     :raises TritonUnavailable: Triton cannot be reached.
     """
     path = f"/v2/models/{quote(model, safe='')}/generate_stream"
-    stream = TritonStream.open(url, path, orjson.dumps(body), timeout_s=timeout_s)
+    stream = TritonStream.open(url, path, orjson.dumps(body), timeout_s=timeout_s, headers=headers)
     if stream.status != 200:
         raise StreamError(_triton_message(stream.read_all()), stream.status)
     chunks = stream.chunks()  # a generator: closing it closes the connection

@@ -221,21 +221,30 @@ class GrpcGenerate:
             responses.close()
 
     def tensors(
-        self, model: ModelInfo, inputs: Mapping[str, np.ndarray], request_id: str = ""
+        self,
+        model: ModelInfo,
+        inputs: Mapping[str, np.ndarray],
+        request_id: str = "",
+        headers: Mapping[str, str] | None = None,
     ) -> Generator[dict[str, np.ndarray]]:
-        """:meth:`events` for input tensors, each response's outputs as arrays."""
-        responses = self.responses(build_tensor_request(model, inputs, request_id))
+        """:meth:`events` for input tensors, each response's outputs as arrays.
+
+        :param headers: sent as the call's metadata: a ``traceparent`` puts Triton's spans in
+            the caller's trace.
+        """
+        responses = self.responses(build_tensor_request(model, inputs, request_id), headers)
         try:
             for response in responses:
                 yield response_tensors(response)
         finally:
             responses.close()
 
-    def responses(self, request: Any) -> Generator[Any]:
+    def responses(self, request: Any, headers: Mapping[str, str] | None = None) -> Generator[Any]:
         """Each ``ModelInferResponse`` with outputs to ``request``, until the final one."""
         import grpc
 
-        call = _stub(self.url).ModelStreamInfer(iter((request,)))
+        metadata = tuple((key.lower(), value) for key, value in (headers or {}).items())
+        call = _stub(self.url).ModelStreamInfer(iter((request,)), metadata=metadata or None)
         timeout = _Idle(self.idle_s)
         try:
             while True:

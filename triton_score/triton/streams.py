@@ -48,16 +48,20 @@ class Streams:
     idle_s: float
 
     def tensors(
-        self, model: ModelInfo, inputs: Mapping[str, np.ndarray], request_id: str = ""
+        self,
+        model: ModelInfo,
+        inputs: Mapping[str, np.ndarray],
+        request_id: str = "",
+        headers: Mapping[str, str] | None = None,
     ) -> Generator[dict[str, np.ndarray]]:
-        """Each response's outputs, as arrays.
+        """Each response's outputs, as arrays; ``headers`` (a ``traceparent``) go to Triton.
 
         :raises StreamError: Triton refused or failed the request.
         :raises TritonUnavailable: Triton cannot be reached.
         """
         if self.grpc_url:
             responses = GrpcGenerate(self.grpc_url, idle_s=self.idle_s).tensors(
-                model, inputs, request_id
+                model, inputs, request_id, headers
             )
             try:
                 yield from responses
@@ -66,7 +70,9 @@ class Streams:
             return
         outputs = {spec.name for spec in model.outputs}
         body = {name: _json_value(array) for name, array in inputs.items()}
-        events = generate_events(self.http_url, model.name, body, timeout_s=self.idle_s)
+        events = generate_events(
+            self.http_url, model.name, body, timeout_s=self.idle_s, headers=headers
+        )
         try:
             for event in events:
                 yield {name: _array(v) for name, v in event.items() if name in outputs}
