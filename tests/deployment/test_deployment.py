@@ -577,6 +577,32 @@ def test_score_check_names_a_processor_import_that_is_not_installed(tmp_path: Pa
     ), output
 
 
+def test_score_check_names_an_import_installed_here_but_not_in_the_image(tmp_path: Path) -> None:
+    """pandas is installed here (the test extra has it) but not in the image, which installs
+    triton-score[qa,imagenet] and score/requirements.txt: the processor would load here and
+    fail in production. `score check` says so, and listing it in requirements.txt fixes it."""
+    pytest.importorskip("pandas")
+    code = tmp_path / "score"
+    code.mkdir()
+    (code / "tabular_processor.py").write_text(
+        "import json\nimport numpy as np\nimport pandas as pd\nimport helpers\n\n"
+        "from triton_score import processor\n\n\n"
+        "@processor('tabular')\nclass Tabular:\n    pass\n"
+    )
+    (code / "helpers.py").write_text("VALUE = 1\n")  # the code directory's own module
+    checked = run_score_check(tmp_path)
+    output = checked.stdout + checked.stderr
+    assert checked.returncode == 1, output
+    assert (
+        "tabular_processor.py:3 imports 'pandas' (from pandas), which is installed here but "
+        "not in the image: add pandas to score/requirements.txt" in output
+    ), output
+    assert "'numpy'" not in output and "'helpers'" not in output and "'json'" not in output
+    (code / "requirements.txt").write_text("pandas\n")
+    checked = run_score_check(tmp_path)
+    assert "imports 'pandas'" not in checked.stdout + checked.stderr
+
+
 def test_every_copy_source_exists_and_reaches_the_build_context(image: Image) -> None:
     patterns = dockerignore_patterns()
     for copy_ in image.copies:

@@ -411,6 +411,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         )
     except (ProcessorLoadError, Exception) as exc:  # noqa: BLE001 - any import failure
         report.errors.append(f"processors cannot be loaded: {exc}")
+    if settings.code_directory:  # what loads here but would not in the image
+        from triton_score.kit.image_imports import missing_in_image
+
+        code = Path(settings.code_directory)
+        for missing in missing_in_image(code):
+            report.errors.append(missing.message(Path(_shown(code / "requirements.txt"))))
     broken = {row.model for row in report.repository if row.failed}
     # A model the repository check refused would stop Triton: load the others only.
     loaded = [row.model for row in report.repository if not row.failed] if broken else None
