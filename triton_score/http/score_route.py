@@ -17,7 +17,7 @@ a native deployment serves every ``POST /score``):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -81,36 +81,6 @@ def wants_events(environ: dict[str, Any]) -> bool:
     return EVENT_STREAM in environ.get("HTTP_ACCEPT", "")
 
 
-def _events(
-    values: Iterator[Any],
-    request_id: str,
-    meter: StreamMeter,
-    done: Callable[[int, str], None],
-) -> Generator[bytes]:
-    """The SSE body of ``values``; ``done(status, triton_failure)`` once it ends."""
-    status, failure, outcome = 200, "", "completed"
-    try:
-        for value in values:
-            event = b"data: " + encode_json(value) + b"\n\n"
-            meter.response()
-            yield event
-    except ScoringError as exc:
-        failure, outcome = TRITON_FAILURES.get(type(exc), ""), "failed"
-        yield b"event: error\ndata: " + encode_error(exc, request_id).body + b"\n\n"
-    except Exception as exc:  # noqa: BLE001 - a bug ends the stream, the worker serves on
-        outcome = "failed"
-        yield b"event: error\ndata: " + encode_error(unexpected(exc), request_id).body + b"\n\n"
-    except GeneratorExit:  # the client went away
-        status, outcome = 499, "cancelled"
-        raise
-    finally:
-        close = getattr(values, "close", None)
-        if close is not None:
-            close()  # ends Triton's request
-        meter.end(outcome)
-        done(status, failure)
-
-
 def query_args(environ: dict[str, Any]) -> dict[str, str]:
     """The query string's parameters, the first value of a repeated one (as Flask's
     ``request.args.to_dict()``)."""
@@ -125,39 +95,63 @@ def query_args(environ: dict[str, Any]) -> dict[str, str]:
     return args
 
 
-class _Ending:
-    """The stream's body as the WSGI server gets it: the events, and a ``close()`` that ends
-    the stream's request even when the server never started reading it (a client gone
-    before the first write): a generator that never ran has no ``finally`` to run."""
+class _EventStream:
+    """The SSE body of a decoupled model's values, as the WSGI server reads it: ``data:
+    <JSON>`` per value, one ``event: error`` when one fails, then the end.
+
+    The stream's request ends exactly once (``done(status, triton_failure)``, the meter,
+    Triton's request closed): when the values run out, after the error event, or at
+    ``close()``, which the WSGI server calls when the client went away, even when it never
+    began reading (a generator that never ran would have no ``finally`` to run).
+    """
 
     def __init__(
         self,
-        events: Generator[bytes],
         values: Iterator[Any],
+        request_id: str,
         meter: StreamMeter,
         done: Callable[[int, str], None],
     ) -> None:
-        self._events = events
         self._values = values
+        self._request_id = request_id
         self._meter = meter
         self._done = done
-        self._started = False
+        self._ended = False
 
-    def __iter__(self) -> _Ending:
+    def __iter__(self) -> _EventStream:
         return self
 
     def __next__(self) -> bytes:
-        self._started = True
-        return next(self._events)
+        if self._ended:
+            raise StopIteration
+        try:
+            event = b"data: " + encode_json(next(self._values)) + b"\n\n"
+        except StopIteration:
+            self._end(200, "", "completed")
+            raise
+        except ScoringError as exc:
+            return self._error(exc, TRITON_FAILURES.get(type(exc), ""))
+        except Exception as exc:  # noqa: BLE001 - a bug ends the stream, the worker serves on
+            return self._error(unexpected(exc), "")
+        self._meter.response()
+        return event
 
     def close(self) -> None:
-        self._events.close()
-        if not self._started:
-            close = getattr(self._values, "close", None)
-            if close is not None:
-                close()
-            self._meter.end("cancelled")
-            self._done(499, "")
+        self._end(499, "", "cancelled")  # a no-op once ended
+
+    def _error(self, error: ScoringError, failure: str) -> bytes:
+        self._end(200, failure, "failed")
+        return b"event: error\ndata: " + encode_error(error, self._request_id).body + b"\n\n"
+
+    def _end(self, status: int, failure: str, outcome: str) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        close = getattr(self._values, "close", None)
+        if close is not None:
+            close()  # ends Triton's request
+        self._meter.end(outcome)
+        self._done(status, failure)
 
 
 class ScoreRoute:
@@ -250,6 +244,7 @@ class ScoreRoute:
         exchange.trace_id = telemetry.trace_id  # for the log lines of this request
         status = 500
         triton_failure = ""
+        streaming = False
         try:
             with request_deadline(rt.settings.scoring_timeout_ms):
                 if script is not None:
@@ -286,10 +281,8 @@ class ScoreRoute:
                         in_flight.leave()
 
                     meter = rt.metrics.stream(label, exchange.started)
-                    events = _events(values, exchange.request_id, meter, done)
-                    streamed = Streamed(_Ending(events, values, meter, done))
-                    telemetry = None  # type: ignore[assignment]  # done() finishes it
-                    return streamed
+                    streaming = True  # done() finishes the telemetry
+                    return Streamed(_EventStream(values, exchange.request_id, meter, done))
                 encoded = scorer.handle(
                     plan,
                     body,
@@ -309,5 +302,5 @@ class ScoreRoute:
             status = failure.status_code
             return encode_error(failure, exchange.request_id)
         finally:
-            if telemetry is not None:  # a stream's is finished when it ends
+            if not streaming:  # a stream's is finished when it ends
                 telemetry.finish(status, label, triton_failure)

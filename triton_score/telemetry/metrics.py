@@ -273,7 +273,6 @@ class StreamMeter:
         self.model = model
         self.started = started
         self.last = 0.0
-        self.ended = False
         metrics.child(metrics.streams_in_flight, model).inc()
 
     def response(self) -> None:
@@ -286,10 +285,7 @@ class StreamMeter:
         metrics.child(metrics.stream_responses, self.model).inc()
 
     def end(self, outcome: str) -> None:
-        """``completed``, ``cancelled`` (the client went away) or ``failed``."""
-        if self.ended:
-            return
-        self.ended = True
+        """``completed``, ``cancelled`` (the client went away) or ``failed``; once."""
         metrics = self.metrics
         metrics.child(metrics.streams_in_flight, self.model).dec()
         metrics.child(metrics.streams, self.model, outcome).inc()
