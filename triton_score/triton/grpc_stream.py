@@ -70,9 +70,9 @@ def _stub(url: str) -> Any:
     return service_pb2_grpc.GRPCInferenceServiceStub(channel)
 
 
-def _tensor_value(value: Any, datatype: str, shape: tuple[int, ...]) -> tuple[list[int], bytes]:
-    """A JSON value of the generate extension as a tensor: its shape (the model's, with
-    ``-1`` dimensions filled from the value) and its wire bytes."""
+def _tensor_value(value: Any, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A JSON value of the generate extension as a tensor of the model's shape (``-1``
+    dimensions filled from the value)."""
     if datatype == "BYTES":
         items = value if isinstance(value, list) else [value]
         array = np.empty(len(items), dtype=object)
@@ -94,7 +94,7 @@ def _tensor_value(value: Any, datatype: str, shape: tuple[int, ...]) -> tuple[li
         dims[shape.index(-1)] = array.size // count if array.size % count == 0 else array.size
     if int(np.prod(dims)) != array.size:
         raise StreamError(f"{array.size} values do not fit shape {list(shape)}", 400)
-    return dims, tensor_bytes(array, datatype)
+    return array.reshape(dims)
 
 
 def _parameter(target: Any, value: Any) -> None:
@@ -109,14 +109,11 @@ def _parameter(target: Any, value: Any) -> None:
 
 
 def build_request(model: ModelInfo, body: Mapping[str, Any], request_id: str = "") -> Any:
-    """A ``ModelInferRequest`` from a generate-extension JSON body for ``model``."""
-    from tritonclient.grpc import service_pb2
-
-    request = service_pb2.ModelInferRequest(model_name=model.name, id=request_id)
-    if model.pinned:
-        request.model_version = model.version
+    """A ``ModelInferRequest`` from a generate-extension JSON body for ``model``: the keys
+    that name inputs become tensors (:func:`build_tensor_request`), the others parameters."""
     specs = {spec.name: spec for spec in model.inputs}
     extra = dict(body.get("parameters") or {}) if isinstance(body.get("parameters"), dict) else {}
+    inputs = {}
     for key, value in body.items():
         spec = specs.get(key)
         if spec is None:
@@ -124,15 +121,11 @@ def build_request(model: ModelInfo, body: Mapping[str, Any], request_id: str = "
                 extra[key] = value
             continue
         shape = spec.shape[1:] if model.batching else spec.shape
-        dims, raw = _tensor_value(value, spec.datatype, shape)
-        entry = request.inputs.add()
-        entry.name, entry.datatype = key, spec.datatype
-        entry.shape.extend(([1] if model.batching else []) + dims)
-        request.raw_input_contents.append(raw)
+        array = _tensor_value(value, spec.datatype, shape)
+        inputs[key] = array.reshape(1, *array.shape) if model.batching else array
+    request = build_tensor_request(model, inputs, request_id)
     for key, value in extra.items():
         _parameter(request.parameters[key], value)
-    # An empty response flagged final ends the stream: how the caller knows it is over.
-    request.parameters["triton_enable_empty_final_response"].bool_param = True
     return request
 
 
@@ -171,29 +164,20 @@ def response_tensors(response: Any) -> dict[str, np.ndarray]:
     return found
 
 
-def _value(output: Any, raw: bytes) -> Any:
-    """One output of a response as the generate extension's JSON has it."""
-    shape = [int(d) for d in output.shape]
-    count = int(np.prod(shape)) if shape else 1
-    if output.datatype == "BYTES":
-        items = decode_bytes(raw, 0, len(raw), count)
-        values = [item.decode("utf-8", "replace") for item in items]
-    else:
-        dtype = WIRE_DTYPES.get(output.datatype)
-        if dtype is None:
-            return None
-        values = np.frombuffer(raw, dtype=dtype, count=count).tolist()
-    return values[0] if count == 1 else values
-
-
 def response_json(response: Any) -> dict[str, Any]:
-    """A ``ModelInferResponse`` as the generate extension's JSON event would be."""
+    """A ``ModelInferResponse`` as the generate extension's JSON event would be: each output
+    (:func:`response_tensors`) a value when it has one element, else a flat list; strings
+    decoded."""
     event: dict[str, Any] = {
         "model_name": response.model_name,
         "model_version": response.model_version,
     }
-    for output, raw in zip(response.outputs, response.raw_output_contents, strict=False):
-        event[output.name] = _value(output, raw)
+    for name, array in response_tensors(response).items():
+        values = [
+            v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+            for v in array.reshape(-1).tolist()
+        ]
+        event[name] = values[0] if len(values) == 1 else values
     return event
 
 
