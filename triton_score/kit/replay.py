@@ -31,6 +31,7 @@ met: compare them for an order of magnitude, not for a regression of a few perce
 
 from __future__ import annotations
 
+import base64
 import math
 import sys
 import time
@@ -247,8 +248,6 @@ def _answer_body(answer: Any) -> Any:
     try:
         return orjson.loads(encoded.body)
     except orjson.JSONDecodeError:
-        import base64
-
         return base64.b64encode(encoded.body).decode("ascii")
 
 
